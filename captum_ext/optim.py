@@ -185,13 +185,16 @@ def fista(
             n_hvp += 1
             s_cand = smooth_part(cand, h_cand, g, lam2)
             diff = cand - y
-            bound = s_y + _dot(grad_y, diff) + _dot(diff, diff) / (2.0 * alpha)
-            scale = s_y.abs() + _dot(grad_y, diff).abs() + _dot(diff, diff) / (2.0 * alpha)
-            ok = s_cand <= bound + eps * scale
+            lin, quad = _dot(grad_y, diff), _dot(diff, diff) / (2.0 * alpha)
+            bound = s_y + lin + quad
+            ok = s_cand <= bound + eps * (s_y.abs() + lin.abs() + quad)
             take = pending & ok
-            z = torch.where(take, cand, z)
-            hz = torch.where(take, h_cand, hz)
-            s_z_acc = torch.where(take, s_cand, s_z_acc)
+            if _trial == 0 and bool(take.all()):  # common case: no backtracking needed
+                z, hz, s_z_acc = cand, h_cand, s_cand
+            else:
+                z = torch.where(take, cand, z)
+                hz = torch.where(take, h_cand, hz)
+                s_z_acc = torch.where(take, s_cand, s_z_acc)
             if record:
                 history.append(FistaStep(y, cand, alpha.clone(), s_y, s_cand, bound, take.clone()))
             pending = pending & ~ok

@@ -324,3 +324,42 @@ def test_clear_errors():
         CASO(train_model).attribute(x)
     assert train_model.training == state
 
+
+
+# ---------------------------------------------------------------- SmoothCASO (paper Def. 4)
+def test_smooth_caso_solves_the_averaged_problem():
+    from captum_ext import SmoothCASO
+
+    model = relu_mlp()
+    x = torch.randn(2, 12, dtype=torch.float64)
+    s, sd = 6, 0.3
+    torch.manual_seed(5)
+    out = SmoothCASO(model, nt_samples=s, stdevs=sd).attribute(x, target=[1, 2], rank_tol=0.0)
+    torch.manual_seed(5)
+    rep = x.repeat_interleave(s, 0)
+    noisy = rep + sd * torch.randn_like(rep)
+    for i, t in enumerate([1, 2]):
+        H, g = _dense(model, noisy[i * s:(i + 1) * s], [t] * s)
+        Hm, gm = H.mean(0), g.mean(0)
+        lam2 = float(torch.linalg.eigvalsh(Hm)[-1]) / 2 + 10.0
+        ref = torch.linalg.solve(2 * lam2 * torch.eye(12, dtype=torch.float64) - Hm, gm)
+        assert torch.allclose(out[i], ref, rtol=1e-9, atol=1e-13)
+
+
+def test_smooth_caso_paths_agree_and_reduce_to_caso():
+    from captum_ext import SmoothCASO
+
+    model = relu_cnn(c=4)
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    kw = dict(lambda1=1e-3, lambda2=3.0, rank_tol=0.0, target=0)
+    torch.manual_seed(1)
+    a = SmoothCASO(model, nt_samples=4).attribute(x, hessian="closed_form", **kw)
+    torch.manual_seed(1)
+    sm = SmoothCASO(model, nt_samples=4)
+    b = sm.attribute(x, hessian="exact", **kw)
+    assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+    assert sm.last_details.lambda1.shape == (2,)
+    plain = CASO(model).attribute(x, **kw)
+    assert torch.allclose(SmoothCASO(model, nt_samples=1, stdevs=0.0).attribute(x, **kw), plain)
+    with pytest.raises(ValueError):
+        SmoothCASO(model, nt_samples=0)

@@ -1,5 +1,5 @@
 """Attribution methods (Captum ``GradientAttribution`` subclasses)."""
 
-from .caso import CAFO, CASO, AttributionDetails
+from .caso import CAFO, CASO, AttributionDetails, SmoothCASO
 
-__all__ = ["CASO", "CAFO", "AttributionDetails"]
+__all__ = ["CASO", "CAFO", "SmoothCASO", "AttributionDetails"]
