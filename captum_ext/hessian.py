@@ -308,18 +308,36 @@ def low_rank_factor(
     return LowRankFactor(B=B, eigvals=lam_r, rank=rank, discarded=discarded, gradient=gradient)
 
 
+def stable_loss_surrogate(graph: LossGraph) -> Tensor:
+    """A scalar with the same input-gradient and input-Hessian as the summed loss at the current inputs.
+
+    ``psi = r.f + 1/2 (f - f0)^T A (f - f0)`` with the constants ``r = p - e_t`` and ``A`` (computed in
+    float64 without cancellation) and ``f0`` the current logits. At ``f = f0``:
+    ``grad psi = J^T r = g`` and ``Hess psi = J^T A J + sum_i r_i Hess f_i = H``. Differentiating
+    ``psi`` instead of the cross-entropy keeps float32 gradients and HVPs accurate at high confidence,
+    where autograd's softmax backward computes ``p_t - 1`` and ``u_t - p.u`` by cancellation.
+    """
+    dtype = graph.dtype
+    r = graph.residual().to(dtype)
+    A = softmax_covariance(graph.probs).to(dtype)
+    diff = graph.logits - graph.logits.detach()
+    return (graph.logits * r).sum() + 0.5 * torch.einsum("nc,ncd,nd->", diff, A, diff)
+
+
 class ExactHessian:
     """Exact input-Hessian-vector products of the per-example loss by double backward.
 
-    Valid for any twice-differentiable model. ``gradient`` is ``g`` (computed with ``create_graph``);
-    :meth:`hvp` and :meth:`top_eigenvalue` count their backward passes in ``n_hvp``.
+    Valid for any twice-differentiable model. Differentiates :func:`stable_loss_surrogate`, which has
+    the loss's exact gradient and Hessian but no float32 cancellation. ``gradient`` is ``g`` (computed
+    with ``create_graph``); :meth:`hvp` and :meth:`top_eigenvalue` count their backward passes in
+    ``n_hvp``.
     """
 
     def __init__(self, graph: LossGraph, samples: int = 1):
         self.graph = graph
         self.samples = samples
         grads = torch.autograd.grad(
-            graph.loss().sum(), graph.inputs, create_graph=True, allow_unused=True
+            stable_loss_surrogate(graph), graph.inputs, create_graph=True, allow_unused=True
         )
         self._grads = _zeros_for_none(grads, graph.inputs)
         flat = flatten_features([gr.detach() for gr in self._grads])

@@ -35,9 +35,9 @@ from ..hessian import (
     LossGraph,
     LowRankFactor,
     build_loss_graph,
-    flatten_features,
     group_mean_factor,
     logit_curvature_gap,
+    loss_gradient_from_logits,
     low_rank_factor,
     unflatten_features,
 )
@@ -631,11 +631,8 @@ class CAFO(_ContextAwareAttribution):
     def _solve(self, graph: LossGraph, lambda1_grid, *, lambda1, lambda2, c1, sparsity):
         n = graph.n
         dtype, device = graph.dtype, graph.logits.device
-        grads = torch.autograd.grad(graph.loss().sum(), graph.inputs, allow_unused=True)
-        g = flatten_features(
-            [torch.zeros_like(x) if gr is None else gr for gr, x in zip(grads, graph.inputs,
-                                                                         strict=True)]
-        )
+        # g = J^T (p - e_t) with p_t - 1 formed without cancellation (accurate in float32 at p ~ 1)
+        g = loss_gradient_from_logits(graph)
         graph.release()
         top = torch.zeros(n, dtype=dtype, device=device)
         lam2 = top + (c1 if lambda2 is None else float(lambda2))
