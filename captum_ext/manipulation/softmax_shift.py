@@ -1,0 +1,201 @@
+"""Logit-gradient manipulation by the shift-invariance of softmax (Srinivas & Fleuret, Sec. 2, App. A).
+
+Adding the same scalar function ``g(x)`` to every logit, ``f̃ᵢ(x) = fᵢ(x) + g(x)``, leaves the softmax,
+hence every prediction, probability, cross-entropy value and loss-gradient, unchanged (App. A, eqs. 5-6),
+while every logit-gradient moves by ``∇g(x)``. Logit-gradient saliency maps (Captum's ``Saliency``,
+``InputXGradient``, ...) can therefore be made to show anything without changing the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["SoftmaxShift", "LinearShift", "PaintShift"]
+
+ShiftFn = Callable[..., Tensor]
+
+
+def _as_patterns(pattern: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    pats = tuple(pattern) if isinstance(pattern, list | tuple) else (pattern,)
+    if not pats or not all(isinstance(p, Tensor) for p in pats):
+        raise TypeError("pattern/picture must be a tensor or a tuple of tensors (one per input)")
+    return tuple(p.detach().clone() for p in pats)
+
+
+def _inner_products(patterns: tuple[Tensor, ...], inputs: tuple[Any, ...]) -> Tensor:
+    """``Σₖ ⟨Pₖ, xₖ⟩`` per example, with ``Pₖ`` shaped like one example of ``xₖ`` (or with batch 1)."""
+    if len(inputs) < len(patterns):
+        raise ValueError(f"expected {len(patterns)} input tensors, got {len(inputs)} arguments")
+    total = None
+    for k, (p, x) in enumerate(zip(patterns, inputs, strict=False)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input {k} must be a tensor to pair with pattern {k}")
+        q = p.to(device=x.device, dtype=x.dtype)
+        if q.shape == x.shape[1:]:
+            q = q.unsqueeze(0)
+        if q.dim() != x.dim() or q.shape[0] != 1 or q.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"pattern {k} of shape {tuple(p.shape)} must match one example of input {k}, "
+                f"shape {tuple(x.shape[1:])}"
+            )
+        term = (q * x).flatten(1).sum(1)
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+class LinearShift(nn.Module):
+    """``g(x) = strength · Σₖ ⟨Pₖ, xₖ⟩``, whose input-gradient is ``strength · Pₖ`` everywhere.
+
+    Args:
+        pattern: a tensor shaped like one example of the input (or a tuple, one per input tensor).
+        strength: scale of the pattern added to the logit-gradients.
+    """
+
+    def __init__(self, pattern: Tensor | Sequence[Tensor], strength: float = 1.0) -> None:
+        super().__init__()
+        pats = _as_patterns(pattern)
+        for k, p in enumerate(pats):
+            self.register_buffer(f"pattern_{k}", p)
+        self.n_patterns = len(pats)
+        self.strength = float(strength)
+
+    def patterns(self) -> tuple[Tensor, ...]:
+        """The registered patterns, one per input tensor."""
+        return tuple(getattr(self, f"pattern_{k}") for k in range(self.n_patterns))
+
+    def forward(self, *inputs: Any) -> Tensor:
+        """``strength · Σₖ ⟨Pₖ, xₖ⟩`` per example, shape ``(N,)``."""
+        return self.strength * _inner_products(self.patterns(), inputs)
+
+
+class PaintShift(LinearShift):
+    """``g(x) = ⟨M, x⟩ − f_t(x)``: makes the logit of class ``t`` equal ``⟨M, x⟩``.
+
+    Used by :meth:`SoftmaxShift.paint`. It needs the model's logits, which :class:`SoftmaxShift`
+    passes through the keyword ``logits`` so no second forward pass is run.
+
+    Args:
+        target: the class ``t`` whose logit-gradient becomes the picture.
+        picture: ``M``, shaped like one example of the input (or a tuple, one per input tensor).
+    """
+
+    uses_logits = True
+
+    def __init__(self, target: int, picture: Tensor | Sequence[Tensor]) -> None:
+        super().__init__(picture, 1.0)
+        if isinstance(target, bool) or not isinstance(target, int):
+            raise TypeError(f"target must be an int class index, got {type(target).__name__}")
+        self.target = int(target)
+
+    def forward(self, *inputs: Any, logits: Tensor) -> Tensor:  # type: ignore[override]
+        """``⟨M, x⟩ − f_t(x)`` per example."""
+        if not 0 <= self.target < logits.shape[1]:
+            raise ValueError(
+                f"target {self.target} is out of range for a model with {logits.shape[1]} classes"
+            )
+        return _inner_products(self.patterns(), inputs) - logits[:, self.target]
+
+
+class SoftmaxShift(nn.Module):
+    r"""Wrap a classifier so that every logit is shifted by the same scalar function ``g(x)``.
+
+    .. math:: \tilde f_i(x) = f_i(x) + g(x)\quad\text{for every class } i
+
+    Predictions, probabilities, the cross-entropy loss and its input-gradients are unchanged (up to
+    floating-point error); every logit-gradient becomes ``∇fᵢ + ∇g`` (Srinivas & Fleuret, Sec. 2 and
+    App. A). Use it to show that logit-gradient explanations need not reflect the classifier.
+
+    Args:
+        model: classifier returning ``(batch, classes)`` logits.
+        shift: ``g``, an :class:`~torch.nn.Module` or callable called with exactly the model's
+            arguments and returning one scalar per example (shape ``(N,)`` or ``(N, 1)``). A module
+            with ``uses_logits = True`` is also given the model's logits as keyword ``logits``.
+
+    Attributes:
+        model: the wrapped classifier.
+
+    Examples:
+        >>> import torch
+        >>> net = nn.Sequential(nn.Linear(4, 3))
+        >>> shifted = SoftmaxShift(net, lambda x: 10 * x.pow(2).sum(1))
+        >>> x = torch.randn(2, 4)
+        >>> torch.allclose(shifted(x).softmax(1), net(x).softmax(1), atol=1e-6)
+        True
+    """
+
+    def __init__(self, model: nn.Module, shift: ShiftFn) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(shift):
+            raise TypeError(f"shift must be a module or a callable, got {type(shift).__name__}")
+        self.model = model
+        self.shift = shift  # registered as a sub-module when it is one (moves with .to())
+
+    @classmethod
+    def add_pattern(
+        cls, model: nn.Module, pattern: Tensor | Sequence[Tensor], strength: float = 1.0
+    ) -> SoftmaxShift:
+        """Shift whose gradient adds ``strength · pattern`` to every logit-gradient, at every input.
+
+        Args:
+            model: classifier returning ``(batch, classes)`` logits.
+            pattern: tensor shaped like one example of the input (tuple for multi-input models).
+            strength: multiplier of the pattern.
+
+        Returns:
+            The wrapped model: ``∇f̃ᵢ = ∇fᵢ + strength · pattern`` for every class ``i``.
+        """
+        return cls(model, LinearShift(pattern, strength))
+
+    @classmethod
+    def paint(cls, model: nn.Module, target: int, picture: Tensor | Sequence[Tensor]) -> SoftmaxShift:
+        """Shift ``g(x) = ⟨M, x⟩ − f_t(x)`` that makes the target logit-gradient **equal** ``M``.
+
+        The target logit becomes ``f̃_t(x) = ⟨M, x⟩``, so ``captum.attr.Saliency`` (``abs=False``)
+        returns exactly ``M`` for class ``t`` at every input (``|M|`` with Captum's default
+        ``abs=True``), while the classifier's probabilities are unchanged.
+
+        Args:
+            model: classifier returning ``(batch, classes)`` logits.
+            target: the class ``t`` to paint.
+            picture: ``M``, shaped like one example of the input (tuple for multi-input models).
+
+        Returns:
+            The wrapped model.
+        """
+        return cls(model, PaintShift(target, picture))
+
+    def shift_values(self, *args: Any, logits: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """``g`` evaluated on a batch, shape ``(N,)``."""
+        if getattr(self.shift, "uses_logits", False):
+            if logits is None:
+                logits = self.model(*args, **kwargs)
+            g = self.shift(*args, logits=logits, **kwargs)
+        else:
+            g = self.shift(*args, **kwargs)
+        if not isinstance(g, Tensor):
+            raise TypeError(f"shift must return a tensor, got {type(g).__name__}")
+        return g
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Logits of the wrapped model plus ``g(x)`` in every class."""
+        logits = self.model(*args, **kwargs)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"the model must return (batch, classes) logits, got {shape}")
+        g = self.shift_values(*args, logits=logits, **kwargs)
+        n = logits.shape[0]
+        if g.dim() == 2 and g.shape[1] == 1:
+            g = g[:, 0]
+        if g.shape != (n,):
+            raise ValueError(
+                f"shift must return one scalar per example, shape ({n},) or ({n}, 1); "
+                f"got {tuple(g.shape)}"
+            )
+        return logits + g.to(logits.dtype).unsqueeze(1)
+
