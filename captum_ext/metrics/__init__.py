@@ -1,0 +1,67 @@
+"""Attribution evaluation metrics in the shape of ``captum.metrics``.
+
+* :func:`diff_roar` -- DiffROAR curves (top-k minus bottom-k remove-and-retrain), Shah et al.;
+* :func:`pixel_perturbation` -- discriminative pixel perturbation (accuracy), Srinivas & Fleuret;
+* :func:`feature_leakage` -- attribution share outside a known per-instance signal;
+* :func:`density_ratio_curve` -- how models score noisy inputs (Srinivas & Fleuret 5.1.1);
+* sanity and robustness checks (Gong et al., supplement): :func:`model_randomization`,
+  :func:`data_randomization`, :func:`topk_intersection`, :func:`attribution_attack`,
+  :func:`stability`, :func:`aopc`, :func:`relative_fidelity_drop`;
+* sample quality (Srinivas & Fleuret 5.1.2): :func:`class_conditional_samples`, :func:`gan_test`.
+"""
+
+from ._masking import DIFF_ROAR_FRACTIONS, count_for_fraction
+from .diff_roar import DiffROARResult, diff_roar, unmask
+from .leakage import feature_leakage
+from .pixel_perturbation import PixelPerturbationResult, pixel_perturbation
+
+__all__ = [
+    "DIFF_ROAR_FRACTIONS",
+    "DiffROARResult",
+    "PixelPerturbationResult",
+    "count_for_fraction",
+    "diff_roar",
+    "feature_leakage",
+    "pixel_perturbation",
+    "unmask",
+]
+
+# sanity checks, robustness, fidelity and sample quality (Gong et al.; Srinivas & Fleuret 5.1)
+from .density import DensityRatioCurve, density_ratio_curve  # noqa: E402
+from .fidelity import AOPCResult, FidelityDrop, aopc, relative_fidelity_drop  # noqa: E402
+from .robustness import AttackResult, SimilarityResult, attribution_attack, stability  # noqa: E402
+from .samples import ClassSamples, class_conditional_samples, gan_test  # noqa: E402
+from .sanity import RandomizationResult, data_randomization, model_randomization  # noqa: E402
+from .similarity import (  # noqa: E402
+    normalize_maps,
+    rank_average,
+    saliency_map,
+    spearman,
+    ssim,
+    topk_intersection,
+)
+
+__all__ += [
+    "AOPCResult",
+    "AttackResult",
+    "ClassSamples",
+    "DensityRatioCurve",
+    "FidelityDrop",
+    "RandomizationResult",
+    "SimilarityResult",
+    "aopc",
+    "attribution_attack",
+    "class_conditional_samples",
+    "data_randomization",
+    "density_ratio_curve",
+    "gan_test",
+    "model_randomization",
+    "normalize_maps",
+    "rank_average",
+    "relative_fidelity_drop",
+    "saliency_map",
+    "spearman",
+    "ssim",
+    "stability",
+    "topk_intersection",
+]
