@@ -1,8 +1,65 @@
-"""captum_ext: second-order attributions, gradient manipulation, attribution metrics and
-gradient regularizers for Captum users. Public names only; no logic here."""
+"""captum_ext: second-order attributions, gradient manipulation, attribution metrics and gradient
+regularizers for Captum users. Public names only; no logic here.
+
+Subpackages: :mod:`captum_ext.attr` (CASO, CAFO, SmoothCASO), :mod:`captum_ext.manipulation`,
+:mod:`captum_ext.metrics`, :mod:`captum_ext.regularizers`, :mod:`captum_ext.datasets`,
+:mod:`captum_ext.training`, :mod:`captum_ext.visualization`.
+"""
 
 from .attr import CAFO, CASO, AttributionDetails, SmoothCASO
+from .manipulation import LossGradientManipulation, SoftmaxShift, check_equivalence
+from .metrics import (
+    aopc,
+    attribution_attack,
+    data_randomization,
+    density_ratio_curve,
+    diff_roar,
+    feature_leakage,
+    model_randomization,
+    pixel_perturbation,
+    topk_intersection,
+)
+from .regularizers import (
+    AntiScoreMatching,
+    AttentionHarmonizedTraining,
+    GradientNormRegularizer,
+    InputGradientPenalty,
+    NormRegularizedAdversarialTraining,
+    PGDAdversarialTraining,
+    ScoreMatching,
+    WeightPenalty,
+    relu_to_softplus,
+    taylor_trace,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["CASO", "CAFO", "SmoothCASO", "AttributionDetails", "__version__"]
+__all__ = [
+    "CASO",
+    "CAFO",
+    "SmoothCASO",
+    "AttributionDetails",
+    "SoftmaxShift",
+    "LossGradientManipulation",
+    "check_equivalence",
+    "diff_roar",
+    "pixel_perturbation",
+    "feature_leakage",
+    "density_ratio_curve",
+    "model_randomization",
+    "data_randomization",
+    "topk_intersection",
+    "attribution_attack",
+    "aopc",
+    "ScoreMatching",
+    "AntiScoreMatching",
+    "GradientNormRegularizer",
+    "taylor_trace",
+    "InputGradientPenalty",
+    "WeightPenalty",
+    "PGDAdversarialTraining",
+    "NormRegularizedAdversarialTraining",
+    "AttentionHarmonizedTraining",
+    "relu_to_softplus",
+    "__version__",
+]
