@@ -7,7 +7,7 @@ from hypothesis import settings
 
 from captum_ext._model_state import ModelState
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+torch.set_num_threads(1)
 settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True)
 settings.load_profile("ci")
 
