@@ -44,6 +44,7 @@ from captum_ext.metrics.similarity import (
     topk_intersection,
     topk_sizes,
 )
+from captum_ext.regularizers.activations import relu_to_softplus
 
 __all__ = [
     "AttackResult",
@@ -87,16 +88,6 @@ def _pixel_map(s: Tensor) -> Tensor:
     if s.dim() == 4:
         s = s.abs().sum(dim=1)
     return s.reshape(n, -1)
-
-
-def _softplus_surrogate(model: nn.Module, beta: float) -> nn.Module:
-    """A deep copy with every ``nn.ReLU`` module replaced by ``nn.Softplus(beta)``."""
-    sur = copy.deepcopy(model)
-    for module in list(sur.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(module, child_name, nn.Softplus(beta=beta))
-    return sur
 
 
 @dataclass
@@ -235,7 +226,7 @@ def attribution_attack(
     check_batch_size(batch_size)
     check_eval_mode(model)
     if surrogate is None:
-        surrogate = _softplus_surrogate(model, surrogate_beta)
+        surrogate = relu_to_softplus(model, beta=surrogate_beta)
     elif not isinstance(surrogate, nn.Module):
         raise TypeError("surrogate must be an nn.Module")
     else:
