@@ -1,0 +1,240 @@
+"""Shared plumbing of the ``benchmarks/reproduce_*.py`` paper reproductions.
+
+Small helpers only: a command-line parser with the common options, a plain-SGD training loop that
+honours the regularizer-wrapper protocol (the authors' recipes of Shah et al. and Bötte & Pfeiffer use
+SGD, while :func:`captum_ext.training.fit` is Adam-only), loss input-gradients, a few pure tensor
+statistics (Gini index, rank of the signal coordinate), the small ReLU CNN used on offline digits, and
+the report writer (JSON with the machine description, PNG next to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmarks._machine import describe_machine
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# --------------------------------------------------------------------------------------------------
+# command line and reports
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """Parser with the options every reproduction shares (``--quick``, ``--seed``, ``--threads``...)."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(doc.strip().splitlines()[1:]))
+    p.add_argument("--quick", action="store_true",
+                   help="tiny smoke run (seconds); writes *_quick.json/.png, not for reporting")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()),
+                   help="torch intra-op threads (default: up to 2)")
+    p.add_argument("--progress", action="store_true", help="show tqdm progress bars")
+    p.add_argument("--out", type=Path, default=RESULTS, help="output folder")
+    return p
+
+
+def claim(claim_id: str, statement: str, paper: str, ours: str, agrees: bool | str,
+          note: str = "") -> dict[str, Any]:
+    """One row of the paper-vs-ours table (``agrees``: True, False or ``"partly"``)."""
+    return {"id": claim_id, "claim": statement, "paper": paper, "ours": ours, "agrees": agrees,
+            "note": note}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+        return float(f"{obj:.6g}")  # 6 significant digits keep the reports small and readable
+    return obj
+
+
+def write_report(report: dict[str, Any], stem: str, out: Path, quick: bool) -> Path:
+    """Write ``<out>/<stem>[_quick].json`` (machine description added) and return the JSON path."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = stem + ("_quick" if quick else "")
+    report = {"benchmark": stem, "quick": quick, "machine": describe_machine("cpu"), **report}
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(_jsonable(report), indent=2))
+    return path
+
+
+def png_path(stem: str, out: Path, quick: bool) -> Path:
+    """Where the figure of a report goes (next to its JSON)."""
+    return out / (stem + ("_quick" if quick else "") + ".png")
+
+
+def print_claims(claims: Sequence[dict[str, Any]]) -> None:
+    """Print the paper-vs-ours table to stdout."""
+    for c in claims:
+        mark = {True: "yes", False: "NO"}.get(c["agrees"], str(c["agrees"]))
+        print(f"[{mark:>6}] {c['id']}: paper {c['paper']} | ours {c['ours']}")
+
+
+class Stopwatch:
+    """Wall-clock timer: ``with Stopwatch() as t: ...; t.seconds``."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Mean and (sample) standard deviation of a list of numbers."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# models and training
+
+
+def small_cnn(num_classes: int = 10) -> nn.Sequential:
+    """A small ReLU CNN for 1x28x28 digits (piecewise linear, so CASO's closed form is exact)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 5, stride=2, padding=2), nn.ReLU(),   # 28 -> 14
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, num_classes),
+    )
+
+
+def one_hidden_mlp(d: int, width: int, num_classes: int = 2) -> nn.Sequential:
+    """``Linear(d, width) -> ReLU -> Linear(width, classes)``: the toy-set model of Shah et al."""
+    return nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+
+def sgd_train(
+    trainee: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+    desc: str = "sgd",
+) -> nn.Module:
+    """Plain SGD (no momentum, no weight decay) on ``trainee.loss(x, y)`` or cross-entropy.
+
+    ``trainee`` is a plain classifier or a regularizer wrapper (anything with a ``loss(x, y)``
+    method); mini-batches are drawn without replacement within each pass, from a generator seeded
+    with ``seed``. ``on_step(step)`` is called before each step (e.g. to ramp an attack's radius).
+    Returns ``trainee`` in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    params = [p for p in trainee.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    own_loss = getattr(trainee, "loss", None)
+    n = inputs.shape[0]
+    perm = torch.randperm(n, generator=gen)
+    pos = 0
+    trainee.train()
+    with torch.enable_grad():
+        for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            if pos + batch_size > n:
+                perm, pos = torch.randperm(n, generator=gen), 0
+            idx = perm[pos:pos + batch_size]
+            pos += batch_size
+            if on_step is not None:
+                on_step(step)
+            xb, yb = inputs[idx], labels[idx]
+            loss = own_loss(xb, yb) if callable(own_loss) else F.cross_entropy(trainee(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    return trainee.eval()
+
+
+def loss_input_gradient(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+    """Gradient of the summed cross-entropy w.r.t. the inputs (the authors' ``get_input_gradients``).
+
+    Uses :func:`torch.autograd.grad` with respect to a copy of the inputs only: the model's
+    parameters, ``.grad`` and mode are untouched.
+    """
+    with torch.enable_grad():
+        x = inputs.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x), labels, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x)
+    return g
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
+    """Plain accuracy (the model is assumed to be in eval mode already)."""
+    return float((model(inputs).argmax(1) == labels).float().mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# pure statistics
+
+
+def gini(values: Tensor) -> Tensor:
+    """Gini index of each row of non-negative ``values`` ``(N, ...)`` (Hurley & Rickard, 2009).
+
+    0 for a constant row, ``1 - 1/P`` for a row with a single non-zero entry; rows are flattened.
+    A scale-invariant sparsity measure: ``1 - 2 * sum_k (a_(k) / |a|_1) * (P - k + 1/2) / P`` with
+    ``a_(k)`` sorted ascending. Rows summing to zero give ``nan``.
+    """
+    a = values.detach().flatten(1).to(torch.float64).sort(dim=1).values
+    n = a.shape[1]
+    k = torch.arange(1, n + 1, dtype=torch.float64, device=a.device)
+    total = a.sum(1, keepdim=True)
+    share = a / total
+    out = 1.0 - 2.0 * (share * ((n - k + 0.5) / n)).sum(1)
+    return torch.where(total[:, 0] > 0, out, torch.full_like(out, float("nan")))
+
+
+def near_zero_fraction(values: Tensor, rel: float = 0.01) -> Tensor:
+    """Fraction of entries of each row whose magnitude is below ``rel`` times the row's maximum."""
+    a = values.detach().abs().flatten(1)
+    return (a < rel * a.amax(1, keepdim=True)).to(torch.float64).mean(1)
+
+
+def signal_rank_fractions(grad_abs: Tensor, signal: Tensor) -> dict[str, float]:
+    """For rows of ``|gradient|`` ``(N, d)`` and the signal coordinate ``(N,)`` of each row:
+
+    ``top``: fraction where the signal coordinate has the largest magnitude (``argmax``, as in the
+    authors' code); ``bottom``: where it has the smallest (``argmin``); ``share``: mean share
+    ``|g_j| / sum_i |g_i|`` of the signal coordinate (``1/d`` for equal magnitudes).
+    """
+    j = signal.long().view(-1, 1)
+    total = grad_abs.sum(1).clamp_min(1e-300)
+    return {
+        "top": float((grad_abs.argmax(1) == j[:, 0]).double().mean()),
+        "bottom": float((grad_abs.argmin(1) == j[:, 0]).double().mean()),
+        "share": float((grad_abs.gather(1, j)[:, 0] / total).double().mean()),
+    }
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman rank correlation of two 1-d tensors (average ranks for ties, via scipy)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x.double().numpy(), y.double().numpy()).statistic)

@@ -1,0 +1,454 @@
+"""Reproduce Singla et al. (ICML 2019) Fig. 1 / Theorem 4 and the App. F.1 simulation, small scale.
+
+(a) Fig. 1 on real data: a small ReLU CNN is trained on scikit-learn's handwritten digits (offline,
+    10 classes, 28x28); for every test image we compute CASO and CAFO with lambda1 = 0 (closed-form
+    Hessian, exact for ReLU nets), normalise both to unit L2 norm and report the Frobenius norm of the
+    difference against the prediction confidence p_max (the test images span p_max from below 0.5
+    to above 0.999). lambda2 = L/2 + c1 with the paper's c1 = 10, and a
+    sensitivity run with c1 = 0.1 (our inputs are 28x28 in [0, 1], so the Hessian's top eigenvalue L
+    is far below the paper's ImageNet scale and c1 = 10 damps the Hessian term). On the same images
+    the script measures what Theorem 4 is about: how close the input Hessian is to rank one (relative
+    Frobenius error of its best rank-one part) and |cos| between the gradient and the top eigenvector.
+    A binary control (2 digit classes) checks the exact case c = 2, where A = diag(p) - pp^T has
+    rank one, so CASO is parallel to CAFO at every confidence.
+(b) App. F.1: for a random linear model W (d = 784 inputs) and p = [1 - (c-1)eps, eps, ..., eps],
+    the relative Frobenius error between H = W A W^T and (i) the paper's rank-one approximation
+    g g^T / (eps (c-1)), (ii) the best rank-one approximation (top eigen-part), against the number of
+    classes c (p[0] = 0.9999, Fig. 5), against p[0] (c = 100, Fig. 6) and on a (c, p[0]) grid
+    (Fig. 7); mean over 5 random W. All quantities are computed in float64 through c x c algebra.
+
+Writes benchmarks/results/reproduce_singla.json and .png. About 1-2 minutes on 2 CPU cores
+(``--quick``: seconds). Scaled down from the paper: digits/CNN instead of ImageNet/ResNet-50 (1000
+classes); the simulation's input dimension d is not stated in the paper (we use 784).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._repro import (  # noqa: E402
+    Stopwatch,
+    claim,
+    make_parser,
+    png_path,
+    print_claims,
+    small_cnn,
+    spearman,
+    write_report,
+)
+from captum_ext import CAFO, CASO  # noqa: E402
+from captum_ext.datasets import BlockMNIST, SklearnDigits  # noqa: E402
+from captum_ext.hessian import build_loss_graph, low_rank_factor, softmax_covariance  # noqa: E402
+from captum_ext.training import evaluate, fit  # noqa: E402
+
+CONF_BINS = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0 + 1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# (a) CASO vs CAFO on data
+
+
+def normalised_difference(a: Tensor, b: Tensor) -> Tensor:
+    """``|| a/|a| - b/|b| ||_F`` per example (the paper's Fig. 1 quantity); in ``[0, 2]``."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return (a - b).norm(dim=1)
+
+
+def hessian_rank_one_stats(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Per example: relative error of the best rank-one part of H, |cos(g, top eigenvector)|, L.
+
+    Uses the exact closed-form factor H = B B^T (ReLU net, ``rank_tol=0``): the non-zero spectrum of
+    H is that of the small Gram matrix B^T B.
+    """
+    with torch.enable_grad():
+        graph = build_loss_graph(model, (x,), (), None)
+        factor = low_rank_factor(graph, rank_tol=0.0)
+    B, g = factor.B.double(), factor.gradient.double()
+    evals, evecs = torch.linalg.eigh(B.transpose(1, 2) @ B)  # ascending, (n, r)
+    evals = evals.clamp_min(0)
+    total = (evals ** 2).sum(1)
+    top = evals[:, -1]
+    err = torch.sqrt((1.0 - top ** 2 / total.clamp_min(1e-300)).clamp_min(0))
+    u = torch.einsum("ndr,nr->nd", B, evecs[:, :, -1])
+    cos = (u * g).sum(1).abs() / (u.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-300)
+    return {"rank_one_error": err, "cos_grad_top_eigvec": cos, "top_eigenvalue": top}
+
+
+def caso_vs_cafo(model: nn.Module, x: Tensor, c1_values: tuple[float, ...]) -> dict[str, Tensor]:
+    """Confidence, normalised CASO-CAFO difference for each ``c1``, and the Hessian statistics."""
+    with torch.no_grad():
+        conf = model(x).softmax(1).amax(1).double()
+    cafo = CAFO(model).attribute(x)  # direction of g; the scale (lambda2) cancels in the norm
+    out: dict[str, Tensor] = {"confidence": conf}
+    for c1 in c1_values:
+        caso = CASO(model)
+        delta = caso.attribute(x, c1=c1, hessian="closed_form", rank_tol=0.0)
+        out[f"diff_c1={c1:g}"] = normalised_difference(delta, cafo)
+        out["L"] = caso.last_details.top_eigenvalue.double()
+    out.update(hessian_rank_one_stats(model, x))
+    return out
+
+
+def binned(conf: Tensor, values: Tensor) -> list[dict[str, float]]:
+    rows = []
+    for lo, hi in zip(CONF_BINS[:-1], CONF_BINS[1:], strict=True):
+        m = (conf >= lo) & (conf < hi)
+        if bool(m.any()):
+            rows.append({"conf_low": lo, "conf_high": min(hi, 1.0), "n": int(m.sum()),
+                         "mean": float(values[m].mean()), "max": float(values[m].max())})
+    return rows
+
+
+def run_fig1(args, c1_values: tuple[float, ...]) -> dict:
+    src = SklearnDigits()
+    x_tr, y_tr = src.load("train")
+    x_te, y_te = src.load("test")
+    x_tr, x_te = x_tr[:, None], x_te[:, None]
+    if args.quick:
+        x_tr, y_tr, x_te, y_te = x_tr[:400], y_tr[:400], x_te[:60], y_te[:60]
+    torch.manual_seed(args.seed)
+    model = small_cnn(10)
+    epochs = 2 if args.quick else args.epochs
+    fit(model, (x_tr, y_tr), epochs=epochs, lr=1e-3, batch_size=64, seed=args.seed,
+        progress=args.progress)
+    acc = evaluate(model, (x_te, y_te))
+    with Stopwatch() as t:
+        pts = caso_vs_cafo(model, x_te, c1_values)
+    conf = pts["confidence"]
+    print(f"[fig1] {epochs} epochs: test acc {acc:.3f}, median L {float(pts['L'].median()):.3g}; "
+          f"CASO+CAFO+Hessian stats for {conf.numel()} images in {t.seconds:.1f}s", flush=True)
+    res = {"epochs": epochs, "test_accuracy": acc, "attribution_seconds": t.seconds,
+           "n_points": int(conf.numel()), "median_L": float(pts["L"].median()),
+           "max_L": float(pts["L"].max()), "per_c1": {}}
+    low, high = conf < 0.9, conf > 0.99
+    for c1 in c1_values:
+        d = pts[f"diff_c1={c1:g}"]
+        res["per_c1"][f"{c1:g}"] = {
+            "spearman_conf_vs_diff": spearman(conf, d),
+            "bins": binned(conf, d),
+            "mean_diff_conf_below_0.9": float(d[low].mean()) if bool(low.any()) else None,
+            "mean_diff_conf_above_0.99": float(d[high].mean()) if bool(high.any()) else None,
+        }
+    res["rank_one_error_bins"] = binned(conf, pts["rank_one_error"])
+    res["cos_grad_top_eigvec_bins"] = binned(conf, pts["cos_grad_top_eigvec"])
+    res["spearman_conf_vs_rank_one_error"] = spearman(conf, pts["rank_one_error"])
+    res["spearman_conf_vs_cos"] = spearman(conf, pts["cos_grad_top_eigvec"])
+    res["spearman_conf_vs_L"] = spearman(conf, pts["L"])
+    res["mean_cos_grad_top_eigvec"] = float(pts["cos_grad_top_eigvec"].mean())
+    res["mean_rank_one_error"] = float(pts["rank_one_error"].mean())
+    res["points"] = {k: v.float() for k, v in pts.items()}
+    return res
+
+
+def run_binary_control(args) -> dict:
+    """c = 2: A = p1 p2 [1,-1][1,-1]^T has rank one, H is parallel to g g^T: CASO || CAFO exactly."""
+    n_train, n_test = (200, 40) if args.quick else (600, 120)
+    tr = BlockMNIST("train", n=n_train, seed=args.seed)
+    te = BlockMNIST("test", n=n_test, seed=args.seed)
+    x_tr, y_tr, _ = tr.tensors()
+    x_te, _, _ = te.tensors()
+    torch.manual_seed(args.seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(56 * 28, 64), nn.ReLU(), nn.Linear(64, 2))
+    fit(model, (x_tr, y_tr), epochs=3, lr=1e-3, seed=args.seed, progress=args.progress)
+    with torch.no_grad():
+        conf = model(x_te).softmax(1).amax(1).double()
+    diff = normalised_difference(CASO(model).attribute(x_te, c1=0.1, hessian="closed_form",
+                                                       rank_tol=0.0), CAFO(model).attribute(x_te))
+    return {"n": int(conf.numel()), "confidence_min": float(conf.min()),
+            "confidence_max": float(conf.max()), "max_diff_c1=0.1": float(diff.max()),
+            "note": "BlockMNIST (digits 0/1), one-hidden-layer ReLU MLP, float32"}
+
+
+# --------------------------------------------------------------------------------------------------
+# (b) App. F.1 simulation (pure c x c algebra in float64)
+
+
+def confident_softmax(c: int, p0: float) -> tuple[Tensor, Tensor, float]:
+    """``A = diag(p) - pp^T`` for ``p = [p0, eps, ..., eps]``, the residual ``p - y`` and ``eps``."""
+    eps = (1.0 - p0) / (c - 1)
+    p = torch.full((1, c), eps, dtype=torch.float64)
+    p[0, 0] = p0
+    r = p[0].clone()
+    r[0] = -(c - 1) * eps  # p - y, computed without cancellation
+    return softmax_covariance(p)[0], r, eps
+
+
+def paper_approx_error(A: Tensor, r: Tensor, eps: float, G: Tensor) -> float:
+    """Relative Frobenius error of ``g g^T / (eps (c-1))`` against ``H = W A W^T`` (``G = W^T W``).
+
+    ``||W M W^T||_F^2 = tr(M G M G)``, so everything is ``c x c`` algebra: one ``c^3`` product.
+    """
+    c = A.shape[0]
+    AG = A @ G
+    h2 = (AG * AG.T).sum()  # tr(AG AG)
+    s = 1.0 / (eps * (c - 1))
+    Gr = G @ r
+    g_h_g = Gr @ A @ Gr
+    g2 = r @ Gr
+    diff2 = h2 - 2.0 * s * g_h_g + (s * g2) ** 2
+    return math.sqrt(max(float(diff2), 0.0) / float(h2))
+
+
+def best_rank_one(A: Tensor, r: Tensor, G: Tensor) -> tuple[float, float]:
+    """Relative error of the best rank-one part of ``H`` and ``|cos(g, top eigenvector of H)|``.
+
+    ``H = (W S)(W S)^T`` with ``A = S S^T``; its non-zero spectrum is that of ``M = S^T G S``, and
+    its top eigenvector is ``W S v / ||W S v||`` for the top eigenvector ``v`` of ``M``.
+    """
+    lam, U = torch.linalg.eigh(A)
+    S = U * lam.clamp_min(0).sqrt()
+    M = S.T @ G @ S
+    ev, evec = torch.linalg.eigh(M)
+    err = math.sqrt(max(1.0 - float(ev[-1] ** 2 / (ev ** 2).sum()), 0.0))
+    v = evec[:, -1]
+    cos = abs(float(r @ G @ S @ v)) / math.sqrt(float(r @ G @ r) * float(v @ M @ v))
+    return err, cos
+
+
+def theory_error(c: int) -> float:
+    """First-order value of ||A_2||_F / ||A||_F from the proof of Theorem 4 (W with orthonormal
+    columns): sqrt(c - 2) / sqrt(c^2 + c - 2)."""
+    return math.sqrt(c - 2) / math.sqrt(c * c + c - 2)
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    t = torch.tensor(vals, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
+
+
+def run_f1(args) -> dict:
+    d = 784
+    n_w = 2 if args.quick else 5
+    cs = (10, 30, 100) if args.quick else (10, 20, 50, 100, 200, 500, 1000)
+    eps_grid = torch.logspace(math.log10(5e-3), -6, 6 if args.quick else 25, dtype=torch.float64)
+    heat_p0 = (0.5, 0.9, 0.99) if args.quick else (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
+    gen = torch.Generator().manual_seed(args.seed)
+    grams = {}
+    for c in sorted(set(cs) | {100}):
+        ws = [torch.randn(d, c, generator=gen, dtype=torch.float64) for _ in range(n_w)]
+        grams[c] = [W.T @ W for W in ws]
+
+    def point(c: int, p0: float, with_best: bool = True) -> dict[str, float]:
+        A, r, eps = confident_softmax(c, p0)
+        out: dict[str, float] = {"c": c, "p0": p0, "eps": eps}
+        out["paper_approx"], out["paper_approx_std"] = _mean_std(
+            [paper_approx_error(A, r, eps, G) for G in grams[c]])
+        if with_best:
+            rows = [best_rank_one(A, r, G) for G in grams[c]]
+            out["best_rank_one"], out["best_rank_one_std"] = _mean_std([e for e, _ in rows])
+            out["cos_grad_top_eigvec"], out["cos_grad_top_eigvec_std"] = _mean_std(
+                [cs_ for _, cs_ in rows])
+        return out
+
+    vs_c = [{**point(c, 0.9999), "theory": theory_error(c)} for c in cs]
+    vs_p0 = [point(100, 1.0 - 99.0 * e) for e in eps_grid.tolist()]
+    heat = [[point(c, p0, with_best=False)["paper_approx"] for p0 in heat_p0] for c in cs]
+    return {"d": d, "n_random_W": n_w, "vs_c": vs_c, "vs_p0": vs_p0,
+            "grid": {"c": list(cs), "p0": list(heat_p0), "paper_approx": heat}}
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+
+
+def _f(v: float | None, spec: str = ".3g") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def make_claims(fig1: dict, binary: dict, f1: dict) -> list[dict]:
+    claims = []
+    paper_c1 = fig1["per_c1"]["10"]
+    small_c1 = fig1["per_c1"]["0.1"]
+    low, high = paper_c1["mean_diff_conf_below_0.9"], paper_c1["mean_diff_conf_above_0.99"]
+    low_s, high_s = small_c1["mean_diff_conf_below_0.9"], small_c1["mean_diff_conf_above_0.99"]
+    ok = (paper_c1["spearman_conf_vs_diff"] < -0.3 and low is not None and high is not None
+          and low > 5 * high)
+    claims.append(claim(
+        "singla_fig1",
+        "CASO and CAFO differ at low confidence and coincide at high confidence (Fig. 1, Thm. 5)",
+        "qualitative (ImageNet, ResNet-50; values only in the figure)",
+        f"Spearman(conf, diff) = {paper_c1['spearman_conf_vs_diff']:.2f} (c1=10), "
+        f"{small_c1['spearman_conf_vs_diff']:.2f} (c1=0.1); mean diff at p<0.9 vs p>0.99: "
+        f"{_f(low)} vs {_f(high)} (c1=10), {_f(low_s)} vs {_f(high_s)} (c1=0.1)",
+        bool(ok),
+        f"The trend agrees. Absolute differences are small with the paper's c1=10 because L (median "
+        f"{fig1['median_L']:.2g}) is tiny next to 2*c1=20 on 28x28 inputs in [0,1] (we expect a "
+        "much larger L on 224x224 ImageNet inputs; not measured); c1=0.1 enlarges them about "
+        "tenfold."))
+    r1 = fig1["rank_one_error_bins"]
+    claims.append(claim(
+        "singla_thm4_data",
+        "At high confidence the input Hessian is nearly rank one, its top eigenvector parallel to g "
+        "(Thm. 4)",
+        "asymptotic statement (c -> inf, p_max -> 1)",
+        f"best rank-one relative error {r1[0]['mean']:.2f} (conf < {r1[0]['conf_high']:g}) -> "
+        f"{r1[-1]['mean']:.2f} (conf > {r1[-1]['conf_low']:g}), mean {fig1['mean_rank_one_error']:.2f};"
+        f" mean |cos(g, top eigenvector)| {fig1['mean_cos_grad_top_eigvec']:.3f}; "
+        f"Spearman(conf, L) = {fig1['spearman_conf_vs_L']:.2f}",
+        "partly",
+        "With c = 10 the Hessian is nearly rank one and aligned with g at every confidence (the "
+        "runner-up class dominates A), so the rank barely changes with confidence. What falls with "
+        "confidence is the scale L of H relative to 2*c1, which is what makes CASO approach CAFO "
+        "here."))
+    claims.append(claim(
+        "singla_binary_exact",
+        "c = 2 (BlockMNIST): A has rank one, so CASO is exactly parallel to CAFO",
+        "follows from Prop. 1 / Thm. 4 (not stated as an experiment)",
+        f"max normalised difference {binary['max_diff_c1=0.1']:.1e} over {binary['n']} images "
+        f"(confidence {binary['confidence_min']:.2f}-{binary['confidence_max']:.3f})",
+        binary["max_diff_c1=0.1"] < 1e-3))
+    vc = f1["vs_c"]
+    dec = all(b["best_rank_one"] <= a["best_rank_one"] + 1e-9 for a, b in zip(vc[:-1], vc[1:], strict=True))
+    claims.append(claim(
+        "singla_f1_classes",
+        "Relative error of the rank-one Hessian approximation falls quickly as c grows (Fig. 5, "
+        "p[0] = 0.9999)",
+        "qualitative (figure)",
+        f"gg^T/(eps(c-1)): {vc[0]['paper_approx']:.3f} (c={vc[0]['c']}) -> "
+        f"{vc[-1]['paper_approx']:.3f} (c={vc[-1]['c']}); best rank one {vc[0]['best_rank_one']:.3f}"
+        f" -> {vc[-1]['best_rank_one']:.3f}",
+        dec,
+        "Decay follows the first-order value sqrt(c-2)/sqrt(c^2+c-2) ~ c^-1/2 of the proof."))
+    vp = f1["vs_p0"]
+    claims.append(claim(
+        "singla_f1_confidence",
+        "The error converges quickly as p[0] -> 1 (Fig. 6, c = 100)",
+        "qualitative (figure)",
+        f"gg^T/(eps(c-1)): {vp[0]['paper_approx']:.3f} at p0={vp[0]['p0']:.3f} -> "
+        f"{vp[-1]['paper_approx']:.3f} at p0={vp[-1]['p0']:.6f}; best rank one "
+        f"{vp[0]['best_rank_one']:.3f} -> {vp[-1]['best_rank_one']:.3f}",
+        vp[-1]["paper_approx"] < vp[0]["paper_approx"],
+        "It converges to a floor of about 0.1 at c = 100 (the eps-eigenvalues of A), not to 0."))
+    return claims
+
+
+def plot(fig1: dict, binary: dict, f1: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = fig1["points"]
+    conf = pts["confidence"].double()
+    x = (1.0 - conf).clamp_min(1e-7)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.6))
+    ax = axes[0, 0]
+    for c1, color in (("10", "tab:blue"), ("0.1", "tab:orange")):
+        d = pts[f"diff_c1={c1}"].double().clamp_min(1e-9)
+        ax.scatter(x, d, s=6, alpha=0.5, color=color,
+                   label=f"c1={c1} (Spearman {fig1['per_c1'][c1]['spearman_conf_vs_diff']:.2f})")
+    ax.set(xscale="log", yscale="log", xlabel="1 - confidence (p_max)",
+           ylabel="|| CASO/|CASO| - CAFO/|CAFO| ||",
+           title="(a) Fig. 1 on digits: CASO vs CAFO, λ1 = 0")
+    ax.invert_xaxis()
+    ax.legend(fontsize="small", loc="upper right")
+    ax.text(0.02, 0.03, f"binary control (c=2): max diff {binary['max_diff_c1=0.1']:.0e}",
+            transform=ax.transAxes, fontsize="small")
+    ax = axes[0, 1]
+    ax.scatter(x, pts["rank_one_error"], s=6, alpha=0.5, label="best rank-one rel. error of H")
+    ax.scatter(x, 1.0 - pts["cos_grad_top_eigvec"].double(), s=6, alpha=0.5,
+               label="1 - |cos(g, top eigenvector)|")
+    ax.axhline(math.sqrt(8) / math.sqrt(108), color="grey", ls=":", lw=1,
+               label="sqrt(c-2)/sqrt(c²+c-2), c=10")
+    ax.set(xscale="log", yscale="log", xlabel="1 - confidence (p_max)",
+           title="Thm. 4 on the same images (c = 10)")
+    ax.invert_xaxis()
+    ax.legend(fontsize="small", loc="lower left")
+    ax = axes[0, 2]
+    ax.scatter(x, pts["L"].double().clamp_min(1e-9), s=6, alpha=0.5, color="tab:green",
+               label=f"L (Spearman with conf {fig1['spearman_conf_vs_L']:.2f})")
+    ax.axhline(20.0, color="tab:blue", ls="--", label="2·c1 = 20 (paper's c1)")
+    ax.axhline(0.2, color="tab:orange", ls="--", label="2·c1 = 0.2")
+    ax.set(xscale="log", yscale="log", xlabel="1 - confidence (p_max)",
+           ylabel="L = top eigenvalue of H",
+           title="why c1 matters: CASO = (2λ2 - H)⁻¹g, 2λ2 = L + 2c1")
+    ax.invert_xaxis()
+    ax.legend(fontsize="small", loc="lower left")
+
+    vc = f1["vs_c"]
+    cs = [r["c"] for r in vc]
+    ax = axes[1, 0]
+    ax.errorbar(cs, [r["paper_approx"] for r in vc], yerr=[r["paper_approx_std"] for r in vc],
+                marker="o", label="g gᵀ / (ε(c-1))")
+    ax.errorbar(cs, [r["best_rank_one"] for r in vc], yerr=[r["best_rank_one_std"] for r in vc],
+                marker="s", ls="--", label="best rank one")
+    ax.plot(cs, [r["theory"] for r in vc], color="grey", ls=":", label="sqrt(c-2)/sqrt(c²+c-2)")
+    ax.set(xscale="log", xlabel="number of classes c", ylabel="relative Frobenius error",
+           title="(b) App. F.1, Fig. 5: p[0] = 0.9999")
+    ax.legend(fontsize="small")
+    vp = f1["vs_p0"]
+    ax = axes[1, 1]
+    xs = [-math.log10(1.0 - r["p0"]) for r in vp]
+    ax.plot(xs, [r["paper_approx"] for r in vp], marker="o", ms=3, label="g gᵀ / (ε(c-1))")
+    ax.plot(xs, [r["best_rank_one"] for r in vp], marker="s", ms=3, ls="--", label="best rank one")
+    ax.set(yscale="log", xlabel="-log10(1 - p[0])", ylabel="relative Frobenius error",
+           title="Fig. 6: c = 100, ε from 5e-3 to 1e-6")
+    ax.legend(fontsize="small")
+    ax = axes[1, 2]
+    grid = f1["grid"]
+    im = ax.imshow(torch.tensor(grid["paper_approx"]).log10().numpy(), aspect="auto",
+                   cmap="viridis", origin="lower")
+    ax.set_xticks(range(len(grid["p0"])), [f"{p:g}" for p in grid["p0"]], rotation=45,
+                  fontsize="small")
+    ax.set_yticks(range(len(grid["c"])), [str(c) for c in grid["c"]])
+    ax.set(xlabel="p[0]", ylabel="c", title="Fig. 7: log10 error of g gᵀ/(ε(c-1))")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=85)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = make_parser(__doc__)
+    p.add_argument("--epochs", type=int, default=8, help="training epochs of the digits CNN")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    c1_values = (10.0, 0.1)
+    fig1 = run_fig1(args, c1_values)
+    binary = run_binary_control(args)
+    with Stopwatch() as t_f1:
+        f1 = run_f1(args)
+    print(f"[F.1] simulation in {t_f1.seconds:.1f}s", flush=True)
+    claims = make_claims(fig1, binary, f1)
+    report = {
+        "paper": "Singla, Wallace, Feng, Feizi, ICML 2019: Fig. 1, Theorems 4-5, App. F.1",
+        "config": {
+            "fig1": {"data": "sklearn digits 28x28 (captum_ext.datasets.SklearnDigits), 10 classes",
+                     "model": "ReLU CNN: conv5x5/2(16) - conv3x3/2(32) - fc64 - fc10",
+                     "training": f"Adam lr 1e-3, batch 64, {args.epochs} epochs",
+                     "caso": "lambda1=0, lambda2=L/2+c1, closed-form Hessian (exact, rank_tol=0), "
+                             "target = predicted class",
+                     "c1": list(c1_values)},
+            "f1": {"d": f1["d"], "W": "standard normal, n_random_W draws"},
+            "scaled_down": "digits + small CNN (10 classes) instead of ImageNet + ResNet-50 (1000 "
+                           "classes, 1000 images); the simulation's input dimension is our choice",
+            "seed": args.seed,
+        },
+        "claims": claims,
+        "results": {"fig1": fig1, "binary_control": binary, "f1": f1},
+        "verdict": "Reproduced qualitatively: CASO-CAFO difference falls with confidence on real "
+                   "data; the rank-one error falls with c and with p[0] in the simulation. The "
+                   "absolute Fig. 1 differences depend on c1 relative to the Hessian scale.",
+    }
+    report["total_seconds"] = time.perf_counter() - t0
+    path = write_report(report, "reproduce_singla", args.out, args.quick)
+    plot(fig1, binary, f1, png_path("reproduce_singla", args.out, args.quick))
+    print_claims(claims)
+    print(f"total {report['total_seconds']:.0f}s -> {path} (+ .png)")
+
+
+if __name__ == "__main__":
+    main()
