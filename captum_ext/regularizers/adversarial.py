@@ -56,7 +56,7 @@ class _AdversarialWrapper(RegularizedModel):
     """Common ``loss``: perturb, then the task loss at ``x + delta``; records the perturbation size."""
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must override perturb() to define its attack")
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """Task loss at the adversarial inputs ``x + perturb(x, y)``; parts go to ``last_parts``.

@@ -138,7 +138,9 @@ class RegularizedModel(nn.Module):
             logits: the plain model's logits at ``x`` when they were already computed with the same
                 graph (the wrapper wraps a plain model), else ``None``.
         """
-        raise NotImplementedError
+        raise TypeError(
+            f"{type(self).__name__} must override penalty() (or loss()) to define its regularizer"
+        )
 
     def task_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None, dict[str, float]]:
         """Task loss of the wrapped module: its own ``loss`` if it is a wrapper, else cross-entropy.
