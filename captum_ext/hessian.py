@@ -88,10 +88,6 @@ class LossGraph:
         rest = self.probs.masked_fill(onehot, 0.0).sum(1, keepdim=True)
         return torch.where(onehot, -rest, self.probs)
 
-    def loss(self) -> Tensor:
-        """Per-example cross-entropy at ``target``, ``(n,)``."""
-        return F.cross_entropy(self.logits, self.target, reduction="none")
-
     def vjp(self, grad_logits: Tensor, retain_graph: bool = True) -> Tensor:
         """``J^T w`` per example for ``w = grad_logits`` of shape ``(n, c)``; returns ``(n, d)``."""
         grads = torch.autograd.grad(

@@ -265,7 +265,6 @@ class SparsitySearch:
     objective: Tensor
     sparsity: Tensor
     n_candidates: int
-    extra: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _refine(hi: Tensor, lo: Tensor, fallback: Tensor, count: int) -> Tensor:
@@ -285,7 +284,7 @@ def _refine(hi: Tensor, lo: Tensor, fallback: Tensor, count: int) -> Tensor:
     return torch.where(use_halving, halving, geometric)
 
 
-Solver = Callable[[Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]
+Solver = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def sparsity_search(
@@ -308,8 +307,8 @@ def sparsity_search(
     the candidate whose ``eta`` is closest to it is returned and ``in_window`` is ``False``.
 
     Args:
-        solve: ``lambda1 (n, m) -> (delta (n, m, d), objective (n, m), extras)``; solves all
-            candidates as one batch. ``extras`` holds further ``(n, m)`` tensors to carry along.
+        solve: ``lambda1 (n, m) -> (delta (n, m, d), objective (n, m))``; solves all candidates
+            as one batch.
         g_inf: ``||g||_inf`` per example ``(n,)``, which fixes the length of the first sweep.
         window: ``(low, high)`` bounds on ``eta``; ``0 <= low < high <= 1``.
         start, factor: the first sweep's start and ratio (paper: 1e-5 and 10).
@@ -330,7 +329,6 @@ def sparsity_search(
     best_lam = torch.zeros(n, dtype=dtype, device=device)
     best_delta: Tensor | None = None
     best_eta = torch.zeros(n, dtype=dtype, device=device)
-    best_extra: dict[str, Tensor] = {}
     found = torch.zeros(n, dtype=torch.bool, device=device)
     # fallback: candidate whose sparsity is closest to the window
     fb_dist = torch.full((n,), math.inf, dtype=dtype, device=device)
@@ -338,7 +336,6 @@ def sparsity_search(
     fb_delta: Tensor | None = None
     fb_eta = torch.zeros_like(best_eta)
     fb_obj = torch.zeros_like(best_obj)
-    fb_extra: dict[str, Tensor] = {}
     too_sparse = torch.full((n,), math.inf, dtype=dtype, device=device)
     too_dense = torch.zeros(n, dtype=dtype, device=device)
     n_candidates = 0
@@ -351,7 +348,7 @@ def sparsity_search(
 
     lambdas = grid
     for rnd in range(max_rounds + 1):
-        delta, obj, extra = solve(lambdas)
+        delta, obj = solve(lambdas)
         n_candidates += lambdas.shape[1]
         eta = sparsity_ratio(delta)
         rows = torch.arange(n, device=device)
@@ -367,7 +364,6 @@ def sparsity_search(
         best_lam = torch.where(better, lambdas[rows, j], best_lam)
         best_eta = torch.where(better, eta[rows, j], best_eta)
         best_delta = pick(best_delta, delta[rows, j], better)
-        best_extra = {k: pick(best_extra.get(k), v[rows, j], better) for k, v in extra.items()}
         # fallback bookkeeping
         dist = torch.clamp(low - eta, min=0) + torch.clamp(eta - high, min=0) + (eta >= high) * 1e-9
         jf = dist.argmin(1)
@@ -378,7 +374,6 @@ def sparsity_search(
         fb_eta = torch.where(fb_better, eta[rows, jf], fb_eta)
         fb_obj = torch.where(fb_better, obj[rows, jf], fb_obj)
         fb_delta = pick(fb_delta, delta[rows, jf], fb_better)
-        fb_extra = {k: pick(fb_extra.get(k), v[rows, jf], fb_better) for k, v in extra.items()}
         found = found | upd
         sparse_lams = torch.where(eta >= high, lambdas, torch.full_like(lambdas, math.inf))
         too_sparse = torch.minimum(too_sparse, sparse_lams.min(1).values)
@@ -390,8 +385,6 @@ def sparsity_search(
 
     assert best_delta is not None and fb_delta is not None
     lam = torch.where(found, best_lam, fb_lam)
-    keys = set(best_extra) | set(fb_extra)
-    extra_out = {k: pick(fb_extra[k], best_extra[k], found) for k in keys}
     return SparsitySearch(
         lambda1=lam,
         in_window=found,
@@ -399,5 +392,4 @@ def sparsity_search(
         objective=torch.where(found, best_obj, fb_obj),
         sparsity=torch.where(found, best_eta, fb_eta),
         n_candidates=n_candidates,
-        extra=extra_out,
     )

@@ -146,7 +146,7 @@ def test_sparsity_search_picks_in_window_with_largest_objective():
 
     def solve(lams):
         d = soft_threshold(g[:, None, :], lams[:, :, None]) / 2.0
-        return d, caso_objective(d, None, g[:, None, :], lams[:, :, None], 1.0), {}
+        return d, caso_objective(d, None, g[:, None, :], lams[:, :, None], 1.0)
 
     res = sparsity_search(solve, g.abs().amax(1), (0.75, 1.0))
     assert bool(res.in_window.all())
@@ -163,7 +163,7 @@ def test_sparsity_search_reports_when_window_is_unreachable():
 
     def solve(lams):
         d = soft_threshold(g[:, None, :], lams[:, :, None]) / 2.0
-        return d, caso_objective(d, None, g[:, None, :], lams[:, :, None], 1.0), {}
+        return d, caso_objective(d, None, g[:, None, :], lams[:, :, None], 1.0)
 
     res = sparsity_search(solve, g.abs().amax(1), (0.5, 0.9), max_rounds=2)
     assert not bool(res.in_window.any())

@@ -229,7 +229,7 @@ class _ContextAwareAttribution(GradientAttribution):
 
     @staticmethod
     def _search_or_solve(
-        solve: Callable[[Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]],
+        solve: Callable[[Tensor], tuple[Tensor, Tensor]],
         g: Tensor,
         lambda1: float,
         lambda1_grid: Tensor | None,
@@ -241,10 +241,10 @@ class _ContextAwareAttribution(GradientAttribution):
             res = sparsity_search(solve, g.abs().amax(1), sparsity)
             return res.delta, res.objective, res.lambda1, res.sparsity, res.in_window
         if lambda1_grid is not None:
-            delta, obj, _ = solve(lambda1_grid)
+            delta, obj = solve(lambda1_grid)
             return delta, obj, lambda1_grid, sparsity_ratio(delta), None
         lam = torch.full((n, 1), float(lambda1), dtype=g.dtype, device=g.device)
-        delta, obj, _ = solve(lam)
+        delta, obj = solve(lam)
         return delta[:, 0], obj[:, 0], lam[:, 0], sparsity_ratio(delta[:, 0]), None
 
 
@@ -448,7 +448,7 @@ class CASO(_ContextAwareAttribution):
         lam2 = self._resolve_lambda2(lambda2, c1, top, "CASO")
         grid = None if lambda1_grid is None else lambda1_grid(n, device, dtype)
 
-        def solve(lams: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        def solve(lams: Tensor) -> tuple[Tensor, Tensor]:
             gm = g[:, None, :]
             l2 = lam2[:, None, None]
             l1 = lams[:, :, None]
@@ -463,7 +463,7 @@ class CASO(_ContextAwareAttribution):
             if closed is not None:
                 hd = factor.hvp(delta)
             obj = caso_objective(delta, hd, gm, l1, l2)
-            return delta, obj, {}
+            return delta, obj
 
         delta, obj, lam1, eta, in_window = self._search_or_solve(solve, g, lambda1, grid, sparsity)
         if exact is not None:
@@ -638,12 +638,12 @@ class CAFO(_ContextAwareAttribution):
         lam2 = top + (c1 if lambda2 is None else float(lambda2))
         grid = None if lambda1_grid is None else lambda1_grid(n, device, dtype)
 
-        def solve(lams: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        def solve(lams: Tensor) -> tuple[Tensor, Tensor]:
             gm = g[:, None, :]
             l1 = lams[:, :, None]
             l2 = lam2[:, None, None]
             delta = soft_threshold(gm, l1) / (2.0 * l2)
-            return delta, caso_objective(delta, None, gm, l1, l2), {}
+            return delta, caso_objective(delta, None, gm, l1, l2)
 
         delta, obj, lam1, eta, in_window = self._search_or_solve(solve, g, lambda1, grid, sparsity)
         details = AttributionDetails(
