@@ -33,24 +33,33 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """Parser with the options every reproduction shares (``--quick``, ``--seed``, ``--threads``...)."""
-    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(doc.strip().splitlines()[1:]))
-    p.add_argument("--quick", action="store_true",
-                   help="tiny smoke run (seconds); writes *_quick.json/.png, not for reporting")
+    p = argparse.ArgumentParser(
+        description=doc.strip().splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(doc.strip().splitlines()[1:]),
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke run (seconds); writes *_quick.json/.png, not for reporting",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()),
-                   help="torch intra-op threads (default: up to 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, torch.get_num_threads()),
+        help="torch intra-op threads (default: up to 2)",
+    )
     p.add_argument("--progress", action="store_true", help="show tqdm progress bars")
     p.add_argument("--out", type=Path, default=RESULTS, help="output folder")
     return p
 
 
-def claim(claim_id: str, statement: str, paper: str, ours: str, agrees: bool | str,
-          note: str = "") -> dict[str, Any]:
+def claim(
+    claim_id: str, statement: str, paper: str, ours: str, agrees: bool | str, note: str = ""
+) -> dict[str, Any]:
     """One row of the paper-vs-ours table (``agrees``: True, False or ``"partly"``)."""
-    return {"id": claim_id, "claim": statement, "paper": paper, "ours": ours, "agrees": agrees,
-            "note": note}
+    return {"id": claim_id, "claim": statement, "paper": paper, "ours": ours, "agrees": agrees, "note": note}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -114,9 +123,14 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 def small_cnn(num_classes: int = 10) -> nn.Sequential:
     """A small ReLU CNN for 1x28x28 digits (piecewise linear, so CASO's closed form is exact)."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 5, stride=2, padding=2), nn.ReLU(),   # 28 -> 14
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, num_classes),
+        nn.Conv2d(1, 16, 5, stride=2, padding=2),
+        nn.ReLU(),  # 28 -> 14
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),  # 14 -> 7
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
     )
 
 
@@ -159,7 +173,7 @@ def sgd_train(
         for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
             if pos + batch_size > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos:pos + batch_size]
+            idx = perm[pos : pos + batch_size]
             pos += batch_size
             if on_step is not None:
                 on_step(step)

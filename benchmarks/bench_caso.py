@@ -43,9 +43,16 @@ ONE_FRACTION = 0.1
 
 def relu_cnn(classes: int) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, classes),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 8 * 8, 128),
+        nn.ReLU(),
+        nn.Linear(128, classes),
     )
 
 
@@ -76,8 +83,17 @@ def trained_model(classes: int, device: torch.device) -> tuple[nn.Module, torch.
     return model, xt.to(device), yt.to(device)
 
 
-def reference_caso(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam1: float, lam2: float,
-                   n_power: int = 10, n_iter: int = 10, lr: float = 0.1, decay: float = 0.5) -> torch.Tensor:
+def reference_caso(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam1: float,
+    lam2: float,
+    n_power: int = 10,
+    n_iter: int = 10,
+    lr: float = 0.1,
+    decay: float = 0.5,
+) -> torch.Tensor:
     """The authors' loop as a baseline: double-backward HVPs, 10 power iterations from a random start,
     then FISTA with backtracking whose step is shared by the whole batch, one HVP for the gradient at
     the momentum point and one per backtracking trial (about 30 HVPs per lambda1)."""
@@ -173,27 +189,35 @@ def bench(classes: int, repeats: int, device: torch.device, rank_tol: float) -> 
     ref_lam2 = float(caso.last_details.lambda2.max())
     ref_delta = reference_caso(model, x, y, lam1, ref_lam2)
     agree["reference_loop_vs_closed_form_float32"] = rel_diff(
-        caso.attribute(x, hessian="closed_form", lambda2=ref_lam2, **one), ref_delta)
+        caso.attribute(x, hessian="closed_form", lambda2=ref_lam2, **one), ref_delta
+    )
     timings = {
         "caso_closed_form": median_time(
-            lambda: caso.attribute(x, hessian="closed_form", **one), repeats, device),
+            lambda: caso.attribute(x, hessian="closed_form", **one), repeats, device
+        ),
         "caso_exact": median_time(lambda: caso.attribute(x, hessian="exact", **one), repeats, device),
         "caso_closed_form_sweep8": median_time(
-            lambda: caso.sweep(x, sweep, target=y, hessian="closed_form", rank_tol=rank_tol),
-            repeats, device),
+            lambda: caso.sweep(x, sweep, target=y, hessian="closed_form", rank_tol=rank_tol), repeats, device
+        ),
         "caso_exact_sweep8": median_time(
-            lambda: caso.sweep(x, sweep, target=y, hessian="exact"), repeats, device),
-        "reference_loop": median_time(
-            lambda: reference_caso(model, x, y, lam1, ref_lam2), repeats, device),
+            lambda: caso.sweep(x, sweep, target=y, hessian="exact"), repeats, device
+        ),
+        "reference_loop": median_time(lambda: reference_caso(model, x, y, lam1, ref_lam2), repeats, device),
         "reference_loop_sweep8": median_time(
-            lambda: [reference_caso(model, x, y, lam, ref_lam2) for lam in sweep], repeats, device),
+            lambda: [reference_caso(model, x, y, lam, ref_lam2) for lam in sweep], repeats, device
+        ),
         "cafo": median_time(lambda: cafo.attribute(x, lambda1=lam1, target=y), repeats, device),
         "saliency": median_time(lambda: Saliency(model).attribute(x, target=y), repeats, device),
         "integrated_gradients_50": median_time(
-            lambda: IntegratedGradients(model).attribute(x, target=y, n_steps=50), repeats, device),
+            lambda: IntegratedGradients(model).attribute(x, target=y, n_steps=50), repeats, device
+        ),
         "noise_tunnel_saliency_50": median_time(
             lambda: NoiseTunnel(Saliency(model)).attribute(
-                x, target=y, nt_type="smoothgrad", nt_samples=50, stdevs=0.15), repeats, device),
+                x, target=y, nt_type="smoothgrad", nt_samples=50, stdevs=0.15
+            ),
+            repeats,
+            device,
+        ),
     }
     caso.attribute(x, hessian="exact", **one)
     n_hvp_one = caso.last_details.n_hvp
@@ -213,8 +237,10 @@ def bench(classes: int, repeats: int, device: torch.device, rank_tol: float) -> 
         "closed_form_10x_faster_one_lambda1": ratios["exact_over_closed_form"] >= 10,
         "closed_form_40x_faster_sweep": ratios["exact_sweep_over_closed_form_sweep"] >= 40,
         "closed_form_10x_faster_than_reference_loop": ratios["reference_loop_over_closed_form"] >= 10,
-        "closed_form_40x_faster_than_reference_loop_sweep":
-            ratios["reference_loop_sweep_over_closed_form_sweep"] >= 40,
+        "closed_form_40x_faster_than_reference_loop_sweep": ratios[
+            "reference_loop_sweep_over_closed_form_sweep"
+        ]
+        >= 40,
         "paths_agree_1e-4_float64": agree["float64"]["relative_difference"] <= 1e-4,
         "closed_form_not_slower_than_ig50": ratios["integrated_gradients_over_closed_form"] >= 1,
     }
@@ -223,8 +249,7 @@ def bench(classes: int, repeats: int, device: torch.device, rank_tol: float) -> 
         "batch": int(x.shape[0]),
         "input_shape": list(x.shape[1:]),
         "test_accuracy_of_batch": acc,
-        "confidence_min_median": [float(probs.max(1).values.min()),
-                                  float(probs.max(1).values.median())],
+        "confidence_min_median": [float(probs.max(1).values.min()), float(probs.max(1).values.median())],
         "rank_tol": rank_tol,
         "closed_form_rank_per_example": rank,
         "exact_hvp_count_one_lambda1": n_hvp_one,
@@ -253,10 +278,22 @@ def main(argv: list[str] | None = None) -> None:
     for c in args.classes:
         row = bench(c, args.repeats, device, args.rank_tol)
         rows.append(row)
-        print(json.dumps({k: row[k] for k in ("classes", "closed_form_rank_per_example", "ratios",
-                                              "agreement", "targets_met")}, indent=1))
-    out = {"benchmark": "bench_caso", "machine": describe_machine(device), "repeats": args.repeats,
-           "sweep_lambda1_fractions_of_median_grad_inf": SWEEP_FRACTIONS, "results": rows}
+        print(
+            json.dumps(
+                {
+                    k: row[k]
+                    for k in ("classes", "closed_form_rank_per_example", "ratios", "agreement", "targets_met")
+                },
+                indent=1,
+            )
+        )
+    out = {
+        "benchmark": "bench_caso",
+        "machine": describe_machine(device),
+        "repeats": args.repeats,
+        "sweep_lambda1_fractions_of_median_grad_inf": SWEEP_FRACTIONS,
+        "results": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

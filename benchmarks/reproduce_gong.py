@@ -94,10 +94,10 @@ def train_variant(variant: str, args, x_tr, y_tr, seed: int) -> torch.nn.Module:
         trainee = GaussianNoiseTraining(net, sigma=args.eps)
     else:
         eps = args.group_eps if variant == "group" else args.eps
-        trainee = NormRegularizedAdversarialTraining(net, norm=variant, eps=eps, eps2=args.eps2,
-                                                     group_size=GROUP, clamp=(0.0, 1.0))
-    fit(trainee, (x_tr, y_tr), epochs=args.epochs, lr=1e-3, batch_size=64, seed=seed,
-        progress=args.progress)
+        trainee = NormRegularizedAdversarialTraining(
+            net, norm=variant, eps=eps, eps2=args.eps2, group_size=GROUP, clamp=(0.0, 1.0)
+        )
+    fit(trainee, (x_tr, y_tr), epochs=args.epochs, lr=1e-3, batch_size=64, seed=seed, progress=args.progress)
     return net
 
 
@@ -107,36 +107,45 @@ def make_claims(results: dict) -> list[dict]:
     for variant in ("l1", "group", "elastic"):
         r = results[variant]
         ok = all(r[m]["mean"] > std[m]["mean"] for m in METRICS)
-        claims.append(claim(
-            f"gong_{variant}_sparser",
-            f"One-step {variant} norm-regularised adversarial training gives sparser simple-gradient "
-            "maps than standard training",
-            "qualitative (supplement C.1.1: 'significant improvement over standard training'; "
-            "main-text figures)",
-            f"Gini {r['gini']['mean']:.3f} vs {std['gini']['mean']:.3f}; near-zero "
-            f"{r['near_zero']['mean']:.3f} vs {std['near_zero']['mean']:.3f}; group Gini "
-            f"{r['group_gini']['mean']:.3f} vs {std['group_gini']['mean']:.3f}; test acc "
-            f"{r['test_accuracy']['mean']:.3f} vs {std['test_accuracy']['mean']:.3f}",
-            ok))
+        claims.append(
+            claim(
+                f"gong_{variant}_sparser",
+                f"One-step {variant} norm-regularised adversarial training gives sparser simple-gradient "
+                "maps than standard training",
+                "qualitative (supplement C.1.1: 'significant improvement over standard training'; "
+                "main-text figures)",
+                f"Gini {r['gini']['mean']:.3f} vs {std['gini']['mean']:.3f}; near-zero "
+                f"{r['near_zero']['mean']:.3f} vs {std['near_zero']['mean']:.3f}; group Gini "
+                f"{r['group_gini']['mean']:.3f} vs {std['group_gini']['mean']:.3f}; test acc "
+                f"{r['test_accuracy']['mean']:.3f} vs {std['test_accuracy']['mean']:.3f}",
+                ok,
+            )
+        )
     adv_min = min(results[v]["gini"]["mean"] for v in ("l1", "group", "elastic"))
-    claims.append(claim(
-        "gong_vs_noise",
-        "Adversarial perturbations, not just noise, make the maps sparse: Gaussian-noise training "
-        "helps less (supplement C.2.1)",
-        "qualitative (Fig. 8)",
-        f"Gini: noise {noise['gini']['mean']:.3f}, standard {std['gini']['mean']:.3f}, "
-        f"norm-regularised AT >= {adv_min:.3f}; near-zero: noise {noise['near_zero']['mean']:.3f}"
-        f" vs standard {std['near_zero']['mean']:.3f}",
-        adv_min > noise["gini"]["mean"],
-        "Noise sigma = eps, which gives the noise the same expected l2 norm as the FGSM step."))
+    claims.append(
+        claim(
+            "gong_vs_noise",
+            "Adversarial perturbations, not just noise, make the maps sparse: Gaussian-noise training "
+            "helps less (supplement C.2.1)",
+            "qualitative (Fig. 8)",
+            f"Gini: noise {noise['gini']['mean']:.3f}, standard {std['gini']['mean']:.3f}, "
+            f"norm-regularised AT >= {adv_min:.3f}; near-zero: noise {noise['near_zero']['mean']:.3f}"
+            f" vs standard {std['near_zero']['mean']:.3f}",
+            adv_min > noise["gini"]["mean"],
+            "Noise sigma = eps, which gives the noise the same expected l2 norm as the FGSM step.",
+        )
+    )
     best_group = max(VARIANTS, key=lambda v: results[v]["group_gini"]["mean"])
-    claims.append(claim(
-        "gong_group_structure",
-        "The group (l2,1) variant gives the most group-sparse maps",
-        "by design (Prop. 2: the induced penalty is the l2,1 group norm)",
-        "group Gini: " + ", ".join(f"{v} {results[v]['group_gini']['mean']:.3f}" for v in VARIANTS),
-        best_group == "group",
-        "" if best_group == "group" else f"{best_group} is the most group-sparse in our run."))
+    claims.append(
+        claim(
+            "gong_group_structure",
+            "The group (l2,1) variant gives the most group-sparse maps",
+            "by design (Prop. 2: the induced penalty is the l2,1 group norm)",
+            "group Gini: " + ", ".join(f"{v} {results[v]['group_gini']['mean']:.3f}" for v in VARIANTS),
+            best_group == "group",
+            "" if best_group == "group" else f"{best_group} is the most group-sparse in our run.",
+        )
+    )
     return claims
 
 
@@ -162,20 +171,28 @@ def plot(results: dict, maps: dict, images: torch.Tensor, path) -> None:
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(v, fontsize="small")
-    ax = fig.add_subplot(gs[:, n_show + 1:])
+    ax = fig.add_subplot(gs[:, n_show + 1 :])
     xs = range(len(METRICS))
     width = 0.16
     for k, v in enumerate(VARIANTS):
-        ax.bar([x + (k - 2) * width for x in xs], [results[v][m]["mean"] for m in METRICS],
-               width, yerr=[results[v][m]["std"] for m in METRICS], capsize=2,
-               label=f"{v} (acc {results[v]['test_accuracy']['mean']:.2f})")
-    ax.set_xticks(list(xs), ["Gini of |grad|", "near-zero share\n(<1% of max)",
-                             "Gini of 4x4\npatch norms"])
-    ax.set(ylim=(0, 1), ylabel="sparsity (higher = sparser)",
-           title="sparsity of |grad| maps (mean ± std, seeds)")
+        ax.bar(
+            [x + (k - 2) * width for x in xs],
+            [results[v][m]["mean"] for m in METRICS],
+            width,
+            yerr=[results[v][m]["std"] for m in METRICS],
+            capsize=2,
+            label=f"{v} (acc {results[v]['test_accuracy']['mean']:.2f})",
+        )
+    ax.set_xticks(list(xs), ["Gini of |grad|", "near-zero share\n(<1% of max)", "Gini of 4x4\npatch norms"])
+    ax.set(
+        ylim=(0, 1), ylabel="sparsity (higher = sparser)", title="sparsity of |grad| maps (mean ± std, seeds)"
+    )
     ax.legend(fontsize="small", loc="upper left")
-    fig.suptitle("Gong et al.: one-step norm-regularised adversarial training on digits — "
-                 "|∂logit_y/∂x| / max (rows: training)", fontsize="medium")
+    fig.suptitle(
+        "Gong et al.: one-step norm-regularised adversarial training on digits — "
+        "|∂logit_y/∂x| / max (rows: training)",
+        fontsize="medium",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -212,38 +229,50 @@ def main(argv: list[str] | None = None) -> None:
             per_seed[v].append(stats)
             if seed == args.seed:
                 maps[v] = sal[show]
-            print(f"[{v}] seed {seed}: acc {stats['test_accuracy']:.3f} gini {stats['gini']:.3f} "
-                  f"near-zero {stats['near_zero']:.3f} group-gini {stats['group_gini']:.3f} "
-                  f"({t.seconds:.0f}s)", flush=True)
-    results = {v: {k: summary([r[k] for r in rows]) for k in (*METRICS, "test_accuracy")}
-               for v, rows in per_seed.items()}
+            print(
+                f"[{v}] seed {seed}: acc {stats['test_accuracy']:.3f} gini {stats['gini']:.3f} "
+                f"near-zero {stats['near_zero']:.3f} group-gini {stats['group_gini']:.3f} "
+                f"({t.seconds:.0f}s)",
+                flush=True,
+            )
+    results = {
+        v: {k: summary([r[k] for r in rows]) for k in (*METRICS, "test_accuracy")}
+        for v, rows in per_seed.items()
+    }
     claims = make_claims(results)
     report = {
         "paper": "Gong, Dou, Farnia, 'Structured Gradient-based Interpretations via "
-                 "Norm-Regularized Adversarial Training', CVPR 2024 (supplement B.3, C.1.1)",
-        "config": {"data": "sklearn digits 28x28 (captum_ext.datasets.SklearnDigits), 10 classes",
-                   "n_train": int(x_tr.shape[0]), "n_test": int(x_te.shape[0]),
-                   "model": "ReLU CNN: conv5x5/2(16) - conv3x3/2(32) - fc64 - fc10",
-                   "training": f"Adam lr 1e-3, batch 64, {args.epochs} epochs, seeds "
-                               f"{list(range(args.seed, args.seed + args.seeds))}",
-                   "perturbations": {"noise": f"Gaussian sigma {args.eps}, clamp [0, 1]",
-                                     "l1": f"eps {args.eps} (FGSM)",
-                                     "group": f"eps {args.group_eps} per {GROUP}x{GROUP} patch",
-                                     "elastic": f"eps {args.eps}, eps2 {args.eps2}"},
-                   "clamp": [0.0, 1.0],
-                   "saliency": "captum Saliency: |d logit_y / d x| at the true label",
-                   "metrics": {"gini": "Gini index of |grad| per image (Hurley & Rickard 2009)",
-                               "near_zero": "share of pixels with |grad| < 1% of the image max",
-                               "group_gini": "Gini index of the 49 per-4x4-patch gradient norms"},
-                   "scaled_down": "digits + small CNN, 8 epochs, 2 seeds (paper: 512x512 "
-                                  "synthesised images / ImageNette, ResNet-34 / EfficientNet-B0)"},
+        "Norm-Regularized Adversarial Training', CVPR 2024 (supplement B.3, C.1.1)",
+        "config": {
+            "data": "sklearn digits 28x28 (captum_ext.datasets.SklearnDigits), 10 classes",
+            "n_train": int(x_tr.shape[0]),
+            "n_test": int(x_te.shape[0]),
+            "model": "ReLU CNN: conv5x5/2(16) - conv3x3/2(32) - fc64 - fc10",
+            "training": f"Adam lr 1e-3, batch 64, {args.epochs} epochs, seeds "
+            f"{list(range(args.seed, args.seed + args.seeds))}",
+            "perturbations": {
+                "noise": f"Gaussian sigma {args.eps}, clamp [0, 1]",
+                "l1": f"eps {args.eps} (FGSM)",
+                "group": f"eps {args.group_eps} per {GROUP}x{GROUP} patch",
+                "elastic": f"eps {args.eps}, eps2 {args.eps2}",
+            },
+            "clamp": [0.0, 1.0],
+            "saliency": "captum Saliency: |d logit_y / d x| at the true label",
+            "metrics": {
+                "gini": "Gini index of |grad| per image (Hurley & Rickard 2009)",
+                "near_zero": "share of pixels with |grad| < 1% of the image max",
+                "group_gini": "Gini index of the 49 per-4x4-patch gradient norms",
+            },
+            "scaled_down": "digits + small CNN, 8 epochs, 2 seeds (paper: 512x512 "
+            "synthesised images / ImageNette, ResNet-34 / EfficientNet-B0)",
+        },
         "claims": claims,
         "results": results,
         "per_seed": per_seed,
         "verdict": "Reproduced: all three one-step norm-regularised adversarial trainings give "
-                   "sparser saliency maps than standard training on every measure (at a cost in "
-                   "clean accuracy), while Gaussian-noise training of the same l2 size barely "
-                   "changes them; the group variant gives the most group-sparse maps.",
+        "sparser saliency maps than standard training on every measure (at a cost in "
+        "clean accuracy), while Gaussian-noise training of the same l2 size barely "
+        "changes them; the group variant gives the most group-sparse maps.",
     }
     if not all(c["agrees"] is True for c in claims):
         report["verdict"] = "Not fully reproduced: see the claims for the measures that disagree."

@@ -64,9 +64,14 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def make_cnn() -> nn.Module:
     """A small CNN written with ReLUs, then smoothed to Softplus(β=10) as in the paper's code."""
     net = nn.Sequential(
-        nn.Conv2d(1, 16, 5, stride=2, padding=2), nn.ReLU(),   # 28 -> 14
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Conv2d(1, 16, 5, stride=2, padding=2),
+        nn.ReLU(),  # 28 -> 14
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),  # 14 -> 7
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
     return relu_to_softplus(net, beta=10.0)
 
@@ -124,34 +129,55 @@ def run(args: argparse.Namespace) -> dict:
             net = make_cnn()
             wrapped = wrappers(args.pgd_eps)[name](net)
             t0 = time.perf_counter()
-            fit(wrapped, (x_tr, y_tr), epochs=args.epochs, lr=args.lr, batch_size=64, seed=seed,
-                progress=args.progress)
+            fit(
+                wrapped,
+                (x_tr, y_tr),
+                epochs=args.epochs,
+                lr=args.lr,
+                batch_size=64,
+                seed=seed,
+                progress=args.progress,
+            )
             timings[name].append(time.perf_counter() - t0)
             model = wrapped.model if hasattr(wrapped, "loss") else wrapped
             model.eval()
             models[name] = model
-            print(f"[seed {seed}] {name}: trained in {timings[name][-1]:.1f}s, "
-                  f"test acc {evaluate(model, (x_te, y_te)):.3f}", flush=True)
+            print(
+                f"[seed {seed}] {name}: trained in {timings[name][-1]:.1f}s, "
+                f"test acc {evaluate(model, (x_te, y_te)):.3f}",
+                flush=True,
+            )
         grads = {
             name: Saliency(m).attribute(xe.clone().requires_grad_(True), target=ye).detach()
             for name, m in models.items()
         }
         for name, m in models.items():
             dens = density_ratio_curve(m, xe, ye, SIGMAS, n_samples=args.noise_samples, seed=seed)
-            own = pixel_perturbation(m, xe, ye, grads[name], fractions=FRACTIONS, order="least",
-                                     fill="mean", seed=seed)
-            cross = pixel_perturbation(models["baseline"], xe, ye, grads[name],
-                                       fractions=FRACTIONS, order="least", fill="mean", seed=seed)
-            per_seed[name].append({
-                "test_accuracy": evaluate(m, (x_te, y_te)),
-                **geometry(m, xe, ye, seed),
-                "density_mean_ratio": dens.mean_ratio.tolist(),
-                "density_mean_log_ratio": dens.mean_log_ratio.tolist(),
-                "pixel_own_accuracy": own.accuracy.tolist(),
-                "pixel_own_auc": float(own.accuracy.mean()),
-                "pixel_baseline_accuracy": cross.accuracy.tolist(),
-                "pixel_baseline_auc": float(cross.accuracy.mean()),
-            })
+            own = pixel_perturbation(
+                m, xe, ye, grads[name], fractions=FRACTIONS, order="least", fill="mean", seed=seed
+            )
+            cross = pixel_perturbation(
+                models["baseline"],
+                xe,
+                ye,
+                grads[name],
+                fractions=FRACTIONS,
+                order="least",
+                fill="mean",
+                seed=seed,
+            )
+            per_seed[name].append(
+                {
+                    "test_accuracy": evaluate(m, (x_te, y_te)),
+                    **geometry(m, xe, ye, seed),
+                    "density_mean_ratio": dens.mean_ratio.tolist(),
+                    "density_mean_log_ratio": dens.mean_log_ratio.tolist(),
+                    "pixel_own_accuracy": own.accuracy.tolist(),
+                    "pixel_own_auc": float(own.accuracy.mean()),
+                    "pixel_baseline_accuracy": cross.accuracy.tolist(),
+                    "pixel_baseline_auc": float(cross.accuracy.mean()),
+                }
+            )
     results = {}
     for name in names:
         runs = per_seed[name]
@@ -161,14 +187,18 @@ def run(args: argparse.Namespace) -> dict:
             "pixel_baseline_auc": summary([r["pixel_baseline_auc"] for r in runs]),
             "hessian_trace": summary([r["hessian_trace"] for r in runs]),
             "grad_norm_sq": summary([r["grad_norm_sq"] for r in runs]),
-            "density_mean_ratio": torch.tensor([r["density_mean_ratio"] for r in runs],
-                                               dtype=torch.float64).mean(0).tolist(),
-            "density_mean_log_ratio": torch.tensor([r["density_mean_log_ratio"] for r in runs],
-                                                   dtype=torch.float64).mean(0).tolist(),
-            "pixel_own_accuracy": torch.tensor([r["pixel_own_accuracy"] for r in runs])
-            .mean(0).tolist(),
+            "density_mean_ratio": torch.tensor([r["density_mean_ratio"] for r in runs], dtype=torch.float64)
+            .mean(0)
+            .tolist(),
+            "density_mean_log_ratio": torch.tensor(
+                [r["density_mean_log_ratio"] for r in runs], dtype=torch.float64
+            )
+            .mean(0)
+            .tolist(),
+            "pixel_own_accuracy": torch.tensor([r["pixel_own_accuracy"] for r in runs]).mean(0).tolist(),
             "pixel_baseline_accuracy": torch.tensor([r["pixel_baseline_accuracy"] for r in runs])
-            .mean(0).tolist(),
+            .mean(0)
+            .tolist(),
             "train_seconds_median": float(torch.tensor(timings[name]).median()),
             "per_seed": runs,
         }
@@ -187,8 +217,13 @@ def run(args: argparse.Namespace) -> dict:
         "machine": describe_machine("cpu"),
         "config": {
             "data": "sklearn digits upsampled to 28x28 (captum_ext.datasets.SklearnDigits)",
-            "n_train": int(x_tr.shape[0]), "n_test": int(x_te.shape[0]), "n_eval": int(n_eval),
-            "epochs": args.epochs, "lr": args.lr, "batch_size": 64, "seeds": args.seeds,
+            "n_train": int(x_tr.shape[0]),
+            "n_test": int(x_te.shape[0]),
+            "n_eval": int(n_eval),
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": 64,
+            "seeds": args.seeds,
             "model": "2 conv + 2 linear CNN, Softplus(beta=10)",
             "regularizers": {
                 "score_matching": "lam=1e-3 (paper), sigma=0.01 (code), n_samples=1, mu=1e-4 (paper)",
@@ -196,12 +231,14 @@ def run(args: argparse.Namespace) -> dict:
                 "gradient_norm": "lam=1e-3 (paper)",
                 "pgd_l2": f"eps={args.pgd_eps}, 7 steps, step 2.5*eps/7, random start, clamp [0,1]",
             },
-            "sigmas": list(SIGMAS), "noise_samples": args.noise_samples,
-            "fractions": list(FRACTIONS), "pixel_fill": "image mean", "order": "least relevant first",
+            "sigmas": list(SIGMAS),
+            "noise_samples": args.noise_samples,
+            "fractions": list(FRACTIONS),
+            "pixel_fill": "image mean",
+            "order": "least relevant first",
             "attribution": "captum.attr.Saliency (|logit-gradient| of the true label)",
         },
-        "results": {k: {kk: vv for kk, vv in v.items() if kk != "per_seed"}
-                    for k, v in results.items()},
+        "results": {k: {kk: vv for kk, vv in v.items() if kk != "per_seed"} for k, v in results.items()},
         "per_seed": {k: v["per_seed"] for k, v in results.items()},
         "ordering_own_gradients": own_order,
         "ordering_gradients_on_baseline": cross_order,
@@ -227,12 +264,21 @@ def plot(report: dict, path: Path) -> None:
         axes[2].plot(fr, res["pixel_baseline_accuracy"], marker="o", label=name)
     ratios = [r for res in report["results"].values() for r in res["density_mean_ratio"]]
     spread = max(ratios) / max(min(ratios), 1e-300)
-    axes[0].set(xscale="log", yscale="log" if spread > 10 else "linear", xlabel="noise std σ",
-                ylabel="mean p(x+η|y)/p(x|y)", title="density ratios (lower is better)")
-    axes[1].set(xlabel="least relevant pixels removed (%)", ylabel="accuracy",
-                title="own gradients, own model")
-    axes[2].set(xlabel="least relevant pixels removed (%)", ylabel="baseline accuracy",
-                title="each model's gradients, baseline model")
+    axes[0].set(
+        xscale="log",
+        yscale="log" if spread > 10 else "linear",
+        xlabel="noise std σ",
+        ylabel="mean p(x+η|y)/p(x|y)",
+        title="density ratios (lower is better)",
+    )
+    axes[1].set(
+        xlabel="least relevant pixels removed (%)", ylabel="accuracy", title="own gradients, own model"
+    )
+    axes[2].set(
+        xlabel="least relevant pixels removed (%)",
+        ylabel="baseline accuracy",
+        title="each model's gradients, baseline model",
+    )
     axes[0].legend(fontsize="x-small", title="model (test acc)", title_fontsize="x-small")
     axes[1].legend(fontsize="x-small")
     fig.tight_layout()
@@ -248,8 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pgd-eps", type=float, default=1.0)
     p.add_argument("--n-eval", type=int, default=360, help="test images used for the metrics")
     p.add_argument("--noise-samples", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1 is robust on small shared machines)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is robust on small shared machines)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny smoke run (not for reporting)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -261,15 +308,23 @@ def main(argv: list[str] | None = None) -> None:
     stem = "reproduce_regularizers" + ("_quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     plot(report, args.out / f"{stem}.png")
-    print(json.dumps({k: report[k] for k in ("ordering_own_gradients",
-                                             "ordering_gradients_on_baseline", "paper_checks")},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("ordering_own_gradients", "ordering_gradients_on_baseline", "paper_checks")
+            },
+            indent=2,
+        )
+    )
     for name, res in report["results"].items():
-        print(f"{name:22s} acc {res['test_accuracy']['mean']:.3f}±{res['test_accuracy']['std']:.3f}"
-              f"  own-AUC {res['pixel_own_auc']['mean']:.3f}±{res['pixel_own_auc']['std']:.3f}"
-              f"  on-baseline-AUC {res['pixel_baseline_auc']['mean']:.3f}"
-              f"  ratio@σ=0.1 {res['density_mean_ratio'][SIGMAS.index(0.1)]:.3g}"
-              f"  trace {res['hessian_trace']['mean']:.3g}  |∇f|² {res['grad_norm_sq']['mean']:.3g}")
+        print(
+            f"{name:22s} acc {res['test_accuracy']['mean']:.3f}±{res['test_accuracy']['std']:.3f}"
+            f"  own-AUC {res['pixel_own_auc']['mean']:.3f}±{res['pixel_own_auc']['std']:.3f}"
+            f"  on-baseline-AUC {res['pixel_baseline_auc']['mean']:.3f}"
+            f"  ratio@σ=0.1 {res['density_mean_ratio'][SIGMAS.index(0.1)]:.3g}"
+            f"  trace {res['hessian_trace']['mean']:.3g}  |∇f|² {res['grad_norm_sq']['mean']:.3g}"
+        )
     print(f"total {report['total_seconds']:.0f}s -> {args.out / stem}.json/.png")
     if not math.isfinite(report["total_seconds"]):
         raise SystemExit(1)

@@ -34,9 +34,7 @@ def format_inputs(inputs: TensorOrTuple) -> tuple[tuple[Tensor, ...], bool]:
             raise ValueError(f"inputs[{i}] must have a batch dimension, got a 0-d tensor")
     n = tup[0].shape[0]
     if any(t.shape[0] != n for t in tup):
-        raise ValueError(
-            f"all inputs must share the batch size, got {[int(t.shape[0]) for t in tup]}"
-        )
+        raise ValueError(f"all inputs must share the batch size, got {[int(t.shape[0]) for t in tup]}")
     return tup, is_tuple
 
 
@@ -63,8 +61,9 @@ def repeat_additional_args(args: tuple[Any, ...], n: int, repeats: int) -> tuple
     if repeats == 1:
         return args
     return tuple(
-        a.repeat_interleave(repeats, dim=0) if isinstance(a, Tensor) and a.dim() > 0
-        and a.shape[0] == n else a
+        a.repeat_interleave(repeats, dim=0)
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
+        else a
         for a in args
     )
 
@@ -72,8 +71,9 @@ def repeat_additional_args(args: tuple[Any, ...], n: int, repeats: int) -> tuple
 def select_additional_args(args: tuple[Any, ...], n: int, index: Tensor) -> tuple[Any, ...]:
     """Take the rows ``index`` of batch-shaped tensors in ``args`` (first dim ``n``)."""
     return tuple(
-        a.index_select(0, index.to(a.device)) if isinstance(a, Tensor) and a.dim() > 0
-        and a.shape[0] == n else a
+        a.index_select(0, index.to(a.device))
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n
+        else a
         for a in args
     )
 

@@ -28,8 +28,7 @@ class ModelState:
             training=tuple((n, m.training) for n, m in model.named_modules()),
             requires_grad=tuple((n, p.requires_grad) for n, p in model.named_parameters()),
             grads=tuple(
-                (n, None if p.grad is None else p.grad.detach().clone())
-                for n, p in model.named_parameters()
+                (n, None if p.grad is None else p.grad.detach().clone()) for n, p in model.named_parameters()
             ),
             buffers=tuple((n, b.detach().clone()) for n, b in model.named_buffers()),
             params=tuple((n, p.detach().clone()) for n, p in model.named_parameters()),

@@ -29,14 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="captum-ext",
         description="captum_ext command line: second-order saliency (CASO/CAFO), attribution "
-                    "metrics and gradient regularizers for Captum.",
+        "metrics and gradient regularizers for Captum.",
     )
     parser.add_argument("--version", action="version", version=f"captum-ext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo_parser = sub.add_parser(
         "demo",
         help="train a small CNN on offline BlockMNIST, compare six attribution methods, write "
-             "figures and a report",
+        "figures and a report",
         description=demo.build_parser().description,
     )
     demo.add_arguments(demo_parser)
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(args_list)
-    rest = args_list[args_list.index(args.command) + 1:]
+    rest = args_list[args_list.index(args.command) + 1 :]
     return int(args.handler(args, args.command_parser, rest))
 
 

@@ -127,13 +127,24 @@ class DemoConfig:
             return cls()
         if mode == "quick":
             return cls(
-                mode="quick", n_train=600, epochs=6, n_explain=2, n_show=2, ig_steps=16,
-                nt_samples=4, n_metric_test=120, pixel_fractions=(0.25, 0.5, 0.75),
+                mode="quick",
+                n_train=600,
+                epochs=6,
+                n_explain=2,
+                n_show=2,
+                ig_steps=16,
+                nt_samples=4,
+                n_metric_test=120,
+                pixel_fractions=(0.25, 0.5, 0.75),
                 roar_fractions=(0.1, 0.3),
             )
         if mode == "full":
             return cls(
-                mode="full", epochs=12, n_explain=16, n_show=6, ig_steps=100,
+                mode="full",
+                epochs=12,
+                n_explain=16,
+                n_show=6,
+                ig_steps=100,
                 pixel_fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
                 roar_fractions=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             )
@@ -252,13 +263,11 @@ def select_examples(
     total = int(labels.shape[0])
     if not 1 <= n <= total:
         raise ValueError(f"cannot pick {n} examples out of {total}")
-    if signal_on_top.shape[0] != total or (confidence is not None and
-                                           confidence.shape[0] != total):
+    if signal_on_top.shape[0] != total or (confidence is not None and confidence.shape[0] != total):
         raise ValueError("labels, signal_on_top and confidence must have the same length")
     random_order = torch.randperm(total, generator=generator).tolist()
     uncertain_order = (
-        torch.sort(confidence.detach().cpu(), stable=True).indices.tolist()
-        if confidence is not None else []
+        torch.sort(confidence.detach().cpu(), stable=True).indices.tolist() if confidence is not None else []
     )
     lab = [int(v) for v in labels.tolist()]
     top = [bool(v) for v in signal_on_top.tolist()]
@@ -270,8 +279,7 @@ def select_examples(
         order = uncertain_order if uncertain else random_order
         want_top = (k // 2) % 2 == 0
         free = [i for i in order if i not in taken]
-        pick = next((i for i in free if lab[i] not in seen
-                     and (uncertain or top[i] == want_top)), None)
+        pick = next((i for i in free if lab[i] not in seen and (uncertain or top[i] == want_top)), None)
         if pick is None:
             pick = next((i for i in free if lab[i] not in seen), free[0])
         chosen.append(pick)
@@ -373,9 +381,18 @@ def format_report(numbers: dict[str, Any]) -> str:
     out.append(_table(["method", "seconds", "zeros", "leakage (mean)"], rows) + "\n")
     per = maps["per_image"]
     rows = [
-        [str(i), str(r["digit"]), r["signal"], str(r["prediction"]), _fmt(r["confidence"]),
-         str(r["hessian_rank"]), _fmt(r["top_eigenvalue"]), f"{r['caso_lambda1']:.1e}",
-         _fmt(r["caso_zeros"]), _fmt(r["cos_caso_cafo"])]
+        [
+            str(i),
+            str(r["digit"]),
+            r["signal"],
+            str(r["prediction"]),
+            _fmt(r["confidence"]),
+            str(r["hessian_rank"]),
+            _fmt(r["top_eigenvalue"]),
+            f"{r['caso_lambda1']:.1e}",
+            _fmt(r["caso_zeros"]),
+            _fmt(r["cos_caso_cafo"]),
+        ]
         for i, r in enumerate(per)
     ]
     out.append(
@@ -387,8 +404,22 @@ def format_report(numbers: dict[str, Any]) -> str:
         "c1.\n"
     )
     out.append(
-        _table(["#", "digit", "signal", "predicted", "confidence", "Hessian rank", "L",
-                "CASO lambda1", "CASO zeros", "cos(CASO, CAFO)"], rows) + "\n"
+        _table(
+            [
+                "#",
+                "digit",
+                "signal",
+                "predicted",
+                "confidence",
+                "Hessian rank",
+                "L",
+                "CASO lambda1",
+                "CASO zeros",
+                "cos(CASO, CAFO)",
+            ],
+            rows,
+        )
+        + "\n"
     )
     out.append("## Metrics: discriminative pixel perturbation\n")
     out.append(
@@ -432,13 +463,10 @@ def format_report(numbers: dict[str, Any]) -> str:
             row.append(f"{_fmt(r['diff'][j])} ({_fmt(r['top'][j])} / {_fmt(r['bottom'][j])})")
         rows.append(row)
     out.append(_table(header, rows) + "\n")
-    means = ", ".join(
-        f"{n} {_fmt(sum(r['diff']) / len(r['diff']))}" for n, r in roar["methods"].items()
-    )
+    means = ", ".join(f"{n} {_fmt(sum(r['diff']) / len(r['diff']))}" for n, r in roar["methods"].items())
     out.append(f"\nMean DiffROAR over k: {means}.\n")
     out.append("## Runtime per step\n")
-    out.append(_table(["step", "seconds"],
-                      [[k, _fmt(v, 1)] for k, v in numbers["timings"].items()]) + "\n")
+    out.append(_table(["step", "seconds"], [[k, _fmt(v, 1)] for k, v in numbers["timings"].items()]) + "\n")
     out.append(
         "\nAll numbers are in `results.json`. Reproduce with the command above (same seed, mode, "
         "device and thread count give the same numbers).\n"
@@ -498,18 +526,20 @@ def _require_extras() -> None:
         )
 
 
-def _batched(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, batch: int,
-             desc: str, progress: bool) -> Tensor:
+def _batched(
+    fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, batch: int, desc: str, progress: bool
+) -> Tensor:
     from tqdm.auto import tqdm
 
     parts = []
     for s in tqdm(range(0, x.shape[0], batch), desc=desc, disable=not progress, leave=False):
-        parts.append(fn(x[s:s + batch].detach().requires_grad_(), y[s:s + batch]).detach())
+        parts.append(fn(x[s : s + batch].detach().requires_grad_(), y[s : s + batch]).detach())
     return torch.cat(parts)
 
 
-def _explain(model: nn.Module, x: Tensor, y: Tensor, cfg: DemoConfig, seed: int,
-             progress: bool) -> tuple[dict[str, Tensor], dict[str, float], dict[str, Any]]:
+def _explain(
+    model: nn.Module, x: Tensor, y: Tensor, cfg: DemoConfig, seed: int, progress: bool
+) -> tuple[dict[str, Tensor], dict[str, float], dict[str, Any]]:
     """The six maps for ``x`` (targets ``y``), their timings, and CASO's per-image details."""
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
     from tqdm.auto import tqdm
@@ -523,15 +553,19 @@ def _explain(model: nn.Module, x: Tensor, y: Tensor, cfg: DemoConfig, seed: int,
     # at a time so that their progress bar moves
     runs: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], int]] = {
         "Saliency": (lambda a, b: Saliency(model).attribute(a, target=b, abs=False), len(x)),
-        "IntegratedGradients": (lambda a, b: IntegratedGradients(model).attribute(
-            a, target=b, n_steps=cfg.ig_steps, internal_batch_size=512), len(x)),
-        "SmoothGrad": (lambda a, b: NoiseTunnel(Saliency(model)).attribute(
-            a, target=b, abs=False, **nt), 1),
-        "CAFO": (lambda a, b: CAFO(model).attribute(a, target=b, sparsity=SPARSITY_WINDOW),
-                 len(x)),
+        "IntegratedGradients": (
+            lambda a, b: IntegratedGradients(model).attribute(
+                a, target=b, n_steps=cfg.ig_steps, internal_batch_size=512
+            ),
+            len(x),
+        ),
+        "SmoothGrad": (lambda a, b: NoiseTunnel(Saliency(model)).attribute(a, target=b, abs=False, **nt), 1),
+        "CAFO": (lambda a, b: CAFO(model).attribute(a, target=b, sparsity=SPARSITY_WINDOW), len(x)),
         "CASO": (lambda a, b: caso.attribute(a, target=b, sparsity=SPARSITY_WINDOW), len(x)),
-        "SmoothCASO": (lambda a, b: NoiseTunnel(CASO(model)).attribute(
-            a, target=b, sparsity=SPARSITY_WINDOW, **nt), 1),
+        "SmoothCASO": (
+            lambda a, b: NoiseTunnel(CASO(model)).attribute(a, target=b, sparsity=SPARSITY_WINDOW, **nt),
+            1,
+        ),
     }
     # Warm-up outside the timings: the first autograd call with tensor grad_outputs in a process
     # imports sympy inside torch (seconds), which would otherwise be charged to CASO.
@@ -544,14 +578,20 @@ def _explain(model: nn.Module, x: Tensor, y: Tensor, cfg: DemoConfig, seed: int,
         torch.manual_seed(seed + 1000 + i)  # the noise of the NoiseTunnel methods
         t0 = time.perf_counter()
         starts = range(0, len(x), chunk)
-        parts = [run(x[s:s + chunk], y[s:s + chunk]).detach()
-                 for s in tqdm(starts, desc=f"{name} maps", disable=not progress, leave=False)]
+        parts = [
+            run(x[s : s + chunk], y[s : s + chunk]).detach()
+            for s in tqdm(starts, desc=f"{name} maps", disable=not progress, leave=False)
+        ]
         maps[name] = torch.cat(parts)
         seconds[name] = time.perf_counter() - t0
         if name == "CASO":
             d = caso.last_details
-            details = {"lambda1": d.lambda1.tolist(), "zeros": d.sparsity.tolist(),
-                       "rank": d.rank.tolist(), "top_eigenvalue": d.top_eigenvalue.tolist()}
+            details = {
+                "lambda1": d.lambda1.tolist(),
+                "zeros": d.sparsity.tolist(),
+                "rank": d.rank.tolist(),
+                "top_eigenvalue": d.top_eigenvalue.tolist(),
+            }
     dense_caso = caso.attribute(x, target=y).flatten(1)
     dense_cafo = CAFO(model).attribute(x, target=y).flatten(1)
     details["cos_caso_cafo"] = nn.functional.cosine_similarity(dense_caso, dense_cafo).tolist()
@@ -559,8 +599,9 @@ def _explain(model: nn.Module, x: Tensor, y: Tensor, cfg: DemoConfig, seed: int,
     return maps, seconds, details
 
 
-def _metric_attributions(model: nn.Module, x: Tensor, y: Tensor, progress: bool,
-                         desc: str) -> dict[str, Tensor]:
+def _metric_attributions(
+    model: nn.Module, x: Tensor, y: Tensor, progress: bool, desc: str
+) -> dict[str, Tensor]:
     """Saliency and CASO (lambda1 = 0, closed form when exact) for the metrics."""
     from captum.attr import Saliency
 
@@ -568,26 +609,37 @@ def _metric_attributions(model: nn.Module, x: Tensor, y: Tensor, progress: bool,
 
     sal, caso = Saliency(model), CASO(model)
     return {
-        "Saliency": _batched(lambda a, b: sal.attribute(a, target=b, abs=False), x, y, 512,
-                             f"Saliency ({desc})", progress),
-        "CASO": _batched(lambda a, b: caso.attribute(a, target=b), x, y, 256,
-                         f"CASO ({desc})", progress),
+        "Saliency": _batched(
+            lambda a, b: sal.attribute(a, target=b, abs=False), x, y, 512, f"Saliency ({desc})", progress
+        ),
+        "CASO": _batched(lambda a, b: caso.attribute(a, target=b), x, y, 256, f"CASO ({desc})", progress),
     }
 
 
-def _make_figures(out: Path, images: Tensor, masks: Tensor, maps: dict[str, Tensor],
-                  row_titles: list[str], leak: dict[str, list[float]], pix: dict[str, Any],
-                  roar: dict[str, Any], cfg: DemoConfig) -> tuple[Path, Path]:
+def _make_figures(
+    out: Path,
+    images: Tensor,
+    masks: Tensor,
+    maps: dict[str, Tensor],
+    row_titles: list[str],
+    leak: dict[str, list[float]],
+    pix: dict[str, Any],
+    roar: dict[str, Any],
+    cfg: DemoConfig,
+) -> tuple[Path, Path]:
     from matplotlib.figure import Figure
 
     from .visualization import plot_attribution_grid
 
     n = cfg.n_show
     fig = plot_attribution_grid(
-        images[:n], {k: v[:n] for k, v in maps.items()}, row_titles=row_titles[:n],
-        outlines=masks[:n], annotations={k: [f"leak {v:.2f}" for v in leak[k][:n]] for k in maps},
+        images[:n],
+        {k: v[:n] for k, v in maps.items()},
+        row_titles=row_titles[:n],
+        outlines=masks[:n],
+        annotations={k: [f"leak {v:.2f}" for v in leak[k][:n]] for k in maps},
         title="Which pixels explain the class? BlockMNIST from real digits; the box marks the "
-              "signal block, 'leak' is the share of |attribution| outside it",
+        "signal block, 'leak' is the share of |attribution| outside it",
     )
     fig_path = out / "attributions.png"
     fig.savefig(fig_path, dpi=110)
@@ -601,8 +653,10 @@ def _make_figures(out: Path, images: Tensor, masks: Tensor, maps: dict[str, Tens
     for name, res in roar["results"].items():
         res.plot(ax=ax2, label=name)
     ax2.set_title("DiffROAR, no retraining (higher is better)", fontsize=10)
-    mfig.suptitle(f"Saliency and CASO (lambda1 = 0) against a random ranking, "
-                  f"{pix['n_images']} test images", fontsize=10)
+    mfig.suptitle(
+        f"Saliency and CASO (lambda1 = 0) against a random ranking, {pix['n_images']} test images",
+        fontsize=10,
+    )
     metrics_path = out / "metrics.png"
     mfig.savefig(metrics_path, dpi=110)
     return fig_path, metrics_path
@@ -672,21 +726,29 @@ def run_demo(
 
     numbers["run"] = {
         "command": command or f"python -m captum_ext.demo --mode {cfg.mode} --seed {seed}",
-        "seed": seed, "device": str(dev), "torch_threads": used_threads,
-        "torch": torch.__version__, "captum": captum.__version__,
+        "seed": seed,
+        "device": str(dev),
+        "torch_threads": used_threads,
+        "torch": torch.__version__,
+        "captum": captum.__version__,
         "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU(s)",
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    files = {"figure": out / "attributions.png", "metrics_figure": out / "metrics.png",
-             "report": out / "report.md", "results": out / "results.json"}
+    files = {
+        "figure": out / "attributions.png",
+        "metrics_figure": out / "metrics.png",
+        "report": out / "report.md",
+        "results": out / "results.json",
+    }
     numbers["files"] = {k: v.name for k, v in files.items()}
     files["report"].write_text(format_report(numbers))
     files["results"].write_text(json.dumps(numbers, indent=1))
     return DemoResult(out_dir=out, files=files, numbers=numbers)
 
 
-def _pipeline(cfg: DemoConfig, seed: int, dev: torch.device, progress: bool, steps: _Steps,
-              out: Path) -> dict[str, Any]:
+def _pipeline(
+    cfg: DemoConfig, seed: int, dev: torch.device, progress: bool, steps: _Steps, out: Path
+) -> dict[str, Any]:
     from .datasets import BlockMNIST
     from .metrics import diff_roar, feature_leakage, pixel_perturbation
     from .training import evaluate, fit
@@ -698,14 +760,21 @@ def _pipeline(cfg: DemoConfig, seed: int, dev: torch.device, progress: bool, ste
         test = BlockMNIST("test", classes=cfg.classes, seed=seed)
         x_tr, y_tr, _ = (t.to(dev) for t in train.tensors())
         x_te, y_te, m_te = (t.to(dev) for t in test.tensors())
-        numbers["data"] = {"classes": list(cfg.classes), "n_train": len(train),
-                           "n_test": len(test)}
+        numbers["data"] = {"classes": list(cfg.classes), "n_train": len(train), "n_test": len(test)}
 
     with steps.step("training the CNN"):
         torch.manual_seed(seed)
         model = demo_cnn(len(cfg.classes)).to(dev)
-        fit(model, (x_tr, y_tr), epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-            seed=seed, device=dev, progress=progress)
+        fit(
+            model,
+            (x_tr, y_tr),
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            device=dev,
+            progress=progress,
+        )
         model.requires_grad_(False)  # attributions need input gradients only
         explained = copy.deepcopy(model).to(EXPLAIN_DTYPE)
         numbers["model"] = {
@@ -718,32 +787,37 @@ def _pipeline(cfg: DemoConfig, seed: int, dev: torch.device, progress: bool, ste
         with torch.no_grad():
             conf_all = torch.softmax(model(x_te), dim=1).amax(dim=1).cpu()
         gen = torch.Generator().manual_seed(seed)
-        idx = select_examples(y_te.cpu(), test.signal_on_top, cfg.n_explain, gen,
-                              confidence=conf_all).to(dev)
+        idx = select_examples(y_te.cpu(), test.signal_on_top, cfg.n_explain, gen, confidence=conf_all).to(dev)
         xe, ye, me = x_te[idx], y_te[idx], m_te[idx]
-        maps, seconds, details = _explain(explained, xe.to(EXPLAIN_DTYPE), ye, cfg, seed,
-                                          progress)
+        maps, seconds, details = _explain(explained, xe.to(EXPLAIN_DTYPE), ye, cfg, seed, progress)
         leak = {k: feature_leakage(v, me).tolist() for k, v in maps.items()}
         with torch.no_grad():
             probs = torch.softmax(model(xe), dim=1)
         conf, pred = probs.max(dim=1)
         per_image = []
         for i in range(cfg.n_explain):
-            per_image.append({
-                "test_index": int(idx[i]), "digit": int(cfg.classes[int(ye[i])]),
-                "signal": "top" if bool(test.signal_on_top[int(idx[i])]) else "bottom",
-                "prediction": int(cfg.classes[int(pred[i])]), "confidence": float(conf[i]),
-                "hessian_rank": int(details["rank"][i]),
-                "top_eigenvalue": float(details["top_eigenvalue"][i]),
-                "caso_lambda1": float(details["lambda1"][i]),
-                "caso_zeros": float(details["zeros"][i]),
-                "cos_caso_cafo": float(details["cos_caso_cafo"][i]),
-            })
+            per_image.append(
+                {
+                    "test_index": int(idx[i]),
+                    "digit": int(cfg.classes[int(ye[i])]),
+                    "signal": "top" if bool(test.signal_on_top[int(idx[i])]) else "bottom",
+                    "prediction": int(cfg.classes[int(pred[i])]),
+                    "confidence": float(conf[i]),
+                    "hessian_rank": int(details["rank"][i]),
+                    "top_eigenvalue": float(details["top_eigenvalue"][i]),
+                    "caso_lambda1": float(details["lambda1"][i]),
+                    "caso_zeros": float(details["zeros"][i]),
+                    "cos_caso_cafo": float(details["cos_caso_cafo"][i]),
+                }
+            )
         numbers["attributions"] = {
             "methods": {
-                k: {"seconds": seconds[k], "zeros": float((maps[k] == 0).double().mean()),
+                k: {
+                    "seconds": seconds[k],
+                    "zeros": float((maps[k] == 0).double().mean()),
                     "leakage": float(torch.tensor(leak[k]).nanmean()),
-                    "leakage_per_image": leak[k]}
+                    "leakage_per_image": leak[k],
+                }
                 for k in maps
             },
             "per_image": per_image,
@@ -759,29 +833,54 @@ def _pipeline(cfg: DemoConfig, seed: int, dev: torch.device, progress: bool, ste
 
     with steps.step("pixel perturbation"):
         pix_res = {
-            name: pixel_perturbation(model, xm, ym, a, fractions=cfg.pixel_fractions,
-                                     order="least", fill="mean", seed=seed, progress=progress)
+            name: pixel_perturbation(
+                model,
+                xm,
+                ym,
+                a,
+                fractions=cfg.pixel_fractions,
+                order="least",
+                fill="mean",
+                seed=seed,
+                progress=progress,
+            )
             for name, a in attr_te.items()
         }
         base = next(iter(pix_res.values()))
         numbers["pixel_perturbation"] = {
-            "n_images": n_te, "fractions": list(cfg.pixel_fractions), "order": "least",
-            "fill": "mean", "baseline_accuracy": base.baseline_accuracy,
+            "n_images": n_te,
+            "fractions": list(cfg.pixel_fractions),
+            "order": "least",
+            "fill": "mean",
+            "baseline_accuracy": base.baseline_accuracy,
             "accuracy": {k: r.accuracy.tolist() for k, r in pix_res.items()},
             "label_prob": {k: r.label_prob.tolist() for k, r in pix_res.items()},
         }
 
     with steps.step("DiffROAR (no retraining)"):
         roar_res = {
-            name: diff_roar(None, None, (xm, ym), (None, a), fractions=cfg.roar_fractions,
-                            retrain=False, model=model, tie_seed=seed, progress=progress)
+            name: diff_roar(
+                None,
+                None,
+                (xm, ym),
+                (None, a),
+                fractions=cfg.roar_fractions,
+                retrain=False,
+                model=model,
+                tie_seed=seed,
+                progress=progress,
+            )
             for name, a in attr_te.items()
         }
         numbers["diff_roar"] = {
-            "n_images": n_te, "fractions": list(cfg.roar_fractions), "retrain": False,
+            "n_images": n_te,
+            "fractions": list(cfg.roar_fractions),
+            "retrain": False,
             "fill": 0.0,
-            "methods": {k: {"diff": r.diff.tolist(), "top": r.top.tolist(),
-                            "bottom": r.bottom.tolist()} for k, r in roar_res.items()},
+            "methods": {
+                k: {"diff": r.diff.tolist(), "top": r.top.tolist(), "bottom": r.bottom.tolist()}
+                for k, r in roar_res.items()
+            },
         }
 
     with steps.step("figures"):
@@ -789,9 +888,17 @@ def _pipeline(cfg: DemoConfig, seed: int, dev: torch.device, progress: bool, ste
             f"digit {r['digit']} ({r['signal']})\npred {r['prediction']}, p={r['confidence']:.2f}"
             for r in per_image
         ]
-        _make_figures(out, xe.cpu(), me.cpu(), {k: v.cpu() for k, v in maps.items()},
-                      row_titles, leak, {"results": pix_res, "n_images": n_te},
-                      {"results": roar_res}, cfg)
+        _make_figures(
+            out,
+            xe.cpu(),
+            me.cpu(),
+            {k: v.cpu() for k, v in maps.items()},
+            row_titles,
+            leak,
+            {"results": pix_res, "n_images": n_te},
+            {"results": roar_res},
+            cfg,
+        )
     return numbers
 
 
@@ -803,30 +910,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the demo's options to ``parser`` (shared by ``python -m captum_ext.demo`` and
     ``captum-ext demo``) and return it."""
     parser.add_argument(
-        "--out", metavar="DIR", default=DEFAULT_OUT,
-        help=f"output folder for the figures, report.md and results.json (default: {DEFAULT_OUT})")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of everything random; same seed, same numbers (default: 0)")
+        "--out",
+        metavar="DIR",
+        default=DEFAULT_OUT,
+        help=f"output folder for the figures, report.md and results.json (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of everything random; same seed, same numbers (default: 0)"
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
-        "--mode", choices=MODES, default="default",
+        "--mode",
+        choices=MODES,
+        default="default",
         help="quick: smoke test on small subsets; default: the demo (under 3 minutes on 2 CPU "
-             "cores); full: more images (16), epochs and IntegratedGradients steps, every "
-             "fraction (a few minutes)")
-    size.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="same as --mode quick")
-    size.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="same as --mode full")
+        "cores); full: more images (16), epochs and IntegratedGradients steps, every "
+        "fraction (a few minutes)",
+    )
+    size.add_argument(
+        "--quick", dest="mode", action="store_const", const="quick", help="same as --mode quick"
+    )
+    size.add_argument("--full", dest="mode", action="store_const", const="full", help="same as --mode full")
     parser.add_argument(
-        "--device", default=None,
-        help="cpu, cuda or cuda:N (default: cuda if available, else cpu); an unavailable device "
-             "is an error")
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda if available, else cpu); an unavailable device is an error",
+    )
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N",
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
         help="torch CPU threads (default: 1; the models are small, the numbers then do not "
-             "depend on the core count, and multi-threaded torch slows down badly on a busy CPU)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars")
+        "depend on the core count, and multi-threaded torch slows down badly on a busy CPU)",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return parser
 
 
@@ -845,8 +963,9 @@ def build_parser(prog: str = "python -m captum_ext.demo") -> argparse.ArgumentPa
     return add_arguments(parser)
 
 
-def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                  argv: Sequence[str] | None = None) -> int:
+def run_from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> int:
     """Run the demo for parsed arguments; usage errors go through ``parser.error`` (exit 2)."""
     try:
         resolve_device(args.device)
@@ -856,9 +975,15 @@ def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
         parser.error(f"--threads must be >= 1, got {args.threads}")
     shown = " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        res = run_demo(args.out, mode=args.mode, seed=args.seed, device=args.device,
-                       progress=args.progress, command=f"{parser.prog} {shown}".strip(),
-                       threads=args.threads)
+        res = run_demo(
+            args.out,
+            mode=args.mode,
+            seed=args.seed,
+            device=args.device,
+            progress=args.progress,
+            command=f"{parser.prog} {shown}".strip(),
+            threads=args.threads,
+        )
     except MissingExtraError as err:
         parser.error(str(err))
     names = ", ".join(p.name for p in res.files.values())

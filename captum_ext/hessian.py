@@ -91,7 +91,10 @@ class LossGraph:
     def vjp(self, grad_logits: Tensor, retain_graph: bool = True) -> Tensor:
         """``J^T w`` per example for ``w = grad_logits`` of shape ``(n, c)``; returns ``(n, d)``."""
         grads = torch.autograd.grad(
-            self.logits, self.inputs, grad_outputs=grad_logits, retain_graph=retain_graph,
+            self.logits,
+            self.inputs,
+            grad_outputs=grad_logits,
+            retain_graph=retain_graph,
             allow_unused=True,
         )
         return flatten_features(_zeros_for_none(grads, self.inputs))
@@ -104,8 +107,12 @@ class LossGraph:
         """
         try:
             grads = torch.autograd.grad(
-                self.logits, self.inputs, grad_outputs=grad_logits, retain_graph=True,
-                allow_unused=True, is_grads_batched=True,
+                self.logits,
+                self.inputs,
+                grad_outputs=grad_logits,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
             )
             k = grad_logits.shape[0]
             filled = [
@@ -152,8 +159,9 @@ def softmax_covariance(probs: Tensor) -> Tensor:
     """
     top = F.one_hot(probs.argmax(1), probs.shape[1]).to(torch.bool)
     # 1 - p_i: for the largest p_i sum the small ones directly; elsewhere 1 - p_i >= 1/2 is benign
-    others = torch.where(top, probs.masked_fill(top, 0.0).sum(1, keepdim=True),
-                         probs.sum(1, keepdim=True) - probs)
+    others = torch.where(
+        top, probs.masked_fill(top, 0.0).sum(1, keepdim=True), probs.sum(1, keepdim=True) - probs
+    )
     off = -probs[:, :, None] * probs[:, None, :]
     return off - torch.diag_embed(torch.diagonal(off, dim1=1, dim2=2)) + torch.diag_embed(probs * others)
 
@@ -362,7 +370,10 @@ class ExactHessian:
         for j in range(v.shape[1]):
             parts = unflatten_features(v[:, j], self.graph.inputs)
             hv = torch.autograd.grad(
-                self._grads, self.graph.inputs, grad_outputs=parts, retain_graph=True,
+                self._grads,
+                self.graph.inputs,
+                grad_outputs=parts,
+                retain_graph=True,
                 allow_unused=True,
             )
             cols.append(flatten_features(_zeros_for_none(hv, self.graph.inputs)))
@@ -415,13 +426,11 @@ def logit_curvature_gap(graph: LossGraph, v: Tensor, w: Tensor) -> Tensor:
     """
     inputs = graph.inputs
     parts = unflatten_features(v, inputs)
-    grads = torch.autograd.grad(graph.logits, inputs, grad_outputs=w, create_graph=True,
-                                allow_unused=True)
+    grads = torch.autograd.grad(graph.logits, inputs, grad_outputs=w, create_graph=True, allow_unused=True)
     grads = _zeros_for_none(grads, inputs)
     jt_w = flatten_features([gr.detach() for gr in grads])
     if any(gr.requires_grad for gr in grads):
-        hv = torch.autograd.grad(grads, inputs, grad_outputs=parts, retain_graph=True,
-                                 allow_unused=True)
+        hv = torch.autograd.grad(grads, inputs, grad_outputs=parts, retain_graph=True, allow_unused=True)
         hv = flatten_features(_zeros_for_none(hv, inputs))
     else:
         hv = torch.zeros_like(v)

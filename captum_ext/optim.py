@@ -56,10 +56,7 @@ def caso_objective(
     lambda1 = torch.as_tensor(lambda1, dtype=delta.dtype, device=delta.device)
     lambda2 = torch.as_tensor(lambda2, dtype=delta.dtype, device=delta.device)
     quad = 0.0 if h_delta is None else 0.5 * _dot(delta, h_delta)
-    val = (
-        _dot(g, delta) + quad - lambda1 * delta.abs().sum(-1, keepdim=True)
-        - lambda2 * _dot(delta, delta)
-    )
+    val = _dot(g, delta) + quad - lambda1 * delta.abs().sum(-1, keepdim=True) - lambda2 * _dot(delta, delta)
     return val.squeeze(-1)
 
 

@@ -64,9 +64,7 @@ def _check_percentile(percentile: float) -> float:
     return p
 
 
-def aggregate_channels(
-    attributions: Tensor, channel_dim: int | None = 1, reduce: str = "abs_sum"
-) -> Tensor:
+def aggregate_channels(attributions: Tensor, channel_dim: int | None = 1, reduce: str = "abs_sum") -> Tensor:
     """Reduce the channel dimension of attribution maps to one value per pixel.
 
     Args:
@@ -316,8 +314,7 @@ def plot_attribution_grid(
         a = _check_map(a, f"attributions[{name!r}]")
         if tuple(a.shape) != tuple(images.shape):
             raise ValueError(
-                f"attributions[{name!r}] has shape {tuple(a.shape)}, the images "
-                f"{tuple(images.shape)}"
+                f"attributions[{name!r}] has shape {tuple(a.shape)}, the images {tuple(images.shape)}"
             )
         if normalize == "absolute":
             m = normalize_saliency(a, channel_dim=channel_dim, percentile=percentile)
@@ -357,24 +354,36 @@ def plot_attribution_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.imshow(shown[i].numpy(), cmap="gray" if shown.dim() == 3 else None,
-                          vmin=0.0, vmax=1.0, interpolation="nearest")
+                ax.imshow(
+                    shown[i].numpy(),
+                    cmap="gray" if shown.dim() == 3 else None,
+                    vmin=0.0,
+                    vmax=1.0,
+                    interpolation="nearest",
+                )
                 if i == 0:
                     ax.set_title(image_title, fontsize=9)
                 if row_titles is not None:
                     ax.set_ylabel(row_titles[i], fontsize=8)
             else:
                 name = list(maps)[j - 1]
-                ax.imshow(maps[name][i].numpy(), cmap=cmap, vmin=vmin, vmax=1.0,
-                          interpolation="nearest")
+                ax.imshow(maps[name][i].numpy(), cmap=cmap, vmin=vmin, vmax=1.0, interpolation="nearest")
                 if i == 0:
                     ax.set_title(name, fontsize=9)
                 if annotations is not None and name in annotations:
                     ax.set_xlabel(annotations[name][i], fontsize=7)
             if boxes is not None and boxes[i] is not None:
                 r0, r1, c0, c1 = boxes[i]  # drawn just inside the box's outer pixel edges
-                ax.add_patch(Rectangle((c0 - 0.2, r0 - 0.2), c1 - c0 + 0.4, r1 - r0 + 0.4,
-                                       fill=False, lw=1.2, ec=outline_color))
+                ax.add_patch(
+                    Rectangle(
+                        (c0 - 0.2, r0 - 0.2),
+                        c1 - c0 + 0.4,
+                        r1 - r0 + 0.4,
+                        fill=False,
+                        lw=1.2,
+                        ec=outline_color,
+                    )
+                )
             for spine in ax.spines.values():
                 spine.set_linewidth(0.4)
     if title:
@@ -382,16 +391,13 @@ def plot_attribution_grid(
     return fig
 
 
-def _bounding_boxes(
-    masks: Tensor, n: int, hw: tuple[int, int]
-) -> list[tuple[int, int, int, int] | None]:
+def _bounding_boxes(masks: Tensor, n: int, hw: tuple[int, int]) -> list[tuple[int, int, int, int] | None]:
     """``(row0, row1, col0, col1)`` (inclusive) of each mask's True pixels, ``None`` if empty."""
     m = masks.detach().to("cpu")
     if m.dim() == 4 and m.shape[1] == 1:
         m = m[:, 0]
     if m.dim() != 3 or m.shape[0] != n or tuple(m.shape[1:]) != hw:
-        raise ValueError(f"outlines must be (N, H, W) = ({n}, {hw[0]}, {hw[1]}), got "
-                         f"{tuple(masks.shape)}")
+        raise ValueError(f"outlines must be (N, H, W) = ({n}, {hw[0]}, {hw[1]}), got {tuple(masks.shape)}")
     boxes: list[tuple[int, int, int, int] | None] = []
     for k in range(n):
         rows = m[k].to(torch.bool).any(dim=1).nonzero().flatten()

@@ -25,8 +25,13 @@ def main() -> None:
     train, test = perm[:1400], perm[1400:]
 
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
     )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(15):
@@ -58,14 +63,17 @@ def main() -> None:
     print(f"\n{'method':<24}{'mean |D|':>12}{'max |D|':>12}{'zeros':>8}{'seconds':>9}")
     for name, m, sec in rows:
         zeros = (m == 0).float().mean().item()
-        print(f"{name:<24}{m.abs().mean().item():>12.3e}{m.abs().max().item():>12.3e}"
-              f"{zeros:>8.2f}{sec:>9.3f}")
+        print(
+            f"{name:<24}{m.abs().mean().item():>12.3e}{m.abs().max().item():>12.3e}{zeros:>8.2f}{sec:>9.3f}"
+        )
     cos = nn.functional.cosine_similarity(caso_map.flatten(1), cafo_map.flatten(1)).tolist()
     print("\nper image: label, confidence, Hessian rank, cos(CASO, CAFO), chosen lambda1, sparsity")
     probs = torch.softmax(model(images), 1).max(1).values.tolist()
     for i in range(len(labels)):
-        print(f"  {int(labels[i])}  p={probs[i]:.3f}  rank={ranks[i]}  cos={cos[i]:.4f}  "
-              f"lambda1={det.lambda1[i].item():.1e}  eta={det.sparsity[i].item():.2f}")
+        print(
+            f"  {int(labels[i])}  p={probs[i]:.3f}  rank={ranks[i]}  cos={cos[i]:.4f}  "
+            f"lambda1={det.lambda1[i].item():.1e}  eta={det.sparsity[i].item():.2f}"
+        )
 
 
 if __name__ == "__main__":

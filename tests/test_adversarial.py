@@ -73,9 +73,9 @@ def test_one_step_group_equals_closed_form_on_images():
     expected = torch.empty_like(g)
     for i0 in range(0, 5, 2):  # explicit loop over 2×2 patches, all channels in one group
         for j0 in range(0, 5, 2):
-            block = g[:, :, i0:i0 + 2, j0:j0 + 2]
+            block = g[:, :, i0 : i0 + 2, j0 : j0 + 2]
             norm = block.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            expected[:, :, i0:i0 + 2, j0:j0 + 2] = 0.7 * block / norm
+            expected[:, :, i0 : i0 + 2, j0 : j0 + 2] = 0.7 * block / norm
     assert torch.allclose(delta, expected, atol=1e-12)
 
 
@@ -92,8 +92,13 @@ def test_group_ids_layout():
 
 
 @settings(max_examples=25)
-@given(seed=st.integers(0, 10_000), eps=st.floats(0.05, 2.0), eps2=st.floats(0.05, 1.0),
-       size=st.integers(1, 9), gs=st.integers(1, 4))
+@given(
+    seed=st.integers(0, 10_000),
+    eps=st.floats(0.05, 2.0),
+    eps2=st.floats(0.05, 1.0),
+    size=st.integers(1, 9),
+    gs=st.integers(1, 4),
+)
 def test_closed_forms_maximise_the_linearised_problems(seed, eps, eps2, size, gs):
     """B.3's closed forms are the maximisers of gᵀδ − R(δ) (A.2, A.3): no feasible δ does better."""
     gen = torch.Generator().manual_seed(seed)
@@ -124,18 +129,33 @@ def softplus_mlp(seed: int = 0) -> nn.Module:
 
 
 @settings(max_examples=20)
-@given(seed=st.integers(0, 1000), norm=st.sampled_from([2, math.inf]), eps=st.floats(0.01, 3.0),
-       steps=st.integers(0, 5), step_size=st.one_of(st.none(), st.floats(0.01, 2.0)),
-       random_start=st.booleans(), use_clamp=st.booleans())
-def test_pgd_stays_in_its_ball_and_input_range(seed, norm, eps, steps, step_size, random_start,
-                                               use_clamp):
+@given(
+    seed=st.integers(0, 1000),
+    norm=st.sampled_from([2, math.inf]),
+    eps=st.floats(0.01, 3.0),
+    steps=st.integers(0, 5),
+    step_size=st.one_of(st.none(), st.floats(0.01, 2.0)),
+    random_start=st.booleans(),
+    use_clamp=st.booleans(),
+)
+def test_pgd_stays_in_its_ball_and_input_range(seed, norm, eps, steps, step_size, random_start, use_clamp):
     net = softplus_mlp(seed % 3)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(5, 6, generator=gen, dtype=DT)
     y = torch.randint(0, 3, (5,), generator=gen)
     clamp = (0.0, 1.0) if use_clamp else None
-    delta = pgd_perturbation(net, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
-                             random_start=random_start, clamp=clamp, generator=gen)
+    delta = pgd_perturbation(
+        net,
+        x,
+        y,
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        random_start=random_start,
+        clamp=clamp,
+        generator=gen,
+    )
     size = delta.abs().amax(1) if norm == math.inf else delta.norm(dim=1)
     assert bool((size <= eps * (1 + 1e-9)).all())
     if use_clamp:
@@ -159,8 +179,14 @@ def test_pgd_increases_the_loss():
 
 
 @settings(max_examples=15)
-@given(seed=st.integers(0, 1000), eps=st.floats(0.02, 1.0), steps=st.integers(1, 7),
-       step_size=st.floats(0.01, 0.5), gs=st.integers(1, 3), use_clamp=st.booleans())
+@given(
+    seed=st.integers(0, 1000),
+    eps=st.floats(0.02, 1.0),
+    steps=st.integers(1, 7),
+    step_size=st.floats(0.01, 0.5),
+    gs=st.integers(1, 3),
+    use_clamp=st.booleans(),
+)
 def test_iterative_perturbations_stay_in_their_balls(seed, eps, steps, step_size, gs, use_clamp):
     net = softplus_mlp(seed % 3)
     gen = torch.Generator().manual_seed(seed)
@@ -190,8 +216,9 @@ def test_iterative_elastic_never_worse_than_one_step():
 
     one = norm_regularized_perturbation(net, x, y, norm="elastic", eps=eps, eps2=eps2)
     for step in (0.3, 0.05, 0.01):  # B.4's step and smaller ones
-        it = norm_regularized_perturbation(net, x, y, norm="elastic", eps=eps, eps2=eps2,
-                                           iterative=True, steps=7, step_size=step)
+        it = norm_regularized_perturbation(
+            net, x, y, norm="elastic", eps=eps, eps2=eps2, iterative=True, steps=7, step_size=step
+        )
         assert bool((objective(it) >= objective(one) - 1e-12).all())
         assert float(objective(it).mean()) > float(objective(one).mean()) + 1e-3
 
@@ -234,19 +261,17 @@ def test_attention_wrapper_uses_given_maps():
 # ---------------------------------------------------------------------------------------------
 def bn_dropout_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Softplus(), nn.Dropout(0.3),
-                         nn.Linear(8, 3))
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Softplus(), nn.Dropout(0.3), nn.Linear(8, 3))
 
 
 ATTACKS = {
     "pgd_l2": lambda m, x, y: pgd_perturbation(m, x, y, norm=2, eps=0.5, steps=3),
-    "pgd_linf": lambda m, x, y: pgd_perturbation(m, x, y, norm="inf", eps=0.1, steps=3,
-                                                 clamp=(0, 1)),
-    "l1_iter": lambda m, x, y: norm_regularized_perturbation(m, x, y, norm="l1", iterative=True,
-                                                             steps=2),
+    "pgd_linf": lambda m, x, y: pgd_perturbation(m, x, y, norm="inf", eps=0.1, steps=3, clamp=(0, 1)),
+    "l1_iter": lambda m, x, y: norm_regularized_perturbation(m, x, y, norm="l1", iterative=True, steps=2),
     "group": lambda m, x, y: norm_regularized_perturbation(m, x, y, norm="group", group_size=2),
-    "elastic_iter": lambda m, x, y: norm_regularized_perturbation(m, x, y, norm="elastic",
-                                                                  iterative=True, steps=2),
+    "elastic_iter": lambda m, x, y: norm_regularized_perturbation(
+        m, x, y, norm="elastic", iterative=True, steps=2
+    ),
 }
 
 

@@ -15,8 +15,7 @@ from .test_optim import _scipy_split_solve
 
 
 def _dense(model, x, target):
-    hs, gs = zip(*[dense_loss_hessian(model, x[i], int(target[i])) for i in range(x.shape[0])],
-                 strict=True)
+    hs, gs = zip(*[dense_loss_hessian(model, x[i], int(target[i])) for i in range(x.shape[0])], strict=True)
     return torch.stack(hs), torch.stack(gs)
 
 
@@ -66,8 +65,7 @@ def test_lambda1_positive_matches_scipy(hessian):
     model = relu_mlp(d=6, c=3, hidden=8)
     x = torch.randn(2, 6, dtype=torch.float64)
     caso = CASO(model)
-    delta = caso.attribute(x, hessian=hessian, lambda1=0.02, lambda2=2.0, n_iter=400,
-                           rank_tol=0.0)
+    delta = caso.attribute(x, hessian=hessian, lambda1=0.02, lambda2=2.0, n_iter=400, rank_tol=0.0)
     H, g = _dense(model, x, caso.last_details.target)
     for i in range(2):
         ref = _scipy_split_solve(g[i], H[i], 0.02, 2.0)
@@ -142,8 +140,7 @@ def test_sparsity_search_hits_window_and_records_details():
     H, g = _dense(model, x, det.target)
     for i in range(3):
         D = delta[i].reshape(-1)
-        val = g[i] @ D + 0.5 * D @ H[i] @ D - det.lambda1[i] * D.abs().sum() \
-            - det.lambda2[i] * D @ D
+        val = g[i] @ D + 0.5 * D @ H[i] @ D - det.lambda1[i] * D.abs().sum() - det.lambda2[i] * D @ D
         assert float(det.objective[i]) == pytest.approx(float(val), rel=1e-8, abs=1e-14)
 
 
@@ -169,16 +166,14 @@ def test_noise_tunnel_infidelity_sensitivity():
     x = torch.randn(2, 2, 6, 6)
     for method in (CASO(model), CAFO(model)):
         nt = NoiseTunnel(method)
-        smooth = nt.attribute(x, nt_type="smoothgrad", nt_samples=5, stdevs=0.15, target=1,
-                              lambda1=1e-4)
+        smooth = nt.attribute(x, nt_type="smoothgrad", nt_samples=5, stdevs=0.15, target=1, lambda1=1e-4)
         assert smooth.shape == x.shape and torch.isfinite(smooth).all()
 
         def perturb(inputs):
             noise = torch.randn_like(inputs) * 0.01
             return noise, inputs - noise
 
-        inf = infidelity(model, perturb, x, method.attribute(x, target=1), target=1,
-                         n_perturb_samples=4)
+        inf = infidelity(model, perturb, x, method.attribute(x, target=1), target=1, n_perturb_samples=4)
         assert inf.shape == (2,) and torch.isfinite(inf).all()
         sens = sensitivity_max(method.attribute, x, target=1, n_perturb_samples=3)
         assert sens.shape == (2,) and torch.isfinite(sens).all()
@@ -205,9 +200,11 @@ def test_tuple_inputs_and_additional_forward_args():
     assert a1.shape == x1.shape and a2.shape == x2.shape
     # oracle: dense Hessian over the concatenated inputs
     for i in range(3):
+
         def loss(z, i=i):
             out = model(z[None, :6], z[None, 6:], scale[i : i + 1])
             return nn.functional.cross_entropy(out, torch.tensor([2]))
+
         z = torch.cat([x1[i], x2[i]])
         H = torch.autograd.functional.hessian(loss, z)
         zg = z.clone().requires_grad_(True)
@@ -235,8 +232,7 @@ def test_every_target_form(target_form):
     caso = CASO(model)
     out = caso.attribute(x, target=target)
     assert torch.equal(caso.last_details.target, expected)
-    per_example = torch.cat([CASO(model).attribute(x[i : i + 1], target=int(expected[i]))
-                             for i in range(3)])
+    per_example = torch.cat([CASO(model).attribute(x[i : i + 1], target=int(expected[i])) for i in range(3)])
     assert torch.allclose(out, per_example, atol=1e-12)
 
 
@@ -251,8 +247,9 @@ def test_batch_size_invariance_and_chunking(hessian):
     assert torch.allclose(full, alone, atol=1e-12)
     assert torch.allclose(full, chunked, atol=1e-12)
     sp_full = CASO(model).attribute(x, hessian=hessian, sparsity=(0.75, 1.0))
-    sp_alone = torch.cat([CASO(model).attribute(x[i : i + 1], hessian=hessian,
-                                                sparsity=(0.75, 1.0)) for i in range(5)])
+    sp_alone = torch.cat(
+        [CASO(model).attribute(x[i : i + 1], hessian=hessian, sparsity=(0.75, 1.0)) for i in range(5)]
+    )
     assert torch.allclose(sp_full, sp_alone, atol=1e-12)
 
 
@@ -291,7 +288,8 @@ def test_plain_function_forward_and_agreement_with_captum_saliency():
     # CAFO(lambda1=0) = g / (2 c1) with g the input-gradient of the cross-entropy, which Captum's
     # Saliency computes on the negative log-softmax output
     g = Saliency(lambda z: -torch.log_softmax(model(z), 1)).attribute(
-        x.clone().requires_grad_(True), target=target, abs=False)
+        x.clone().requires_grad_(True), target=target, abs=False
+    )
     assert torch.allclose(cafo, g / 20.0, atol=1e-7)
 
 
@@ -325,7 +323,6 @@ def test_clear_errors():
     assert train_model.training == state
 
 
-
 # ---------------------------------------------------------------- SmoothCASO (paper Def. 4)
 def test_smooth_caso_solves_the_averaged_problem():
     from captum_ext import SmoothCASO
@@ -339,7 +336,7 @@ def test_smooth_caso_solves_the_averaged_problem():
     rep = x.repeat_interleave(s, 0)
     noisy = rep + sd * torch.randn_like(rep)
     for i, t in enumerate([1, 2]):
-        H, g = _dense(model, noisy[i * s:(i + 1) * s], [t] * s)
+        H, g = _dense(model, noisy[i * s : (i + 1) * s], [t] * s)
         Hm, gm = H.mean(0), g.mean(0)
         lam2 = float(torch.linalg.eigvalsh(Hm)[-1]) / 2 + 10.0
         ref = torch.linalg.solve(2 * lam2 * torch.eye(12, dtype=torch.float64) - Hm, gm)

@@ -32,8 +32,14 @@ def test_help_of_every_entry_point(capsys):
 
 
 def test_usage_errors_exit_with_status_2(capsys):
-    for argv in ([], ["nonsense"], ["demo", "--quick", "--full"], ["demo", "--mode", "huge"],
-                 ["demo", "--device", "tpu9"], ["demo", "--threads", "0"]):
+    for argv in (
+        [],
+        ["nonsense"],
+        ["demo", "--quick", "--full"],
+        ["demo", "--mode", "huge"],
+        ["demo", "--device", "tpu9"],
+        ["demo", "--threads", "0"],
+    ):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         assert exc.value.code == 2, argv
@@ -96,32 +102,73 @@ def test_select_examples_varies_labels_positions_and_confidence():
 
 def _fake_numbers() -> dict:
     return {
-        "config": {"mode": "quick", "epochs": 2, "n_explain": 1, "n_show": 1, "nt_samples": 3,
-                   "nt_stdev": 0.15},
+        "config": {
+            "mode": "quick",
+            "epochs": 2,
+            "n_explain": 1,
+            "n_show": 1,
+            "nt_samples": 3,
+            "nt_stdev": 0.15,
+        },
         "data": {"classes": [0, 1], "n_train": 10, "n_test": 4},
         "model": {"test_accuracy": 0.8125, "train_accuracy": 0.9, "parameters": 7},
         "attributions": {
             "methods": {"Saliency": {"seconds": 0.25, "zeros": 0.0, "leakage": 0.4321}},
-            "per_image": [{"digit": 1, "signal": "top", "prediction": 1, "confidence": 0.97,
-                           "hessian_rank": 1, "top_eigenvalue": 0.5, "caso_lambda1": 1e-3,
-                           "caso_zeros": 0.8, "cos_caso_cafo": 0.9999}],
+            "per_image": [
+                {
+                    "digit": 1,
+                    "signal": "top",
+                    "prediction": 1,
+                    "confidence": 0.97,
+                    "hessian_rank": 1,
+                    "top_eigenvalue": 0.5,
+                    "caso_lambda1": 1e-3,
+                    "caso_zeros": 0.8,
+                    "cos_caso_cafo": 0.9999,
+                }
+            ],
         },
-        "pixel_perturbation": {"n_images": 4, "fractions": [0.5], "baseline_accuracy": 0.75,
-                               "accuracy": {"Saliency": [0.6789], "random": [0.1234]}},
-        "diff_roar": {"n_images": 4, "fractions": [0.1],
-                      "methods": {"Saliency": {"diff": [0.5556], "top": [0.75], "bottom": [0.25]}}},
+        "pixel_perturbation": {
+            "n_images": 4,
+            "fractions": [0.5],
+            "baseline_accuracy": 0.75,
+            "accuracy": {"Saliency": [0.6789], "random": [0.1234]},
+        },
+        "diff_roar": {
+            "n_images": 4,
+            "fractions": [0.1],
+            "methods": {"Saliency": {"diff": [0.5556], "top": [0.75], "bottom": [0.25]}},
+        },
         "timings": {"training": 1.25},
-        "run": {"command": "captum-ext demo --quick", "seed": 0, "device": "cpu",
-                "torch_threads": 1, "torch": "x", "captum": "y", "platform": "z", "seconds": 3.0},
+        "run": {
+            "command": "captum-ext demo --quick",
+            "seed": 0,
+            "device": "cpu",
+            "torch_threads": 1,
+            "torch": "x",
+            "captum": "y",
+            "platform": "z",
+            "seconds": 3.0,
+        },
         "files": {"figure": "attributions.png", "metrics_figure": "metrics.png"},
     }
 
 
 def test_report_prints_every_number():
     text = format_report(_fake_numbers())
-    for piece in ("0.812", "0.432", "0.679", "0.123", "0.556 (0.750 / 0.250)", "1.0e-03",
-                  "1.000", "captum-ext demo --quick", "![attribution maps](attributions.png)",
-                  "![metrics](metrics.png)", "| 50% | 0.679 | 0.123 |"):
+    for piece in (
+        "0.812",
+        "0.432",
+        "0.679",
+        "0.123",
+        "0.556 (0.750 / 0.250)",
+        "1.0e-03",
+        "1.000",
+        "captum-ext demo --quick",
+        "![attribution maps](attributions.png)",
+        "![metrics](metrics.png)",
+        "| 50% | 0.679 | 0.123 |",
+    ):
         assert piece in text, piece
 
 
@@ -168,12 +215,23 @@ def test_quick_demo_end_to_end_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_same_seed_same_numbers(tmp_path):
-    tiny = DemoConfig(mode="custom", n_train=200, epochs=2, n_explain=2, n_show=1, ig_steps=4,
-                      nt_samples=2, n_metric_test=40, pixel_fractions=(0.5,),
-                      roar_fractions=(0.2,))
+    tiny = DemoConfig(
+        mode="custom",
+        n_train=200,
+        epochs=2,
+        n_explain=2,
+        n_show=1,
+        ig_steps=4,
+        nt_samples=2,
+        n_metric_test=40,
+        pixel_fractions=(0.5,),
+        roar_fractions=(0.2,),
+    )
     threads = torch.get_num_threads()
-    runs = [run_demo(tmp_path / f"run{i}", seed=3, device="cpu", progress=False, verbose=False,
-                     config=tiny) for i in range(2)]
+    runs = [
+        run_demo(tmp_path / f"run{i}", seed=3, device="cpu", progress=False, verbose=False, config=tiny)
+        for i in range(2)
+    ]
     assert torch.get_num_threads() == threads  # the demo's one thread is restored afterwards
     assert runs[0].numbers["run"]["torch_threads"] == 1
     strip = ("timings", "run")

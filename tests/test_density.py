@@ -85,8 +85,9 @@ class TwoInputs(nn.Module):
 def test_tuple_inputs_and_additional_args():
     a, b = torch.randn(5, 3, dtype=DT), torch.randn(5, 2, dtype=DT)
     scale = torch.arange(5, dtype=DT) / 2
-    curve = density_ratio_curve(TwoInputs(), (a, b), 0, [0.3], n_samples=4000, batch_size=2,
-                                additional_forward_args=(scale,))
+    curve = density_ratio_curve(
+        TwoInputs(), (a, b), 0, [0.3], n_samples=4000, batch_size=2, additional_forward_args=(scale,)
+    )
     # class 0 logit = scale·Σa: log ratio ~ N(0, 3σ²scale²), mean ratio exp(1.5σ²scale²)
     expected = float(torch.exp(1.5 * 0.09 * scale**2).mean())
     assert float(curve.mean_ratio[0]) == pytest.approx(expected, rel=0.02)

@@ -32,10 +32,18 @@ def test_aopc_linear_gradient_times_input_closed_form(untouched):
     attr = InputXGradient(net).attribute(x.clone().requires_grad_(True), target=t).detach()
     want = _aopc_oracle(attr.numpy(), (0, 1, 3, 5), 2)
     with untouched(net):
-        res = aopc(net, x, attr, t, steps=(0, 1, 3, 5), features_per_step=2, output="logit",
-                   progress=False)
-        via_fn = aopc(net, x, InputXGradient(net).attribute, t, steps=(0, 1, 3, 5),
-                      features_per_step=2, output="logit", progress=False, batch_size=3)
+        res = aopc(net, x, attr, t, steps=(0, 1, 3, 5), features_per_step=2, output="logit", progress=False)
+        via_fn = aopc(
+            net,
+            x,
+            InputXGradient(net).attribute,
+            t,
+            steps=(0, 1, 3, 5),
+            features_per_step=2,
+            output="logit",
+            progress=False,
+            batch_size=3,
+        )
     assert res.steps == (0, 1, 3, 5)
     assert res.aopc.shape == (4, 7) and res.scores.shape == (6, 7)
     assert np.allclose(res.aopc.numpy(), want, atol=1e-10)
@@ -73,8 +81,7 @@ def test_aopc_pixels_over_channels_and_mean_baseline():
     assert np.allclose(res.aopc.numpy(), _aopc_oracle(pixel_attr, (4,), 1), atol=1e-10)
     # 'mean' baseline: removed coordinates take the example's mean value
     w = net[1].weight[1].detach().reshape(2, 3, 3)
-    res_m = aopc(net, x, attr, 1, steps=(2,), channel_dim=1, output="logit", baseline="mean",
-                 progress=False)
+    res_m = aopc(net, x, attr, 1, steps=(2,), channel_dim=1, output="logit", baseline="mean", progress=False)
     for i in range(4):
         order = torch.argsort(attr[i].sum(0).reshape(-1), descending=True, stable=True)
         drops = [0.0]
@@ -100,11 +107,14 @@ def test_aopc_tuple_inputs_and_additional_args():
     net = _TwoInputs().double().eval()
     x1, x2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
     attr = InputXGradient(net).attribute(
-        (x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)), target=0,
-        additional_forward_args=(2.0,))
+        (x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)),
+        target=0,
+        additional_forward_args=(2.0,),
+    )
     attr = tuple(a.detach() for a in attr)
-    res = aopc(net, (x1, x2), attr, 0, steps=(7,), output="logit", progress=False,
-               additional_forward_args=(2.0,))
+    res = aopc(
+        net, (x1, x2), attr, 0, steps=(7,), output="logit", progress=False, additional_forward_args=(2.0,)
+    )
     flat = torch.cat([attr[0], attr[1]], dim=1).numpy()
     assert np.allclose(res.aopc.numpy(), _aopc_oracle(flat, (7,), 1), atol=1e-10)
 
@@ -163,5 +173,6 @@ def test_aopc_more_errors():
     zero = nn.Linear(10, 2).double().eval()
     nn.init.zeros_(zero.weight)
     with pytest.raises(ValueError, match="mean AOPC is 0"):
-        relative_fidelity_drop(zero, x, torch.rand(2, 10), torch.rand(2, 10), 0, steps=(1,),
-                               output="logit", progress=False)
+        relative_fidelity_drop(
+            zero, x, torch.rand(2, 10), torch.rand(2, 10), 0, steps=(1,), output="logit", progress=False
+        )

@@ -30,8 +30,7 @@ def test_closed_form_factor_equals_dense_hessian_mlp(seed):
         hb = factor.B[i] @ factor.B[i].T
         assert _rel(hb, h) < 1e-8
         assert _rel(factor.gradient[i], g) < 1e-12
-        assert factor.top_eigenvalue()[i] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]),
-                                                           rel=1e-8)
+        assert factor.top_eigenvalue()[i] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-8)
 
 
 def test_closed_form_factor_equals_dense_hessian_cnn():
@@ -55,8 +54,9 @@ def test_closed_form_differs_on_softplus_net_and_auto_goes_exact():
     h, _ = dense_loss_hessian(model, x[0], int(graph.target[0]))
     assert _rel(factor.B[0] @ factor.B[0].T, h) > 1e-3
     graph = build_loss_graph(model, (x,), (), None)
-    probe = logit_curvature_gap(graph, torch.randn(2, 12, dtype=torch.float64),
-                                torch.randn(2, 4, dtype=torch.float64))
+    probe = logit_curvature_gap(
+        graph, torch.randn(2, 12, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    )
     assert bool((probe > 1e-3).all())
 
     from captum_ext import CASO
@@ -74,8 +74,11 @@ def test_curvature_probe_is_zero_for_piecewise_linear_nets_even_when_confident(d
         x = torch.randn(*shape, dtype=dtype)
         graph = build_loss_graph(model, (x,), (), None)
         assert float(graph.probs.max(1).values.min()) > 1 - 1e-5
-        probe = logit_curvature_gap(graph, torch.randn(4, x[0].numel(), dtype=dtype),
-                                    torch.randn(4, graph.logits.shape[1], dtype=dtype))
+        probe = logit_curvature_gap(
+            graph,
+            torch.randn(4, x[0].numel(), dtype=dtype),
+            torch.randn(4, graph.logits.shape[1], dtype=dtype),
+        )
         assert float(probe.max()) == 0.0
 
 

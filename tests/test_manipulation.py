@@ -89,9 +89,11 @@ def test_softmax_shift_keeps_probabilities_and_loss_gradients(seed, d, hidden, c
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_paint_makes_saliency_return_the_picture(dtype, atol):
     torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.Softplus(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)
-    ).to(dtype).eval()
+    net = (
+        nn.Sequential(nn.Conv2d(1, 3, 3), nn.Softplus(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+        .to(dtype)
+        .eval()
+    )
     # a smiley: any picture works
     yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
     picture = (((yy - 3.5) ** 2 + (xx - 3.5) ** 2).sqrt() < 3.2).to(dtype) - 0.5
@@ -102,8 +104,9 @@ def test_paint_makes_saliency_return_the_picture(dtype, atol):
 
     sal = Saliency(painted).attribute(x, target=2, abs=False)
     assert torch.allclose(sal, picture.expand_as(sal), atol=atol, rtol=0)
-    assert torch.allclose(Saliency(painted).attribute(x, target=2), picture.abs().expand_as(sal),
-                          atol=atol, rtol=0)
+    assert torch.allclose(
+        Saliency(painted).attribute(x, target=2), picture.abs().expand_as(sal), atol=atol, rtol=0
+    )
     # the plain model's saliency is nothing like the picture ...
     plain = Saliency(net).attribute(x, target=2, abs=False)
     assert not torch.allclose(plain, picture.expand_as(plain), atol=0.1)
@@ -148,8 +151,7 @@ def test_tuple_inputs_and_additional_args():
     b1, b2 = Saliency(net).attribute((x1, x2), target=1, abs=False, additional_forward_args=2.0)
     assert torch.allclose(a1 - b1, p1.expand_as(a1), atol=1e-12)
     assert torch.allclose(a2 - b2, p2.expand_as(a2), atol=1e-12)
-    rep = check_equivalence(net, shifted, (x1, x2), target=[0, 1, 2, 3, 0],
-                            additional_forward_args=2.0)
+    rep = check_equivalence(net, shifted, (x1, x2), target=[0, 1, 2, 3, 0], additional_forward_args=2.0)
     assert rep.equivalent(1e-12)
 
 

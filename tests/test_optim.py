@@ -66,9 +66,14 @@ def _scipy_split_solve(g, H, lam1, lam2):
         gd = -g - hd + 2 * lam2 * D
         return val, np.concatenate([gd + lam1, -gd + lam1])
 
-    res = minimize(f, np.zeros(2 * d), jac=True, method="L-BFGS-B",
-                   bounds=[(0, None)] * (2 * d), options={"ftol": 1e-15, "gtol": 1e-12,
-                                                         "maxiter": 10000})
+    res = minimize(
+        f,
+        np.zeros(2 * d),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * (2 * d),
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000},
+    )
     return res.x[:d] - res.x[d:]
 
 
@@ -81,13 +86,20 @@ def test_fista_matches_scipy_split_variable_solver(seed):
     assert np.allclose(res.delta[0, 0].numpy(), ref, atol=1e-6)
     # and objective values agree (maximisation form)
     ours = caso_objective(res.delta, res.h_delta, g, lam1, lam2)
-    theirs = caso_objective(torch.from_numpy(ref)[None, None], hvp(torch.from_numpy(ref)[None, None]),
-                            g, lam1, lam2)
+    theirs = caso_objective(
+        torch.from_numpy(ref)[None, None], hvp(torch.from_numpy(ref)[None, None]), g, lam1, lam2
+    )
     assert float(ours) >= float(theirs) - 1e-10
 
 
-@given(st.integers(0, 10_000), st.integers(1, 8), st.floats(0, 1), st.integers(1, 15),
-       st.sampled_from([0.1, 1.0, 5.0]), st.booleans())
+@given(
+    st.integers(0, 10_000),
+    st.integers(1, 8),
+    st.floats(0, 1),
+    st.integers(1, 15),
+    st.sampled_from([0.1, 1.0, 5.0]),
+    st.booleans(),
+)
 def test_fista_backtracking_invariants(seed, d, lam1, n_iter, lr, monotone):
     g, H, hvp, lam2 = _random_problem(seed, d=d, rank=2, n=2, m=1)
     res = fista(g, hvp, lam1, lam2, n_iter=n_iter, lr=lr, monotone=monotone, record=True)
@@ -108,8 +120,7 @@ def test_fista_backtracking_invariants(seed, d, lam1, n_iter, lr, monotone):
 def test_fista_converges_as_iterations_grow(seed):
     g, H, hvp, lam2 = _random_problem(seed, d=6, rank=2)
     ref = torch.from_numpy(_scipy_split_solve(g[0, 0], H[0], 0.2, float(lam2)))
-    errs = [float((fista(g, hvp, 0.2, lam2, n_iter=k).delta[0, 0] - ref).norm())
-            for k in (5, 50, 1000)]
+    errs = [float((fista(g, hvp, 0.2, lam2, n_iter=k).delta[0, 0] - ref).norm()) for k in (5, 50, 1000)]
     assert errs[2] <= errs[1] <= errs[0] + 1e-12
     assert errs[2] < 1e-6
 
@@ -119,8 +130,13 @@ def test_fista_per_example_steps_do_not_couple():
     full = fista(g, hvp, 0.1, lam2, n_iter=10).delta
     for i in range(3):
         Hi = H[i : i + 1]
-        alone = fista(g[i : i + 1], lambda v, Hi=Hi: torch.einsum("nij,nmj->nmi", Hi, v), 0.1,
-                      lam2[i : i + 1], n_iter=10).delta
+        alone = fista(
+            g[i : i + 1],
+            lambda v, Hi=Hi: torch.einsum("nij,nmj->nmi", Hi, v),
+            0.1,
+            lam2[i : i + 1],
+            n_iter=10,
+        ).delta
         assert torch.allclose(full[i], alone[0], atol=1e-14)
 
 

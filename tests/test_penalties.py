@@ -182,11 +182,14 @@ WRAPPERS = {
     "pgd_linf": lambda m: PGDAdversarialTraining(m, norm="inf", eps=0.05, steps=3, clamp=(0, 1)),
     "nrat_l1": lambda m: NormRegularizedAdversarialTraining(m, norm="l1", eps=0.05),
     "nrat_group_iter": lambda m: NormRegularizedAdversarialTraining(
-        m, norm="group", eps=0.1, group_size=2, iterative=True, steps=3, step_size=0.05),
+        m, norm="group", eps=0.1, group_size=2, iterative=True, steps=3, step_size=0.05
+    ),
     "nrat_elastic_iter": lambda m: NormRegularizedAdversarialTraining(
-        m, norm="elastic", eps=0.02, eps2=0.01, iterative=True, steps=3, step_size=0.05),
+        m, norm="elastic", eps=0.02, eps2=0.01, iterative=True, steps=3, step_size=0.05
+    ),
     "attention": lambda m: AttentionHarmonizedTraining(
-        m, eps=0.1, attention=torch.linspace(0, 1, 8).view(1, 8)),
+        m, eps=0.1, attention=torch.linspace(0, 1, 8).view(1, 8)
+    ),
 }
 
 

@@ -126,8 +126,7 @@ def test_attack_input_errors():
 def test_stability_identical_models_score_one(digits_models, untouched):
     (net, _), x, y = digits_models
     with untouched(net):
-        res = stability(net, net, x[:16], Saliency, y[:16],
-                        ssim_kwargs={"window_size": 5, "sigma": 1.0})
+        res = stability(net, net, x[:16], Saliency, y[:16], ssim_kwargs={"window_size": 5, "sigma": 1.0})
     assert set(res.scores) == {"ssim", "spearman", "topk"}
     for v in res.scores.values():
         assert torch.allclose(v, torch.ones(16), atol=1e-6)
@@ -136,8 +135,16 @@ def test_stability_identical_models_score_one(digits_models, untouched):
 def test_stability_across_seeds(digits_models, untouched):
     (a, b), x, y = digits_models
     with untouched(a), untouched(b):
-        res = stability(a, b, x[:32], Saliency, y[:32], metrics=("topk", "spearman"),
-                        return_attributions=True, batch_size=10)
+        res = stability(
+            a,
+            b,
+            x[:32],
+            Saliency,
+            y[:32],
+            metrics=("topk", "spearman"),
+            return_attributions=True,
+            batch_size=10,
+        )
     means = res.mean()
     # different initialisations: clearly not identical, clearly above chance (0.4 / 0)
     assert 0.45 < means["topk"] < 0.98

@@ -33,8 +33,9 @@ def test_linear_model_closed_form_with_weight_decay(untouched):
     torch.manual_seed(0)
     net = nn.Linear(6, 3).double().eval()
     with untouched(net):
-        s = class_conditional_samples(net, [0, 2, 1], (6,), steps=80, lr=0.5, weight_decay=1.0,
-                                      clip=None, progress=False)
+        s = class_conditional_samples(
+            net, [0, 2, 1], (6,), steps=80, lr=0.5, weight_decay=1.0, clip=None, progress=False
+        )
     want = 0.5 + net.weight.detach()[[0, 2, 1]] / 1.0
     assert torch.allclose(s.samples, want, atol=1e-12)
     assert s.samples.dtype == torch.float64
@@ -45,8 +46,7 @@ def test_linear_model_clipped_ascent_saturates():
     # no decay, box [0, 1]: the maximiser of w_y.x is 1 where w_y > 0 and 0 where w_y < 0
     torch.manual_seed(0)
     net = nn.Linear(8, 2).eval()
-    s = class_conditional_samples(net, torch.tensor([1, 0]), (8,), steps=5, lr=100.0,
-                                  progress=False)
+    s = class_conditional_samples(net, torch.tensor([1, 0]), (8,), steps=5, lr=100.0, progress=False)
     want = (net.weight.detach() > 0).float()[[1, 0]]
     assert torch.equal(s.samples, want)
     assert (s.final_logits >= s.initial_logits).all()
@@ -56,8 +56,9 @@ def test_samples_raise_the_class_logit_on_digits(digits_nets, untouched):
     (net, _), _, _ = digits_nets
     targets = torch.arange(10).repeat(2)
     with untouched(net):
-        s = class_conditional_samples(net, targets, (1, 8, 8), steps=30, lr=0.05,
-                                      weight_decay=1e-3, progress=False)
+        s = class_conditional_samples(
+            net, targets, (1, 8, 8), steps=30, lr=0.05, weight_decay=1e-3, progress=False
+        )
     assert s.samples.shape == (20, 1, 8, 8)
     assert s.samples.min() >= 0.0 and s.samples.max() <= 1.0
     assert (s.final_logits > s.initial_logits + 1.0).all()
@@ -65,11 +66,11 @@ def test_samples_raise_the_class_logit_on_digits(digits_nets, untouched):
         assert torch.allclose(net(s.samples).gather(1, targets.view(-1, 1))[:, 0], s.final_logits)
         assert (net(s.samples).argmax(1) == targets).all()  # the generator's own classes
     # seeded, and batching does not change anything
-    again = class_conditional_samples(net, targets, (1, 8, 8), steps=30, lr=0.05,
-                                      weight_decay=1e-3, progress=False, batch_size=7)
+    again = class_conditional_samples(
+        net, targets, (1, 8, 8), steps=30, lr=0.05, weight_decay=1e-3, progress=False, batch_size=7
+    )
     assert torch.allclose(s.samples, again.samples, atol=1e-6)
-    other = class_conditional_samples(net, targets, (1, 8, 8), steps=30, lr=0.05, seed=1,
-                                      progress=False)
+    other = class_conditional_samples(net, targets, (1, 8, 8), steps=30, lr=0.05, seed=1, progress=False)
     assert not torch.allclose(s.samples, other.samples)
     fig = s.plot(ncols=10)
     assert len(fig.axes) == 20
@@ -80,8 +81,9 @@ def test_gan_test_real_data_and_samples(digits_nets, untouched):
     with untouched(judge):
         # a correct classifier recognises real held-out digits
         assert gan_test(judge, x_test, y_test) > 0.85
-        s = class_conditional_samples(gen, torch.arange(10).repeat(3), (1, 8, 8), steps=30,
-                                      lr=0.05, progress=False)
+        s = class_conditional_samples(
+            gen, torch.arange(10).repeat(3), (1, 8, 8), steps=30, lr=0.05, progress=False
+        )
         score = gan_test(judge, s)
     assert 0.0 <= score <= 1.0
     assert gan_test(judge, s.samples, s.labels, batch_size=4) == score
@@ -122,8 +124,7 @@ def test_sample_errors(kwargs, err, match):
     args = {"targets": [0, 1], "input_shape": (4,)}
     args.update(kwargs)
     with pytest.raises(err, match=match):
-        class_conditional_samples(net, args.pop("targets"), args.pop("input_shape"),
-                                  progress=False, **args)
+        class_conditional_samples(net, args.pop("targets"), args.pop("input_shape"), progress=False, **args)
 
 
 def test_gan_test_and_eval_mode_errors():

@@ -42,8 +42,9 @@ def trained(digits):
 def test_identity_randomization_gives_similarity_one(untouched):
     net, x = _cnn(), torch.rand(6, 1, 12, 12)
     with untouched(net):
-        res = model_randomization(net, x, Saliency, init=lambda m: None, progress=False,
-                                  ssim_kwargs=SMALL_SSIM)
+        res = model_randomization(
+            net, x, Saliency, init=lambda m: None, progress=False, ssim_kwargs=SMALL_SSIM
+        )
     assert res.stages == ["3", "0"]  # from the output towards the input
     for metric in ("ssim", "spearman", "topk"):
         assert res.scores[metric].shape == (2, 6)
@@ -53,18 +54,27 @@ def test_identity_randomization_gives_similarity_one(untouched):
 def test_cascading_accumulates_and_independent_does_not(untouched):
     net, x = _cnn(), torch.rand(5, 1, 12, 12)
     with untouched(net):
-        cas = model_randomization(net, x, Saliency, return_attributions=True, progress=False,
-                                  metrics=("spearman",))
-        ind = model_randomization(net, x, Saliency, mode="independent", progress=False,
-                                  return_attributions=True, metrics=("spearman",))
+        cas = model_randomization(
+            net, x, Saliency, return_attributions=True, progress=False, metrics=("spearman",)
+        )
+        ind = model_randomization(
+            net,
+            x,
+            Saliency,
+            mode="independent",
+            progress=False,
+            return_attributions=True,
+            metrics=("spearman",),
+        )
     assert torch.equal(cas.attributions[0], ind.attributions[0])  # original
     # stage 0 randomises only the output layer in both modes, with the same seeded weights
     assert torch.equal(cas.attributions[1], ind.attributions[1])
     # stage 1: cascading has both layers random, independent only the first one
     assert not torch.allclose(cas.attributions[2], ind.attributions[2])
     # independent stage 1 == a model with only layer '0' re-initialised (same per-layer seed)
-    only_first = model_randomization(net, x, Saliency, layers=["0"], return_attributions=True,
-                                     progress=False, metrics=("spearman",))
+    only_first = model_randomization(
+        net, x, Saliency, layers=["0"], return_attributions=True, progress=False, metrics=("spearman",)
+    )
     assert torch.equal(only_first.attributions[1], ind.attributions[2])
 
 
@@ -81,8 +91,9 @@ def test_randomization_is_seeded():
 def test_fully_randomised_model_has_near_zero_rank_correlation(trained, digits, untouched):
     _, _, xte, yte = digits
     with untouched(trained):
-        res = model_randomization(trained, xte[:64], Saliency, yte[:64], progress=False,
-                                  ssim_kwargs=SMALL_SSIM)
+        res = model_randomization(
+            trained, xte[:64], Saliency, yte[:64], progress=False, ssim_kwargs=SMALL_SSIM
+        )
     assert res.stages == ["3", "1"]
     means = res.mean()
     assert set(means) == {"ssim", "spearman", "topk"}
@@ -96,15 +107,29 @@ def test_fully_randomised_model_has_near_zero_rank_correlation(trained, digits, 
 
 def test_callable_explainer_kwargs_and_batches(untouched):
     net, x = _cnn(), torch.rand(5, 1, 12, 12)
-    full = model_randomization(net, x, InputXGradient, target=1, progress=False,
-                               metrics=("topk",))
-    batched = model_randomization(net, x, lambda m: InputXGradient(m).attribute, target=1,
-                                  progress=False, metrics=("topk",), batch_size=2)
+    full = model_randomization(net, x, InputXGradient, target=1, progress=False, metrics=("topk",))
+    batched = model_randomization(
+        net,
+        x,
+        lambda m: InputXGradient(m).attribute,
+        target=1,
+        progress=False,
+        metrics=("topk",),
+        batch_size=2,
+    )
     assert torch.allclose(full.scores["topk"], batched.scores["topk"])
     # attribute_kwargs reach the attribution method
-    res = model_randomization(net, x, Saliency, target=[0, 1, 2, 3, 0], progress=False,
-                              attribute_kwargs={"abs": False}, absolute=False,
-                              metrics=("spearman",), return_attributions=True)
+    res = model_randomization(
+        net,
+        x,
+        Saliency,
+        target=[0, 1, 2, 3, 0],
+        progress=False,
+        attribute_kwargs={"abs": False},
+        absolute=False,
+        metrics=("spearman",),
+        return_attributions=True,
+    )
     assert (res.attributions[0] < 0).any()
 
 
@@ -114,8 +139,7 @@ def test_non_image_inputs_skip_ssim_by_default():
     res = model_randomization(net, torch.randn(4, 10), Saliency, progress=False)
     assert set(res.scores) == {"spearman", "topk"}
     with pytest.raises(ValueError, match="SSIM needs image"):
-        model_randomization(net, torch.randn(4, 10), Saliency, progress=False,
-                            metrics=("ssim",))
+        model_randomization(net, torch.randn(4, 10), Saliency, progress=False, metrics=("ssim",))
 
 
 class _NoReset(nn.Module):
@@ -154,8 +178,9 @@ def test_model_randomization_more_errors():
     with pytest.raises(ValueError, match="eval"):
         model_randomization(bn, x, Saliency, progress=False)
     with pytest.raises(ValueError, match="shaped like the inputs"):
-        model_randomization(_NoReset(), x, lambda m: (lambda inp, target: inp[:, :2]),
-                            init=lambda m: None, progress=False)
+        model_randomization(
+            _NoReset(), x, lambda m: lambda inp, target: inp[:, :2], init=lambda m: None, progress=False
+        )
 
 
 def test_data_randomization_calls_the_trainer_with_permuted_labels(digits, untouched):
@@ -169,9 +194,10 @@ def test_data_randomization_calls_the_trainer_with_permuted_labels(digits, untou
         return model.eval()
 
     with untouched(net):
-        res = data_randomization(net, (xtr, ytr), xte[:8], Saliency, trainer=trainer, seed=7,
-                                 ssim_kwargs=SMALL_SSIM)
-    (model, (x_seen, y_seen), seed), = calls
+        res = data_randomization(
+            net, (xtr, ytr), xte[:8], Saliency, trainer=trainer, seed=7, ssim_kwargs=SMALL_SSIM
+        )
+    ((model, (x_seen, y_seen), seed),) = calls
     assert seed == 7 and model is not net and res.model is model
     assert torch.equal(x_seen, xtr)
     assert torch.equal(y_seen.sort().values, ytr.sort().values) and not torch.equal(y_seen, ytr)
@@ -180,21 +206,27 @@ def test_data_randomization_calls_the_trainer_with_permuted_labels(digits, untou
     assert res.mode == "data" and res.stages == ["permuted labels"]
     assert res.scores["spearman"].shape == (1, 8)
     # same seed -> same permutation
-    data_randomization(net, (xtr, ytr), xte[:8], Saliency, trainer=trainer, seed=7,
-                       metrics=("topk",))
+    data_randomization(net, (xtr, ytr), xte[:8], Saliency, trainer=trainer, seed=7, metrics=("topk",))
     assert torch.equal(calls[1][1][1], y_seen)
 
 
 def test_data_randomization_end_to_end(trained, digits, untouched):
     xtr, ytr, xte, yte = digits
     with untouched(trained):
-        res = data_randomization(trained, (xtr, ytr), xte[:64], Saliency, yte[:64],
-                                 trainer=Trainer(epochs=6, lr=1e-2, batch_size=128),
-                                 ssim_kwargs=SMALL_SSIM)
+        res = data_randomization(
+            trained,
+            (xtr, ytr),
+            xte[:64],
+            Saliency,
+            yte[:64],
+            trainer=Trainer(epochs=6, lr=1e-2, batch_size=128),
+            ssim_kwargs=SMALL_SSIM,
+        )
     # a network retrained on the true labels with another seed, for contrast
     torch.manual_seed(1)
     twin = Trainer(epochs=6, lr=1e-2, batch_size=128)(
-        MLPFactory((1, 8, 8), hidden=(32,), num_classes=10)(), (xtr, ytr), 1)
+        MLPFactory((1, 8, 8), hidden=(32,), num_classes=10)(), (xtr, ytr), 1
+    )
     from captum_ext.metrics.robustness import stability
 
     same_labels = stability(trained, twin, xte[:64], Saliency, yte[:64], metrics=("spearman",))
@@ -210,5 +242,4 @@ def test_data_randomization_errors(digits):
     with pytest.raises(ValueError, match="differ in length"):
         data_randomization(net, (xtr, ytr[:10]), xte[:4], Saliency)
     with pytest.raises(TypeError, match="nn.Module"):
-        data_randomization(net, (xtr[:20], ytr[:20]), xte[:4], Saliency,
-                           trainer=lambda m, d, s: None)
+        data_randomization(net, (xtr[:20], ytr[:20]), xte[:4], Saliency, trainer=lambda m, d, s: None)

@@ -43,15 +43,19 @@ def softplus_net(d: int = 5, c: int = 3, seed: int = 0) -> nn.Module:
 # taylor_trace
 # ---------------------------------------------------------------------------------------------
 @settings(max_examples=15)
-@given(seed=st.integers(0, 1000), d=st.integers(1, 6), sigma=st.floats(0.01, 3.0),
-       n_samples=st.integers(1, 5), n=st.integers(1, 4))
+@given(
+    seed=st.integers(0, 1000),
+    d=st.integers(1, 6),
+    sigma=st.floats(0.01, 3.0),
+    n_samples=st.integers(1, 5),
+    n=st.integers(1, 4),
+)
 def test_taylor_trace_has_no_taylor_error_on_a_quadratic(seed, d, sigma, n_samples, n):
     """For a quadratic, every sample equals (2/σ²)(∇fᵀv + ½vᵀAv) exactly: no higher-order error."""
     f, A, b = quadratic(d, seed)
     x = torch.randn(n, d, dtype=DT, generator=torch.Generator().manual_seed(seed + 1))
     est = taylor_trace(f, x, sigma, n_samples, generator=torch.Generator().manual_seed(seed))
-    v = sigma * torch.randn((n_samples, n, d), generator=torch.Generator().manual_seed(seed),
-                            dtype=DT)
+    v = sigma * torch.randn((n_samples, n, d), generator=torch.Generator().manual_seed(seed), dtype=DT)
     g = x @ A + b
     per_sample = (2 / sigma**2) * ((g * v).sum(-1) + 0.5 * ((v @ A) * v).sum(-1))
     assert torch.allclose(est, per_sample.mean(0), rtol=1e-9, atol=1e-9)

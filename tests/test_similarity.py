@@ -22,24 +22,30 @@ from captum_ext.metrics.similarity import (
 # SSIM
 
 
-def _ssim_loops(a: np.ndarray, b: np.ndarray, rng: float, win: int = 11, sigma: float = 1.5,
-                k1: float = 0.01, k2: float = 0.03) -> float:
+def _ssim_loops(
+    a: np.ndarray,
+    b: np.ndarray,
+    rng: float,
+    win: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float:
     """Independent oracle: explicit loops over every window position, 2-d Gaussian weights."""
     r = (win - 1) // 2
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     w = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
     w /= w.sum()
     c1, c2 = (k1 * rng) ** 2, (k2 * rng) ** 2
     vals = []
     for i in range(a.shape[0] - win + 1):
         for j in range(a.shape[1] - win + 1):
-            pa, pb = a[i:i + win, j:j + win], b[i:i + win, j:j + win]
+            pa, pb = a[i : i + win, j : j + win], b[i : i + win, j : j + win]
             ma, mb = (w * pa).sum(), (w * pb).sum()
             va = (w * (pa - ma) ** 2).sum()
             vb = (w * (pb - mb) ** 2).sum()
             cov = (w * (pa - ma) * (pb - mb)).sum()
-            vals.append((2 * ma * mb + c1) * (2 * cov + c2)
-                        / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+            vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
     return float(np.mean(vals))
 
 
@@ -72,7 +78,7 @@ def test_ssim_symmetric_and_batched_like_one_by_one():
     a, b = torch.rand(5, 12, 12), torch.rand(5, 12, 12)
     full = ssim(a, b)
     assert torch.allclose(full, ssim(b, a), atol=1e-6)
-    singles = torch.cat([ssim(a[i:i + 1], b[i:i + 1]) for i in range(5)])
+    singles = torch.cat([ssim(a[i : i + 1], b[i : i + 1]) for i in range(5)])
     assert torch.allclose(full, singles, atol=1e-6)
     assert full.dtype == torch.float32
     assert ssim(a, b, reduction="none").shape == (5, 2, 2)
@@ -85,15 +91,25 @@ def test_ssim_matches_skimage():
     got = ssim(a, b)
     for i in range(3):
         rng = float(torch.maximum(a[i].max(), b[i].max()) - torch.minimum(a[i].min(), b[i].min()))
-        want = skm.structural_similarity(a[i].numpy(), b[i].numpy(), gaussian_weights=True,
-                                         sigma=1.5, use_sample_covariance=False, data_range=rng)
+        want = skm.structural_similarity(
+            a[i].numpy(),
+            b[i].numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=rng,
+        )
         assert got[i].item() == pytest.approx(want, abs=1e-10)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"window_size": 4}, "odd"), ({"window_size": 13}, "smaller than"),
-     ({"data_range": 0.0}, "positive"), ({"reduction": "sum"}, "reduction")],
+    [
+        ({"window_size": 4}, "odd"),
+        ({"window_size": 13}, "smaller than"),
+        ({"data_range": 0.0}, "positive"),
+        ({"reduction": "sum"}, "reduction"),
+    ],
 )
 def test_ssim_errors(kwargs, match):
     a = torch.rand(2, 12, 12)

@@ -48,12 +48,12 @@ def test_channels_abs_summed_then_capped():
 def test_other_reductions_exact():
     a = torch.tensor([[[3.0, -1.0], [-4.0, 2.0]]])  # (N=1, C=2, P=2), channel_dim=1
     torch.testing.assert_close(aggregate_channels(a, 1, "abs_max"), torch.tensor([[4.0, 2.0]]))
-    torch.testing.assert_close(aggregate_channels(a, 1, "l2"),
-                               torch.tensor([[5.0, 5.0**0.5]]))
+    torch.testing.assert_close(aggregate_channels(a, 1, "l2"), torch.tensor([[5.0, 5.0**0.5]]))
     torch.testing.assert_close(aggregate_channels(a, 1, "sum"), torch.tensor([[-1.0, 1.0]]))
     # channels last
-    torch.testing.assert_close(aggregate_channels(a.transpose(1, 2), -1, "abs_sum"),
-                               torch.tensor([[7.0, 3.0]]))
+    torch.testing.assert_close(
+        aggregate_channels(a.transpose(1, 2), -1, "abs_sum"), torch.tensor([[7.0, 3.0]])
+    )
     # no channel dimension
     torch.testing.assert_close(aggregate_channels(a[:, 0], None), torch.tensor([[3.0, 1.0]]))
 
@@ -110,22 +110,27 @@ def test_dtype_and_device_follow_the_input(dtype):
 # ------------------------------------------------------------------------------------- properties
 
 _maps = st.integers(min_value=0, max_value=2**31 - 1).map(
-    lambda s: torch.randn(2, 2, 6, 5, generator=torch.Generator().manual_seed(s),
-                          dtype=torch.float64)
+    lambda s: torch.randn(2, 2, 6, 5, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
 )
 
 
-@given(_maps, st.floats(min_value=1e-3, max_value=1e3), st.sampled_from([-1.0, 1.0]),
-       st.floats(min_value=1.0, max_value=100.0))
+@given(
+    _maps,
+    st.floats(min_value=1e-3, max_value=1e3),
+    st.sampled_from([-1.0, 1.0]),
+    st.floats(min_value=1.0, max_value=100.0),
+)
 def test_scale_and_sign_invariance_and_range(a, scale, sign, percentile):
     m = normalize_saliency(a, percentile=percentile)
     assert m.min() >= 0 and m.max() <= 1 and m.max() == 1.0
-    torch.testing.assert_close(normalize_saliency(sign * scale * a, percentile=percentile), m,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        normalize_saliency(sign * scale * a, percentile=percentile), m, rtol=1e-12, atol=1e-12
+    )
     d = normalize_diverging(a, percentile=percentile)
     assert d.abs().max() <= 1
-    torch.testing.assert_close(normalize_diverging(-scale * a, percentile=percentile), -d,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        normalize_diverging(-scale * a, percentile=percentile), -d, rtol=1e-12, atol=1e-12
+    )
 
 
 @given(_maps, st.floats(min_value=1.0, max_value=99.0))
@@ -182,13 +187,16 @@ def test_grid_shows_the_normalised_maps(tmp_path):
 
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(3, 1, 8, 6, generator=gen)
-    maps = {"grad": torch.randn(3, 1, 8, 6, generator=gen),
-            "other": torch.randn(3, 1, 8, 6, generator=gen)}
+    maps = {"grad": torch.randn(3, 1, 8, 6, generator=gen), "other": torch.randn(3, 1, 8, 6, generator=gen)}
     masks = torch.zeros(3, 1, 8, 6, dtype=torch.bool)
     masks[:, :, :4] = True
     fig = plot_attribution_grid(
-        images, maps, row_titles=["a", "b", "c"], outlines=masks,
-        annotations={"grad": ["x", "y", "z"]}, title="T",
+        images,
+        maps,
+        row_titles=["a", "b", "c"],
+        outlines=masks,
+        annotations={"grad": ["x", "y", "z"]},
+        title="T",
     )
     assert isinstance(fig, Figure)
     axes = fig.axes
@@ -199,8 +207,7 @@ def test_grid_shows_the_normalised_maps(tmp_path):
     for i in range(3):
         shown = np.asarray(axes[3 * i + 2].images[0].get_array())
         np.testing.assert_allclose(shown, normalize_saliency(maps["other"])[i].numpy())
-        np.testing.assert_allclose(np.asarray(axes[3 * i].images[0].get_array()),
-                                   images[i, 0].numpy())
+        np.testing.assert_allclose(np.asarray(axes[3 * i].images[0].get_array()), images[i, 0].numpy())
         assert all(len(axes[3 * i + j].patches) == 1 for j in range(3))  # the outline box
     box = axes[0].patches[0]
     assert box.get_height() == pytest.approx(3 + 0.4) and box.get_width() == pytest.approx(5.4)

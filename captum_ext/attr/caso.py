@@ -94,11 +94,18 @@ class AttributionDetails:
 
         modes = {p.hessian for p in parts}
         return AttributionDetails(
-            lambda1=cat("lambda1"), lambda2=cat("lambda2"), sparsity=cat("sparsity"),
-            objective=cat("objective"), top_eigenvalue=cat("top_eigenvalue"), rank=cat("rank"),
-            hessian=modes.pop() if len(modes) == 1 else "mixed", target=cat("target"),
-            in_window=cat("in_window"), probe_gap=cat("probe_gap"),
-            n_hvp=sum(p.n_hvp for p in parts), n_vjp=sum(p.n_vjp for p in parts),
+            lambda1=cat("lambda1"),
+            lambda2=cat("lambda2"),
+            sparsity=cat("sparsity"),
+            objective=cat("objective"),
+            top_eigenvalue=cat("top_eigenvalue"),
+            rank=cat("rank"),
+            hessian=modes.pop() if len(modes) == 1 else "mixed",
+            target=cat("target"),
+            in_window=cat("in_window"),
+            probe_gap=cat("probe_gap"),
+            n_hvp=sum(p.n_hvp for p in parts),
+            n_vjp=sum(p.n_vjp for p in parts),
         )
 
 
@@ -364,11 +371,22 @@ class CASO(_ContextAwareAttribution):
         self._check_sparsity(sparsity)
         if hessian not in ("auto", "closed_form", "exact"):
             raise ValueError(f"hessian must be 'auto', 'closed_form' or 'exact', got {hessian!r}")
-        kw = dict(lambda1=lambda1, lambda2=lambda2, c1=c1, n_iter=n_iter, lr=lr, decay=decay,
-                  hessian=hessian, rank_tol=rank_tol, sparsity=sparsity,
-                  n_power_iter=n_power_iter, max_rank=max_rank)
-        out, is_tuple = self._run(inputs, target, additional_forward_args, None,
-                                  internal_batch_size, kw, sweep=False)
+        kw = dict(
+            lambda1=lambda1,
+            lambda2=lambda2,
+            c1=c1,
+            n_iter=n_iter,
+            lr=lr,
+            decay=decay,
+            hessian=hessian,
+            rank_tol=rank_tol,
+            sparsity=sparsity,
+            n_power_iter=n_power_iter,
+            max_rank=max_rank,
+        )
+        out, is_tuple = self._run(
+            inputs, target, additional_forward_args, None, internal_batch_size, kw, sweep=False
+        )
         if abs:
             out = tuple(o.abs() for o in out)
         return format_output(is_tuple, out)
@@ -396,22 +414,54 @@ class CASO(_ContextAwareAttribution):
         grid = _grid_tensor(lambda1_values)
         abs_ = kwargs.pop("abs", False)
         internal_batch_size = kwargs.pop("internal_batch_size", None)
-        kw = dict(lambda1=0.0, lambda2=None, c1=10.0, n_iter=10, lr=0.1, decay=0.5,
-                  hessian="auto", rank_tol=DEFAULT_RANK_TOL, sparsity=None, n_power_iter=10, max_rank=None)
+        kw = dict(
+            lambda1=0.0,
+            lambda2=None,
+            c1=10.0,
+            n_iter=10,
+            lr=0.1,
+            decay=0.5,
+            hessian="auto",
+            rank_tol=DEFAULT_RANK_TOL,
+            sparsity=None,
+            n_power_iter=10,
+            max_rank=None,
+        )
         unknown = set(kwargs) - set(kw)
         if unknown:
             raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
         kw.update(kwargs)
-        out, is_tuple = self._run(inputs, target, additional_forward_args,
-                                  lambda n, dev, dt: grid.to(dev, dt).expand(n, -1),
-                                  internal_batch_size, kw, sweep=True)
+        out, is_tuple = self._run(
+            inputs,
+            target,
+            additional_forward_args,
+            lambda n, dev, dt: grid.to(dev, dt).expand(n, -1),
+            internal_batch_size,
+            kw,
+            sweep=True,
+        )
         if abs_:
             out = tuple(o.abs() for o in out)
         return format_output(is_tuple, out)
 
     # ------------------------------------------------------------------ maths glue
-    def _solve(self, graph: LossGraph, lambda1_grid, *, lambda1, lambda2, c1, n_iter, lr, decay,
-               hessian, rank_tol, sparsity, n_power_iter, max_rank):
+    def _solve(
+        self,
+        graph: LossGraph,
+        lambda1_grid,
+        *,
+        lambda1,
+        lambda2,
+        c1,
+        n_iter,
+        lr,
+        decay,
+        hessian,
+        rank_tol,
+        sparsity,
+        n_power_iter,
+        max_rank,
+    ):
         n = graph.n
         dtype, device = graph.dtype, graph.logits.device
         probe_gap = None
@@ -471,11 +521,18 @@ class CASO(_ContextAwareAttribution):
         else:
             graph.release()
         details = AttributionDetails(
-            lambda1=lam1.detach(), lambda2=lam2.detach(), sparsity=eta.detach(),
-            objective=obj.detach(), top_eigenvalue=top.detach(), rank=rank,
-            hessian=mode, target=graph.target[::s], in_window=in_window,
+            lambda1=lam1.detach(),
+            lambda2=lam2.detach(),
+            sparsity=eta.detach(),
+            objective=obj.detach(),
+            top_eigenvalue=top.detach(),
+            rank=rank,
+            hessian=mode,
+            target=graph.target[::s],
+            in_window=in_window,
             probe_gap=None if probe_gap is None else probe_gap.reshape(n, s).amax(1),
-            n_hvp=0 if exact is None else exact.n_hvp, n_vjp=n_vjp,
+            n_hvp=0 if exact is None else exact.n_hvp,
+            n_vjp=n_vjp,
         )
         return delta.detach(), details
 
@@ -600,8 +657,9 @@ class CAFO(_ContextAwareAttribution):
         if lambda2 is not None and not lambda2 > 0:
             raise ValueError(f"CAFO: lambda2 must be > 0 for a concave objective, got {lambda2}")
         kw = dict(lambda1=lambda1, lambda2=lambda2, c1=c1, sparsity=sparsity)
-        out, is_tuple = self._run(inputs, target, additional_forward_args, None,
-                                  internal_batch_size, kw, sweep=False)
+        out, is_tuple = self._run(
+            inputs, target, additional_forward_args, None, internal_batch_size, kw, sweep=False
+        )
         if abs:
             out = tuple(o.abs() for o in out)
         return format_output(is_tuple, out)
@@ -621,9 +679,15 @@ class CAFO(_ContextAwareAttribution):
         """CAFO for several ``lambda1`` values; leading sweep dimension ``(m, *input.shape)``."""
         grid = _grid_tensor(lambda1_values)
         kw = dict(lambda1=0.0, lambda2=lambda2, c1=c1, sparsity=None)
-        out, is_tuple = self._run(inputs, target, additional_forward_args,
-                                  lambda n, dev, dt: grid.to(dev, dt).expand(n, -1),
-                                  internal_batch_size, kw, sweep=True)
+        out, is_tuple = self._run(
+            inputs,
+            target,
+            additional_forward_args,
+            lambda n, dev, dt: grid.to(dev, dt).expand(n, -1),
+            internal_batch_size,
+            kw,
+            sweep=True,
+        )
         if abs:
             out = tuple(o.abs() for o in out)
         return format_output(is_tuple, out)
@@ -647,8 +711,15 @@ class CAFO(_ContextAwareAttribution):
 
         delta, obj, lam1, eta, in_window = self._search_or_solve(solve, g, lambda1, grid, sparsity)
         details = AttributionDetails(
-            lambda1=lam1.detach(), lambda2=lam2, sparsity=eta.detach(), objective=obj.detach(),
-            top_eigenvalue=top, rank=torch.zeros(n, dtype=torch.long, device=device),
-            hessian="none", target=graph.target, in_window=in_window, n_vjp=1,
+            lambda1=lam1.detach(),
+            lambda2=lam2,
+            sparsity=eta.detach(),
+            objective=obj.detach(),
+            top_eigenvalue=top,
+            rank=torch.zeros(n, dtype=torch.long, device=device),
+            hessian="none",
+            target=graph.target,
+            in_window=in_window,
+            n_vjp=1,
         )
         return delta.detach(), details

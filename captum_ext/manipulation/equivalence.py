@@ -59,9 +59,7 @@ class EquivalenceReport:
 
 
 def _flat_grads(grads: tuple[Tensor | None, ...], inputs: tuple[Tensor, ...]) -> Tensor:
-    parts = [
-        (torch.zeros_like(x) if g is None else g).flatten(1) for g, x in zip(grads, inputs, strict=True)
-    ]
+    parts = [(torch.zeros_like(x) if g is None else g).flatten(1) for g, x in zip(grads, inputs, strict=True)]
     return torch.cat(parts, dim=1)
 
 
@@ -125,10 +123,8 @@ def check_equivalence(
         pa, t, la, fa = _scores(model_a, xs, args, target)
         pb, _, lb, fb = _scores(model_b, xs, args, t)
         sel = t.unsqueeze(1)
-        ga_logit = torch.autograd.grad(fa.gather(1, sel).sum(), xs, retain_graph=True,
-                                       allow_unused=True)
-        gb_logit = torch.autograd.grad(fb.gather(1, sel).sum(), xs, retain_graph=True,
-                                       allow_unused=True)
+        ga_logit = torch.autograd.grad(fa.gather(1, sel).sum(), xs, retain_graph=True, allow_unused=True)
+        gb_logit = torch.autograd.grad(fb.gather(1, sel).sum(), xs, retain_graph=True, allow_unused=True)
         ga_loss = torch.autograd.grad(la.sum(), xs, allow_unused=True)
         gb_loss = torch.autograd.grad(lb.sum(), xs, allow_unused=True)
     pa, pb, la, lb = pa.detach(), pb.detach(), la.detach(), lb.detach()

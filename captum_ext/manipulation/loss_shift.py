@@ -30,8 +30,7 @@ def _direction(direction: Tensor | None, like: Tensor) -> Tensor:
     u = direction.to(device=like.device, dtype=like.dtype)
     if u.shape != like.shape[1:]:
         raise ValueError(
-            f"direction must be shaped like one example {tuple(like.shape[1:])}, "
-            f"got {tuple(u.shape)}"
+            f"direction must be shaped like one example {tuple(like.shape[1:])}, got {tuple(u.shape)}"
         )
     if bool((u.abs() > 1).any()):
         raise ValueError("direction entries must lie in [-1, 1] so the per-coordinate bound holds")
@@ -130,6 +129,9 @@ class LossGradientManipulation(nn.Module):
         ce = F.cross_entropy(logits, y.to(logits.device).long())
         g = self.shift(x).to(logits.dtype).mean()
         total = ce + g
-        self.last_parts = {"ce": float(ce.detach()), "shift": float(g.detach()),
-                           "total": float(total.detach())}
+        self.last_parts = {
+            "ce": float(ce.detach()),
+            "shift": float(g.detach()),
+            "total": float(total.detach()),
+        }
         return total

@@ -194,8 +194,6 @@ class SoftmaxShift(nn.Module):
             g = g[:, 0]
         if g.shape != (n,):
             raise ValueError(
-                f"shift must return one scalar per example, shape ({n},) or ({n}, 1); "
-                f"got {tuple(g.shape)}"
+                f"shift must return one scalar per example, shape ({n},) or ({n}, 1); got {tuple(g.shape)}"
             )
         return logits + g.to(logits.dtype).unsqueeze(1)
-

@@ -138,7 +138,9 @@ def density_ratio_curve(
     if isinstance(model, torch.nn.Module) and has_stochastic_or_batch_layers(model):
         warnings.warn(
             "the model has BatchNorm/Dropout layers in training mode; call model.eval() first for "
-            "deterministic density ratios", UserWarning, stacklevel=2,
+            "deterministic density ratios",
+            UserWarning,
+            stacklevel=2,
         )
     n = xs[0].shape[0]
     device = xs[0].device
@@ -166,12 +168,12 @@ def density_ratio_curve(
             fy = base.gather(1, y.unsqueeze(1)).squeeze(1).double()
             b = idx.numel()
             z = tuple(
-                torch.randn((n_samples, *x.shape), generator=gen, device=device, dtype=x.dtype)
-                for x in chunk
+                torch.randn((n_samples, *x.shape), generator=gen, device=device, dtype=x.dtype) for x in chunk
             )
             rep_args = tuple(
                 a.repeat(n_samples, *([1] * (a.dim() - 1)))
-                if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == b else a
+                if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == b
+                else a
                 for a in chunk_args
             )
             y_rep = y.repeat(n_samples)

@@ -79,8 +79,7 @@ class AOPCResult:
 def _steps(steps: int | Sequence[int]) -> tuple[int, ...]:
     vals = (steps,) if isinstance(steps, int) else tuple(steps)
     if not vals or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in vals):
-        raise ValueError(f"steps must be a non-negative int or a non-empty sequence of them, "
-                         f"got {steps!r}")
+        raise ValueError(f"steps must be a non-negative int or a non-empty sequence of them, got {steps!r}")
     return vals
 
 
@@ -104,8 +103,9 @@ def _baselines(baseline: BaselineLike, tup: tuple[Tensor, ...]) -> tuple[Tensor,
             try:
                 torch.broadcast_shapes(b.shape, x.shape)
             except RuntimeError:
-                raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to the "
-                                 f"inputs {tuple(x.shape)}") from None
+                raise ValueError(
+                    f"baseline of shape {tuple(b.shape)} does not broadcast to the inputs {tuple(x.shape)}"
+                ) from None
         else:
             raise TypeError(f"unsupported baseline type {type(baseline).__name__}")
         out.append(b)
@@ -120,8 +120,7 @@ def _unit_scores(attr: tuple[Tensor, ...], channel_dim: int | None) -> Tensor:
     return attr[0].sum(dim=channel_dim).reshape(n, -1)
 
 
-def _unit_to_inputs(mask: Tensor, tup: tuple[Tensor, ...], channel_dim: int | None
-                    ) -> tuple[Tensor, ...]:
+def _unit_to_inputs(mask: Tensor, tup: tuple[Tensor, ...], channel_dim: int | None) -> tuple[Tensor, ...]:
     """Expand a ``(N, P)`` unit mask to boolean masks shaped like each input."""
     if channel_dim is None:
         sizes = [x[0].numel() for x in tup]
@@ -186,8 +185,7 @@ def aopc(
         >>> res.mean()  # doctest: +SKIP
     """
     steps_t = _steps(steps)
-    if isinstance(features_per_step, bool) or not isinstance(features_per_step, int) \
-            or features_per_step < 1:
+    if isinstance(features_per_step, bool) or not isinstance(features_per_step, int) or features_per_step < 1:
         raise ValueError(f"features_per_step must be a positive int, got {features_per_step!r}")
     if output not in ("probability", "logit"):
         raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
@@ -197,8 +195,10 @@ def aopc(
         if is_tuple:
             raise ValueError("channel_dim works with a single input tensor, not a tuple")
         if not -tup[0].dim() < channel_dim < tup[0].dim() or channel_dim % tup[0].dim() == 0:
-            raise ValueError(f"channel_dim {channel_dim} is not a non-batch dimension of inputs "
-                             f"shaped {tuple(tup[0].shape)}")
+            raise ValueError(
+                f"channel_dim {channel_dim} is not a non-batch dimension of inputs "
+                f"shaped {tuple(tup[0].shape)}"
+            )
         channel_dim = channel_dim % tup[0].dim()
     if isinstance(forward_func, nn.Module):
         check_eval_mode(forward_func, "forward_func")
@@ -211,9 +211,14 @@ def aopc(
     if isinstance(attributions, (Tensor, tuple)):
         attr = attributions
     elif callable(attributions):
-        attr = compute_attributions(attributions, inputs, tgt,
-                                    additional_forward_args=additional_forward_args,
-                                    attribute_kwargs=attribute_kwargs, batch_size=batch_size)
+        attr = compute_attributions(
+            attributions,
+            inputs,
+            tgt,
+            additional_forward_args=additional_forward_args,
+            attribute_kwargs=attribute_kwargs,
+            batch_size=batch_size,
+        )
     else:
         raise TypeError("attributions must be a tensor, a tuple of tensors or a function")
     attr_t = attr if isinstance(attr, tuple) else (attr,)
@@ -248,13 +253,11 @@ def aopc(
     with torch.no_grad():
         for step in tqdm(range(last + 1), desc="AOPC", disable=not progress, leave=False):
             removed = _unit_to_inputs(position < step * features_per_step, tup, channel_dim)
-            perturbed = tuple(torch.where(m, b, x) for m, b, x in zip(removed, bases, tup,
-                                                                      strict=True))
+            perturbed = tuple(torch.where(m, b, x) for m, b, x in zip(removed, bases, tup, strict=True))
             vals = []
             for start in range(0, n, bs):
                 idx = torch.arange(start, min(start + bs, n), device=tup[0].device)
-                out = forward_func(*(x[idx] for x in perturbed),
-                                   *select_additional_args(args, n, idx))
+                out = forward_func(*(x[idx] for x in perturbed), *select_additional_args(args, n, idx))
                 if output == "probability":
                     out = torch.softmax(out, dim=1)
                 vals.append(out.gather(1, tgt[idx].view(-1, 1).to(out.device))[:, 0])

@@ -69,8 +69,13 @@ def _forward(model: nn.Module, x: Tensor, args: tuple[Any, ...]) -> Tensor:
 
 
 def gradient_saliency(
-    model: nn.Module, x: Tensor, target: Tensor, *, times_input: bool = False,
-    create_graph: bool = False, additional_args: tuple[Any, ...] = (),
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    *,
+    times_input: bool = False,
+    create_graph: bool = False,
+    additional_args: tuple[Any, ...] = (),
 ) -> Tensor:
     """``|d f_target / dx|`` (or ``|x * d f_target / dx|``), differentiable when ``create_graph``.
 
@@ -208,8 +213,9 @@ def attribution_attack(
         times_input = attribution == "gradient_x_input"
 
         def sal(m: nn.Module, x: Tensor, t: Tensor, graph: bool, args: tuple) -> Tensor:
-            return gradient_saliency(m, x, t, times_input=times_input, create_graph=graph,
-                                     additional_args=args)
+            return gradient_saliency(
+                m, x, t, times_input=times_input, create_graph=graph, additional_args=args
+            )
     elif callable(attribution):
         user_fn = attribution
 
@@ -242,29 +248,57 @@ def attribution_attack(
     from tqdm.auto import tqdm
 
     n_chunks = (n + bs - 1) // bs
-    bar = tqdm(total=n_chunks * steps, desc="attribution attack", disable=not progress,
-               leave=False)
+    bar = tqdm(total=n_chunks * steps, desc="attribution attack", disable=not progress, leave=False)
     results: list[tuple[Tensor, ...]] = []
     try:
         for start in range(0, n, bs):
             idx = torch.arange(start, min(start + bs, n), device=x_all.device)
-            results.append(_attack_chunk(
-                model, surrogate, sal, x_all[idx], tgt[idx], select_additional_args(args, n, idx),
-                epsilon, steps, step_size, topk_fraction, clip, bar))
+            results.append(
+                _attack_chunk(
+                    model,
+                    surrogate,
+                    sal,
+                    x_all[idx],
+                    tgt[idx],
+                    select_additional_args(args, n, idx),
+                    epsilon,
+                    steps,
+                    step_size,
+                    topk_fraction,
+                    clip,
+                    bar,
+                )
+            )
     finally:
         bar.close()
     perturbed, s0, s_best, score, kept = (torch.cat(p, dim=0) for p in zip(*results, strict=True))
     delta_norm = (perturbed - x_all).reshape(n, -1).norm(dim=1)
     rho = spearman(s0, s_best) if s0.shape[1] > 1 else torch.full_like(score, float("nan"))
-    return AttackResult(perturbed=perturbed, delta_norm=delta_norm, topk_intersection=score,
-                        spearman=rho, prediction_kept=kept, original_maps=s0,
-                        attacked_maps=s_best, target=tgt)
+    return AttackResult(
+        perturbed=perturbed,
+        delta_norm=delta_norm,
+        topk_intersection=score,
+        spearman=rho,
+        prediction_kept=kept,
+        original_maps=s0,
+        attacked_maps=s_best,
+        target=tgt,
+    )
 
 
 def _attack_chunk(
-    model: nn.Module, surrogate: nn.Module, sal: Callable[..., Tensor], x0: Tensor, t: Tensor,
-    args: tuple[Any, ...], epsilon: float, steps: int, step_size: float, fraction: float,
-    clip: tuple[float, float] | None, bar: Any,
+    model: nn.Module,
+    surrogate: nn.Module,
+    sal: Callable[..., Tensor],
+    x0: Tensor,
+    t: Tensor,
+    args: tuple[Any, ...],
+    epsilon: float,
+    steps: int,
+    step_size: float,
+    fraction: float,
+    clip: tuple[float, float] | None,
+    bar: Any,
 ) -> tuple[Tensor, ...]:
     m = x0.shape[0]
     shape = (m,) + (1,) * (x0.dim() - 1)
@@ -286,8 +320,11 @@ def _attack_chunk(
 
     delta = torch.zeros_like(x0)
     best_delta = torch.zeros_like(x0)
-    best_score = torch.where(kk > 0, torch.ones(m, dtype=torch.float64, device=x0.device),
-                             torch.full((m,), float("nan"), dtype=torch.float64, device=x0.device))
+    best_score = torch.where(
+        kk > 0,
+        torch.ones(m, dtype=torch.float64, device=x0.device),
+        torch.full((m,), float("nan"), dtype=torch.float64, device=x0.device),
+    )
     best_map = s0.clone()
     tiny = torch.finfo(x0.dtype).tiny
     for _ in range(steps):
@@ -402,12 +439,18 @@ def stability(
     tgt = resolve_target(copy_a, tup, target, args, batch_size)
     attrs = []
     for m in (copy_a, copy_b):
-        attrs.append(compute_attributions(
-            explainer_for(explainer, m), inputs, tgt,
-            additional_forward_args=additional_forward_args, attribute_kwargs=attribute_kwargs,
-            batch_size=batch_size))
+        attrs.append(
+            compute_attributions(
+                explainer_for(explainer, m),
+                inputs,
+                tgt,
+                additional_forward_args=additional_forward_args,
+                attribute_kwargs=attribute_kwargs,
+                batch_size=batch_size,
+            )
+        )
     mets = settle_metrics(mets, attrs[0], ssim_kwargs)
-    scores = compare_attributions(attrs[0], attrs[1], mets, absolute=absolute,
-                                  topk_fraction=topk_fraction, ssim_kwargs=ssim_kwargs)
-    return SimilarityResult(scores=scores,
-                            attributions=(attrs[0], attrs[1]) if return_attributions else None)
+    scores = compare_attributions(
+        attrs[0], attrs[1], mets, absolute=absolute, topk_fraction=topk_fraction, ssim_kwargs=ssim_kwargs
+    )
+    return SimilarityResult(scores=scores, attributions=(attrs[0], attrs[1]) if return_attributions else None)

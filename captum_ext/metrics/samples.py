@@ -136,10 +136,14 @@ def class_conditional_samples(
     if clip is not None and not clip[0] < clip[1]:
         raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
     param = next(iter(model.parameters()), None)
-    dev = torch.device(device) if device is not None else (
-        param.device if param is not None else torch.device("cpu"))
-    dt = dtype or (param.dtype if param is not None and param.is_floating_point()
-                   else torch.get_default_dtype())
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (param.device if param is not None else torch.device("cpu"))
+    )
+    dt = dtype or (
+        param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
+    )
 
     if isinstance(targets, int) and not isinstance(targets, bool):
         n = 1
@@ -154,8 +158,7 @@ def class_conditional_samples(
     with torch.no_grad():
         probe = model(torch.zeros((1,) + shape, device=dev, dtype=dt))
     if not isinstance(probe, Tensor) or probe.dim() != 2:
-        raise ValueError("the model must return (batch, classes) scores for inputs of "
-                         f"shape (N, *{shape})")
+        raise ValueError(f"the model must return (batch, classes) scores for inputs of shape (N, *{shape})")
     labels = expand_target(targets, n, probe.shape[1], dev)
     assert labels is not None
 
@@ -184,8 +187,8 @@ def class_conditional_samples(
     outs, start_logits, end_logits = [], [], []
     try:
         for start in range(0, n, bs):
-            x = x_all[start:start + bs]
-            y = labels[start:start + bs].view(-1, 1)
+            x = x_all[start : start + bs]
+            y = labels[start : start + bs].view(-1, 1)
             view = (x.shape[0],) + (1,) * len(shape)
             with torch.no_grad():
                 start_logits.append(model(x).gather(1, y)[:, 0])
@@ -207,8 +210,12 @@ def class_conditional_samples(
             outs.append(x)
     finally:
         bar.close()
-    return ClassSamples(samples=torch.cat(outs), labels=labels,
-                        initial_logits=torch.cat(start_logits), final_logits=torch.cat(end_logits))
+    return ClassSamples(
+        samples=torch.cat(outs),
+        labels=labels,
+        initial_logits=torch.cat(start_logits),
+        final_logits=torch.cat(end_logits),
+    )
 
 
 def gan_test(
@@ -259,7 +266,7 @@ def gan_test(
     preds = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            out = classifier(samples[start:start + batch_size])
+            out = classifier(samples[start : start + batch_size])
             if not isinstance(out, Tensor) or out.dim() != 2:
                 raise ValueError("the classifier must return (batch, classes) scores")
             preds.append(out.argmax(dim=1))

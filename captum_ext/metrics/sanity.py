@@ -121,15 +121,24 @@ class RandomizationResult:
         xs = list(range(len(self.stages)))
         labels = {"ssim": "SSIM", "spearman": "Spearman rank corr.", "topk": "top-k intersection"}
         for m in names:
-            ax.errorbar(xs, means[m].cpu().numpy(), yerr=stds[m].cpu().numpy(), marker="o",
-                        capsize=3, label=labels.get(m, m))
+            ax.errorbar(
+                xs,
+                means[m].cpu().numpy(),
+                yerr=stds[m].cpu().numpy(),
+                marker="o",
+                capsize=3,
+                label=labels.get(m, m),
+            )
         ax.set_xticks(xs)
         ax.set_xticklabels(self.stages, rotation=45, ha="right")
         ax.axhline(0.0, color="grey", lw=0.5)
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel("similarity to original")
-        ax.set_xlabel({"cascading": "randomised from the output down to",
-                       "independent": "randomised layer"}.get(self.mode, ""))
+        ax.set_xlabel(
+            {"cascading": "randomised from the output down to", "independent": "randomised layer"}.get(
+                self.mode, ""
+            )
+        )
         ax.set_title(f"{self.mode} randomisation")
         ax.legend(fontsize="small")
         return ax
@@ -197,7 +206,9 @@ def resolve_target(
 
 
 def _forward_batched(
-    model: Callable[..., Tensor], inputs: tuple[Tensor, ...], args: tuple[Any, ...],
+    model: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    args: tuple[Any, ...],
     batch_size: int | None,
 ) -> Tensor:
     n = inputs[0].shape[0]
@@ -205,14 +216,14 @@ def _forward_batched(
     outs = []
     for start in range(0, n, max(bs, 1)):
         idx = torch.arange(start, min(start + bs, n), device=inputs[0].device)
-        outs.append(run_forward(model, tuple(x[idx] for x in inputs),
-                                select_additional_args(args, n, idx)))
+        outs.append(run_forward(model, tuple(x[idx] for x in inputs), select_additional_args(args, n, idx)))
     return torch.cat(outs, dim=0)
 
 
 def check_batch_size(batch_size: int | None) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
@@ -246,8 +257,9 @@ def compute_attributions(
     tup, is_tuple = format_inputs(inputs)
     n = tup[0].shape[0]
     fn = functools.partial(attribute_fn, **attribute_kwargs) if attribute_kwargs else attribute_fn
-    out = call_attribution(fn, tup, is_tuple, target, n if batch_size is None else batch_size,
-                           additional_forward_args)
+    out = call_attribution(
+        fn, tup, is_tuple, target, n if batch_size is None else batch_size, additional_forward_args
+    )
     check_like(out, tup, "attributions")
     return out if is_tuple else out[0]
 
@@ -284,8 +296,11 @@ def settle_metrics(
     if "ssim" not in metrics:
         return metrics
     if isinstance(attributions, tuple) or attributions.dim() not in (3, 4):
-        shape = ([tuple(a.shape) for a in attributions] if isinstance(attributions, tuple)
-                 else tuple(attributions.shape))
+        shape = (
+            [tuple(a.shape) for a in attributions]
+            if isinstance(attributions, tuple)
+            else tuple(attributions.shape)
+        )
         raise ValueError(
             f"SSIM needs image attributions (N, C, H, W) or (N, H, W), got {shape}; "
             "leave 'ssim' out of metrics for other inputs"
@@ -321,8 +336,7 @@ def compare_attributions(
             a, b = original, other
         out["spearman"] = spearman(a, b)
     if "topk" in metrics:
-        out["topk"] = topk_intersection(original, other, fraction=topk_fraction,
-                                        absolute=absolute)
+        out["topk"] = topk_intersection(original, other, fraction=topk_fraction, absolute=absolute)
     return out
 
 
@@ -332,8 +346,7 @@ def compare_attributions(
 
 def parameter_layers(model: nn.Module) -> list[str]:
     """Names of the sub-modules that own parameters, in registration (input-to-output) order."""
-    return [name for name, m in model.named_modules()
-            if any(True for _ in m.parameters(recurse=False))]
+    return [name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
 
 
 def _layer_seed(seed: int, index: int) -> int:
@@ -483,9 +496,14 @@ def model_randomization(
     tgt = resolve_target(work, tup, target, args, batch_size)
 
     def attribute(m: nn.Module) -> AttrLike:
-        return compute_attributions(explainer_for(explainer, m), inputs, tgt,
-                                    additional_forward_args=additional_forward_args,
-                                    attribute_kwargs=attribute_kwargs, batch_size=batch_size)
+        return compute_attributions(
+            explainer_for(explainer, m),
+            inputs,
+            tgt,
+            additional_forward_args=additional_forward_args,
+            attribute_kwargs=attribute_kwargs,
+            batch_size=batch_size,
+        )
 
     original = attribute(work)
     mets = settle_metrics(mets, original, ssim_kwargs)
@@ -500,14 +518,17 @@ def model_randomization(
         modules = dict(work.named_modules())
         randomize_layer(modules[name], _layer_seed(seed, index[name]), init)
         attr = attribute(work)
-        per_stage.append(compare_attributions(original, attr, mets, absolute=absolute,
-                                              topk_fraction=topk_fraction,
-                                              ssim_kwargs=ssim_kwargs))
+        per_stage.append(
+            compare_attributions(
+                original, attr, mets, absolute=absolute, topk_fraction=topk_fraction, ssim_kwargs=ssim_kwargs
+            )
+        )
         if return_attributions:
             kept.append(attr)
     scores = {m: torch.stack([s[m] for s in per_stage]) for m in mets}
-    return RandomizationResult(mode=mode, stages=order, scores=scores,
-                               attributions=kept if return_attributions else None)
+    return RandomizationResult(
+        mode=mode, stages=order, scores=scores, attributions=kept if return_attributions else None
+    )
 
 
 def data_randomization(
@@ -604,15 +625,21 @@ def data_randomization(
     check_eval_mode(trained, "the model returned by the trainer")
 
     def attribute(m: nn.Module) -> AttrLike:
-        return compute_attributions(explainer_for(explainer, m), inputs, tgt,
-                                    additional_forward_args=additional_forward_args,
-                                    attribute_kwargs=attribute_kwargs, batch_size=batch_size)
+        return compute_attributions(
+            explainer_for(explainer, m),
+            inputs,
+            tgt,
+            additional_forward_args=additional_forward_args,
+            attribute_kwargs=attribute_kwargs,
+            batch_size=batch_size,
+        )
 
     original = attribute(reference)
     mets = settle_metrics(mets, original, ssim_kwargs)
     randomized = attribute(trained)
-    scores = compare_attributions(original, randomized, mets, absolute=absolute,
-                                  topk_fraction=topk_fraction, ssim_kwargs=ssim_kwargs)
+    scores = compare_attributions(
+        original, randomized, mets, absolute=absolute, topk_fraction=topk_fraction, ssim_kwargs=ssim_kwargs
+    )
     return RandomizationResult(
         mode="data",
         stages=["permuted labels"],

@@ -59,8 +59,9 @@ def flatten_attributions(attributions: AttrLike) -> Tensor:
             raise ValueError("attributions need a batch dimension, got a 0-d tensor")
     n = parts[0].shape[0]
     if any(p.shape[0] != n for p in parts):
-        raise ValueError(f"all attribution tensors must share the batch size, got "
-                         f"{[int(p.shape[0]) for p in parts]}")
+        raise ValueError(
+            f"all attribution tensors must share the batch size, got {[int(p.shape[0]) for p in parts]}"
+        )
     flat = [p.reshape(n, -1) for p in parts]
     return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
 
@@ -76,8 +77,7 @@ def _pair(a: AttrLike, b: AttrLike, name: str) -> tuple[Tensor, Tensor]:
     else:
         shapes_a, shapes_b = [tuple(a.shape)], [tuple(b.shape)]  # type: ignore[union-attr]
     if shapes_a != shapes_b:
-        raise ValueError(f"{name}: attributions must have the same shapes, got {shapes_a} "
-                         f"and {shapes_b}")
+        raise ValueError(f"{name}: attributions must have the same shapes, got {shapes_a} and {shapes_b}")
     fa, fb = flatten_attributions(a), flatten_attributions(b)
     if fa.shape[1] == 0:
         raise ValueError(f"{name}: attributions have no features")
@@ -92,9 +92,7 @@ def _pair(a: AttrLike, b: AttrLike, name: str) -> tuple[Tensor, Tensor]:
 # Maps
 
 
-def saliency_map(
-    attributions: Tensor, *, channel_dim: int | None = 1, absolute: bool = True
-) -> Tensor:
+def saliency_map(attributions: Tensor, *, channel_dim: int | None = 1, absolute: bool = True) -> Tensor:
     """Reduce image attributions to one single-channel map per example.
 
     ``(N, C, H, W)`` attributions are summed over the channel dimension (of their absolute
@@ -223,8 +221,7 @@ def ssim(
     """
     xm, ym = _as_maps(x, "x"), _as_maps(y, "y")
     if xm.shape != ym.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be a positive odd int, got {window_size!r}")
     if sigma <= 0:
@@ -255,8 +252,7 @@ def ssim(
         if rng.dim() == 0:
             rng = rng.expand(n)
         if rng.shape != (n,):
-            raise ValueError(f"data_range must be a float or a ({n},) tensor, got shape "
-                             f"{tuple(rng.shape)}")
+            raise ValueError(f"data_range must be a float or a ({n},) tensor, got shape {tuple(rng.shape)}")
         if (rng <= 0).any():
             raise ValueError("data_range must be positive")
     c1 = ((k1 * rng) ** 2).view(n, 1, 1)
@@ -273,8 +269,7 @@ def ssim(
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
     # den == 0 only when the joint range is 0, i.e. both maps are the same constant.
-    smap = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
-                       torch.ones_like(den))
+    smap = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
     if reduction == "none":
         return smap.to(out_dtype)
     return smap.mean(dim=(1, 2)).to(out_dtype)
@@ -363,7 +358,10 @@ def _topk_masks(scores: Tensor, k: Tensor) -> Tensor:
 
 
 def topk_sizes(
-    reference: AttrLike, *, k: int | None = None, fraction: float = 0.4,
+    reference: AttrLike,
+    *,
+    k: int | None = None,
+    fraction: float = 0.4,
     nonzero_only: bool = True,
 ) -> Tensor:
     """The ``k`` used by :func:`topk_intersection` for each example, shape ``(N,)`` (long)."""

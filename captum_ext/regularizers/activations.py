@@ -59,6 +59,8 @@ def relu_to_softplus(model: nn.Module, beta: float = 10.0, threshold: float = 20
     if swapped == 0:
         warnings.warn(
             "relu_to_softplus found no nn.ReLU module to replace; functional relu calls inside "
-            "forward() cannot be swapped", UserWarning, stacklevel=2,
+            "forward() cannot be swapped",
+            UserWarning,
+            stacklevel=2,
         )
     return clone

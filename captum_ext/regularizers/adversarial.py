@@ -124,8 +124,15 @@ class PGDAdversarialTraining(_AdversarialWrapper):
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         """The PGD perturbation for a batch (model mode and gradients untouched)."""
         return pgd_perturbation(
-            self.model, x, y, norm=self.norm, eps=self.eps, steps=self.steps,
-            step_size=self.step_size, random_start=self.random_start, clamp=self.clamp,
+            self.model,
+            x,
+            y,
+            norm=self.norm,
+            eps=self.eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            random_start=self.random_start,
+            clamp=self.clamp,
         )
 
 
@@ -176,9 +183,17 @@ class NormRegularizedAdversarialTraining(_AdversarialWrapper):
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         """The norm-regularized perturbation for a batch."""
         return norm_regularized_perturbation(
-            self.model, x, y, norm=self.norm, eps=self.eps, eps2=self.eps2,
-            group_size=self.group_size, iterative=self.iterative, steps=self.steps,
-            step_size=self.step_size, clamp=self.clamp,
+            self.model,
+            x,
+            y,
+            norm=self.norm,
+            eps=self.eps,
+            eps2=self.eps2,
+            group_size=self.group_size,
+            iterative=self.iterative,
+            steps=self.steps,
+            step_size=self.step_size,
+            clamp=self.clamp,
         )
 
 
@@ -234,8 +249,11 @@ class AttentionHarmonizedTraining(_AdversarialWrapper):
                 raise ValueError(
                     "no attention maps: pass attention= to the constructor or to loss(x, y, attention=)"
                 )
-            a = self.attention(x, y) if callable(self.attention) and not isinstance(
-                self.attention, Tensor) else self.attention
+            a = (
+                self.attention(x, y)
+                if callable(self.attention) and not isinstance(self.attention, Tensor)
+                else self.attention
+            )
         model = self.model
         with restore_modes(model):
             _, g = input_gradient(model, x, y)

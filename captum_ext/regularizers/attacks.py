@@ -235,9 +235,7 @@ def _prepare(model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
     if not isinstance(model, nn.Module) and not callable(model):
         raise TypeError("model must be a callable returning (batch, classes) logits")
     if not isinstance(inputs, Tensor):
-        raise TypeError(
-            f"attacks take one batch-first input tensor, got {type(inputs).__name__}"
-        )
+        raise TypeError(f"attacks take one batch-first input tensor, got {type(inputs).__name__}")
     if inputs.dim() < 2 or not inputs.is_floating_point():
         raise ValueError("inputs must be a floating-point tensor with a batch dimension")
     if target is None:

@@ -81,9 +81,7 @@ def check_batch(x: Tensor, y: Tensor) -> None:
     if not x.is_floating_point():
         raise TypeError(f"inputs must be floating point, got dtype {x.dtype}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"labels must have shape ({x.shape[0]},) to match the inputs, got {tuple(y.shape)}"
-        )
+        raise ValueError(f"labels must have shape ({x.shape[0]},) to match the inputs, got {tuple(y.shape)}")
     if y.is_floating_point() or y.is_complex():
         raise TypeError(f"labels must hold integer class indices, got dtype {y.dtype}")
 

@@ -63,9 +63,7 @@ def norm_penalty(values: Tensor, p: float, squared: bool = True) -> Tensor:
     return flat.abs().amax(1)
 
 
-def weight_norm(
-    model: nn.Module, p: float, squared: bool = True, include_bias: bool = False
-) -> Tensor:
+def weight_norm(model: nn.Module, p: float, squared: bool = True, include_bias: bool = False) -> Tensor:
     """ℓp norm of all the model's weights taken together as one vector (0-d tensor, differentiable).
 
     Args:
@@ -79,7 +77,8 @@ def weight_norm(
     """
     p = _check_p(p)
     params = [
-        w for name, w in model.named_parameters()
+        w
+        for name, w in model.named_parameters()
         if w.requires_grad and (include_bias or not name.endswith("bias"))
     ]
     if not params:
