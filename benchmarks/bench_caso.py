@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine  # noqa: E402
 
 from captum_ext import CAFO, CASO  # noqa: E402
-from captum_ext.hessian import DEFAULT_RANK_TOL  # noqa: E402
+from captum_ext.attr.hessian import DEFAULT_RANK_TOL  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # lambda1 values as fractions of the batch's median ||g||_inf (absolute gradients shrink with confidence)

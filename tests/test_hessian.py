@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_ext.hessian import (
+from captum_ext.attr.hessian import (
     ExactHessian,
     build_loss_graph,
     choose_rank,

@@ -1,7 +1,7 @@
 """CASO and CAFO (Singla, Wallace, Feng, Feizi, ICML 2019) as Captum attributions.
 
 This module is plumbing only: input/target formatting, validation, batching and bookkeeping. The
-maths lives in :mod:`captum_ext.hessian` (input Hessians) and :mod:`captum_ext.optim` (FISTA, prox,
+maths lives in :mod:`captum_ext.attr.hessian` (input Hessians) and :mod:`captum_ext.attr.optim` (FISTA, prox,
 lambda1 search).
 """
 
@@ -29,7 +29,7 @@ from .._format import (
     select_additional_args,
 )
 from .._model_state import has_stochastic_or_batch_layers
-from ..hessian import (
+from .hessian import (
     DEFAULT_RANK_TOL,
     ExactHessian,
     LossGraph,
@@ -41,7 +41,7 @@ from ..hessian import (
     low_rank_factor,
     unflatten_features,
 )
-from ..optim import caso_objective, fista, soft_threshold, sparsity_ratio, sparsity_search
+from .optim import caso_objective, fista, soft_threshold, sparsity_ratio, sparsity_search
 
 HessianMode = Literal["auto", "closed_form", "exact"]
 
@@ -63,7 +63,7 @@ class AttributionDetails:
         target: class whose loss was explained.
         in_window: for the sparsity search, whether the chosen sparsity lies in the window.
         probe_gap: for ``hessian="auto"``, relative curvature of the logits along a random direction
-            (zero for piecewise-linear nets; see :func:`captum_ext.hessian.logit_curvature_gap`).
+            (zero for piecewise-linear nets; see :func:`captum_ext.attr.hessian.logit_curvature_gap`).
         n_hvp: Hessian-vector products evaluated by double backward (exact path).
         n_vjp: vector-Jacobian products (backward passes) used to build the closed-form factor.
     """
