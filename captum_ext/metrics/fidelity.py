@@ -27,7 +27,7 @@ from captum_ext._format import (
     format_inputs,
     select_additional_args,
 )
-from captum_ext.metrics.sanity import (
+from captum_ext.metrics._common import (
     check_batch_size,
     check_eval_mode,
     compute_attributions,
@@ -189,7 +189,7 @@ def aopc(
         raise ValueError(f"features_per_step must be a positive int, got {features_per_step!r}")
     if output not in ("probability", "logit"):
         raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "batch_size")
     tup, is_tuple = format_inputs(inputs)
     if channel_dim is not None:
         if is_tuple:
@@ -217,7 +217,7 @@ def aopc(
             tgt,
             additional_forward_args=additional_forward_args,
             attribute_kwargs=attribute_kwargs,
-            batch_size=batch_size,
+            max_examples_per_batch=batch_size,
         )
     else:
         raise TypeError("attributions must be a tensor, a tuple of tensors or a function")

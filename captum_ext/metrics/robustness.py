@@ -27,19 +27,19 @@ from captum_ext._format import (
     format_inputs,
     select_additional_args,
 )
-from captum_ext.metrics.sanity import (
-    ExplainerLike,
+from captum_ext.metrics._common import (
     check_batch_size,
     check_eval_mode,
-    check_metrics,
-    compare_attributions,
     compute_attributions,
     explainer_for,
     resolve_target,
-    settle_metrics,
 )
+from captum_ext.metrics.sanity import ExplainerLike
 from captum_ext.metrics.similarity import (
     AttrLike,
+    check_metrics,
+    compare_attributions,
+    settle_metrics,
     spearman,
     topk_intersection,
     topk_sizes,
@@ -229,7 +229,7 @@ def attribution_attack(
             "attribution must be 'gradient', 'gradient_x_input' or a callable "
             f"f(model, x, target); got {attribution!r}"
         )
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "batch_size")
     check_eval_mode(model)
     if surrogate is None:
         surrogate = relu_to_softplus(model, beta=surrogate_beta)
@@ -430,7 +430,7 @@ def stability(
         if not isinstance(mdl, nn.Module):
             raise TypeError(f"{name} must be an nn.Module, got {type(mdl).__name__}")
     mets = check_metrics(metrics)
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "batch_size")
     tup, _ = format_inputs(inputs)
     args = format_additional_args(additional_forward_args)
     copy_a, copy_b = copy.deepcopy(model_a), copy.deepcopy(model_b)
@@ -446,7 +446,7 @@ def stability(
                 tgt,
                 additional_forward_args=additional_forward_args,
                 attribute_kwargs=attribute_kwargs,
-                batch_size=batch_size,
+                max_examples_per_batch=batch_size,
             )
         )
     mets = settle_metrics(mets, attrs[0], ssim_kwargs)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_ext._format import TargetType, expand_target
-from captum_ext.metrics.sanity import check_batch_size, check_eval_mode
+from captum_ext.metrics._common import check_batch_size, check_eval_mode
 
 __all__ = ["ClassSamples", "class_conditional_samples", "gan_test"]
 
@@ -123,7 +123,7 @@ def class_conditional_samples(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_eval_mode(model)
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "batch_size")
     shape = tuple(int(s) for s in input_shape)
     if any(s < 1 for s in shape):
         raise ValueError(f"input_shape must hold positive sizes, got {tuple(input_shape)}")
@@ -251,7 +251,7 @@ def gan_test(
     if not isinstance(classifier, nn.Module):
         raise TypeError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
     check_eval_mode(classifier, "classifier")
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "batch_size")
     if isinstance(samples, ClassSamples):
         if labels is None:
             labels = samples.labels

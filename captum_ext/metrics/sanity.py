@@ -18,7 +18,6 @@ reproducible without touching the caller's global RNG.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,28 +29,27 @@ from torch import Tensor, nn
 from captum_ext._format import (
     TargetType,
     TensorOrTuple,
-    expand_target,
     format_additional_args,
     format_inputs,
-    run_forward,
-    select_additional_args,
 )
-from captum_ext._model_state import has_stochastic_or_batch_layers
-from captum_ext.metrics._attribution import call_attribution, check_like
+from captum_ext.metrics._common import (
+    check_batch_size,
+    check_eval_mode,
+    compute_attributions,
+    explainer_for,
+    resolve_target,
+)
 from captum_ext.metrics.similarity import (
     AttrLike,
-    normalize_maps,
-    saliency_map,
-    spearman,
-    ssim,
-    topk_intersection,
+    check_metrics,
+    compare_attributions,
+    settle_metrics,
 )
 
 __all__ = ["RandomizationResult", "data_randomization", "model_randomization"]
 
 ExplainerLike = type | Callable[[nn.Module], Callable[..., AttrLike]]
 InitLike = str | Callable[[nn.Module], None]
-METRICS = ("ssim", "spearman", "topk")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,198 +144,6 @@ class RandomizationResult:
 
 # ----------------------------------------------------------------------------------------------
 # Plumbing shared with robustness / fidelity
-
-
-def check_eval_mode(model: nn.Module, name: str = "model") -> None:
-    """Raise if ``model`` has BatchNorm / Dropout layers in training mode (a forward would change
-    buffers or be random)."""
-    bad = has_stochastic_or_batch_layers(model)
-    if bad:
-        raise ValueError(
-            f"{name} has layers in training mode whose output depends on the mode ({bad[:5]}); "
-            f"call {name}.eval() first"
-        )
-
-
-def explainer_for(explainer: ExplainerLike, model: nn.Module) -> Callable[..., AttrLike]:
-    """Turn ``explainer`` into an attribution function for ``model``.
-
-    ``explainer`` is a Captum ``Attribution`` class (``Saliency``, ``IntegratedGradients``, ...;
-    ``cls(model).attribute`` is used) or a factory ``model -> attribute_fn`` where
-    ``attribute_fn(inputs, target=..., **kwargs)`` returns attributions shaped like the inputs
-    (e.g. ``lambda m: NoiseTunnel(Saliency(m)).attribute``).
-    """
-    if isinstance(explainer, type):
-        from captum.attr import Attribution
-
-        if not issubclass(explainer, Attribution):
-            raise TypeError(
-                f"explainer class {explainer.__name__} is not a captum.attr.Attribution; pass a "
-                "Captum attribution class or a factory `lambda model: attribute_fn`"
-            )
-        return explainer(model).attribute
-    if not callable(explainer):
-        raise TypeError(
-            "explainer must be a Captum Attribution class or a callable `model -> attribute_fn`, "
-            f"got {type(explainer).__name__}"
-        )
-    fn = explainer(model)
-    if not callable(fn):
-        raise TypeError(
-            "explainer(model) must return an attribution function `(inputs, target) -> tensor`, "
-            f"got {type(fn).__name__}"
-        )
-    return fn
-
-
-def resolve_target(
-    model: Callable[..., Tensor],
-    inputs: tuple[Tensor, ...],
-    target: TargetType,
-    args: tuple[Any, ...] = (),
-    batch_size: int | None = None,
-) -> Tensor:
-    """``target`` as a ``(N,)`` LongTensor; ``None`` becomes the model's predicted classes."""
-    n = inputs[0].shape[0]
-    with torch.no_grad():
-        out = _forward_batched(model, inputs, args, batch_size)
-    t = expand_target(target, n, out.shape[1], out.device)
-    return out.argmax(dim=1) if t is None else t
-
-
-def _forward_batched(
-    model: Callable[..., Tensor],
-    inputs: tuple[Tensor, ...],
-    args: tuple[Any, ...],
-    batch_size: int | None,
-) -> Tensor:
-    n = inputs[0].shape[0]
-    bs = n if batch_size is None else batch_size
-    outs = []
-    for start in range(0, n, max(bs, 1)):
-        idx = torch.arange(start, min(start + bs, n), device=inputs[0].device)
-        outs.append(run_forward(model, tuple(x[idx] for x in inputs), select_additional_args(args, n, idx)))
-    return torch.cat(outs, dim=0)
-
-
-def check_batch_size(batch_size: int | None) -> None:
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-
-
-def compute_attributions(
-    attribute_fn: Callable[..., AttrLike],
-    inputs: TensorOrTuple,
-    target: Tensor | None,
-    *,
-    additional_forward_args: Any = None,
-    attribute_kwargs: dict[str, Any] | None = None,
-    batch_size: int | None = None,
-) -> AttrLike:
-    """Call ``attribute_fn(inputs, target=..., **kwargs)`` in batches and check the output.
-
-    The batching is :func:`captum_ext.metrics._attribution.call_attribution` (target by keyword
-    when the function has a ``target`` parameter, positionally otherwise).
-
-    Args:
-        attribute_fn: a Captum ``attribute`` method or any ``(inputs, target) -> attributions``.
-        inputs: tensor or tuple of tensors, batch first.
-        target: ``(N,)`` classes (split with the batches) or ``None``.
-        additional_forward_args: passed as ``additional_forward_args=`` when not ``None``
-            (batch-shaped tensors are split with the batches).
-        attribute_kwargs: extra keyword arguments for ``attribute_fn`` (e.g. ``nt_samples``).
-        batch_size: examples per call (``None``: all at once).
-
-    Returns:
-        Detached attributions shaped like ``inputs`` (a tuple for tuple inputs).
-    """
-    check_batch_size(batch_size)
-    tup, is_tuple = format_inputs(inputs)
-    n = tup[0].shape[0]
-    fn = functools.partial(attribute_fn, **attribute_kwargs) if attribute_kwargs else attribute_fn
-    out = call_attribution(
-        fn, tup, is_tuple, target, n if batch_size is None else batch_size, additional_forward_args
-    )
-    check_like(out, tup, "attributions")
-    return out if is_tuple else out[0]
-
-
-def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...] | None:
-    """Validate a metric selection (``None`` means: decide from the attributions' shape)."""
-    if metrics is None:
-        return None
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    metrics = tuple(metrics)
-    bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
-        raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics}")
-    return metrics
-
-
-def _ssim_applicable(attributions: AttrLike, ssim_kwargs: dict[str, Any] | None) -> bool:
-    if isinstance(attributions, tuple) or attributions.dim() not in (3, 4):
-        return False
-    window = (ssim_kwargs or {}).get("window_size", 11)
-    return min(attributions.shape[-2:]) >= window
-
-
-def settle_metrics(
-    metrics: tuple[str, ...] | None, attributions: AttrLike, ssim_kwargs: dict[str, Any] | None
-) -> tuple[str, ...]:
-    """``None`` -> every metric that applies (SSIM only for image maps at least a window wide);
-    an explicit ``"ssim"`` on non-image attributions raises ``ValueError``."""
-    if metrics is None:
-        if _ssim_applicable(attributions, ssim_kwargs):
-            return METRICS
-        return ("spearman", "topk")
-    if "ssim" not in metrics:
-        return metrics
-    if isinstance(attributions, tuple) or attributions.dim() not in (3, 4):
-        shape = (
-            [tuple(a.shape) for a in attributions]
-            if isinstance(attributions, tuple)
-            else tuple(attributions.shape)
-        )
-        raise ValueError(
-            f"SSIM needs image attributions (N, C, H, W) or (N, H, W), got {shape}; "
-            "leave 'ssim' out of metrics for other inputs"
-        )
-    return metrics
-
-
-def compare_attributions(
-    original: AttrLike,
-    other: AttrLike,
-    metrics: tuple[str, ...],
-    *,
-    absolute: bool = True,
-    topk_fraction: float = 0.4,
-    ssim_kwargs: dict[str, Any] | None = None,
-) -> dict[str, Tensor]:
-    """Per-example similarity of two attribution batches for each requested metric.
-
-    SSIM compares min-max normalised single-channel maps (channels summed, absolute values when
-    ``absolute``) with ``data_range=1``, as in Adebayo et al.'s sanity checks; Spearman and top-k
-    compare every feature (absolute values when ``absolute``).
-    """
-    out: dict[str, Tensor] = {}
-    if "ssim" in metrics:
-        ma = normalize_maps(saliency_map(original, absolute=absolute))  # type: ignore[arg-type]
-        mb = normalize_maps(saliency_map(other, absolute=absolute))  # type: ignore[arg-type]
-        out["ssim"] = ssim(ma, mb, data_range=1.0, **(ssim_kwargs or {}))
-    if "spearman" in metrics:
-        if absolute:
-            a = tuple(t.abs() for t in original) if isinstance(original, tuple) else original.abs()
-            b = tuple(t.abs() for t in other) if isinstance(other, tuple) else other.abs()
-        else:
-            a, b = original, other
-        out["spearman"] = spearman(a, b)
-    if "topk" in metrics:
-        out["topk"] = topk_intersection(original, other, fraction=topk_fraction, absolute=absolute)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -484,7 +290,7 @@ def model_randomization(
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
     mets = check_metrics(metrics)
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "batch_size")
     tup, _ = format_inputs(inputs)
     args = format_additional_args(additional_forward_args)
     names = _resolve_layers(model, layers)
@@ -502,7 +308,7 @@ def model_randomization(
             tgt,
             additional_forward_args=additional_forward_args,
             attribute_kwargs=attribute_kwargs,
-            batch_size=batch_size,
+            max_examples_per_batch=batch_size,
         )
 
     original = attribute(work)
@@ -597,7 +403,7 @@ def data_randomization(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     mets = check_metrics(metrics)
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "batch_size")
     if trainer is None:
         trainer = Trainer()
     elif not callable(trainer):
@@ -631,7 +437,7 @@ def data_randomization(
             tgt,
             additional_forward_args=additional_forward_args,
             attribute_kwargs=attribute_kwargs,
-            batch_size=batch_size,
+            max_examples_per_batch=batch_size,
         )
 
     original = attribute(reference)

@@ -17,6 +17,8 @@ returns one score per example, shape ``(batch,)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -426,3 +428,85 @@ def topk_intersection(
     out = torch.where(kk > 0, both / denom.clamp_min(1.0), torch.full_like(denom, math.nan))
     out_dtype = torch.float64 if torch.float64 in (fa.dtype, fb.dtype) else torch.float32
     return out.to(out_dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# comparing two attribution batches with a selection of the measures above
+
+METRICS = ("ssim", "spearman", "topk")
+
+
+def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Validate a metric selection (``None`` means: decide from the attributions' shape)."""
+    if metrics is None:
+        return None
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = tuple(metrics)
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics}")
+    return metrics
+
+
+def _ssim_applicable(attributions: AttrLike, ssim_kwargs: dict[str, Any] | None) -> bool:
+    if isinstance(attributions, tuple) or attributions.dim() not in (3, 4):
+        return False
+    window = (ssim_kwargs or {}).get("window_size", 11)
+    return min(attributions.shape[-2:]) >= window
+
+
+def settle_metrics(
+    metrics: tuple[str, ...] | None, attributions: AttrLike, ssim_kwargs: dict[str, Any] | None
+) -> tuple[str, ...]:
+    """``None`` -> every metric that applies (SSIM only for image maps at least a window wide);
+    an explicit ``"ssim"`` on non-image attributions raises ``ValueError``."""
+    if metrics is None:
+        if _ssim_applicable(attributions, ssim_kwargs):
+            return METRICS
+        return ("spearman", "topk")
+    if "ssim" not in metrics:
+        return metrics
+    if isinstance(attributions, tuple) or attributions.dim() not in (3, 4):
+        shape = (
+            [tuple(a.shape) for a in attributions]
+            if isinstance(attributions, tuple)
+            else tuple(attributions.shape)
+        )
+        raise ValueError(
+            f"SSIM needs image attributions (N, C, H, W) or (N, H, W), got {shape}; "
+            "leave 'ssim' out of metrics for other inputs"
+        )
+    return metrics
+
+
+def compare_attributions(
+    original: AttrLike,
+    other: AttrLike,
+    metrics: tuple[str, ...],
+    *,
+    absolute: bool = True,
+    topk_fraction: float = 0.4,
+    ssim_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Tensor]:
+    """Per-example similarity of two attribution batches for each requested metric.
+
+    SSIM compares min-max normalised single-channel maps (channels summed, absolute values when
+    ``absolute``) with ``data_range=1``, as in Adebayo et al.'s sanity checks; Spearman and top-k
+    compare every feature (absolute values when ``absolute``).
+    """
+    out: dict[str, Tensor] = {}
+    if "ssim" in metrics:
+        ma = normalize_maps(saliency_map(original, absolute=absolute))  # type: ignore[arg-type]
+        mb = normalize_maps(saliency_map(other, absolute=absolute))  # type: ignore[arg-type]
+        out["ssim"] = ssim(ma, mb, data_range=1.0, **(ssim_kwargs or {}))
+    if "spearman" in metrics:
+        if absolute:
+            a = tuple(t.abs() for t in original) if isinstance(original, tuple) else original.abs()
+            b = tuple(t.abs() for t in other) if isinstance(other, tuple) else other.abs()
+        else:
+            a, b = original, other
+        out["spearman"] = spearman(a, b)
+    if "topk" in metrics:
+        out["topk"] = topk_intersection(original, other, fraction=topk_fraction, absolute=absolute)
+    return out

@@ -1,0 +1,480 @@
+"""Plumbing shared by every metric: validation, the train-mode policy, targets, results.
+
+Every metric of :mod:`captum_ext.metrics` speaks Captum's dialect (``forward_func, inputs,
+attributions, *, target=None, additional_forward_args=None, baselines=..., max_examples_per_batch=None``)
+and validates its input through the helpers here, so that the same mistake gets the same clear error
+everywhere:
+
+* :func:`check_eval_mode` -- the one train-mode policy: a model with BatchNorm / Dropout layers in
+  training mode is refused with a ``ValueError`` *before* it is called (a forward pass would change
+  its running statistics or be random), as CASO does;
+* :func:`format_target` / :func:`check_labels` -- ``target`` in every form Captum accepts (int,
+  tuple, list of ints, list of tuples, tensor) with range checks against the model's output shape;
+* :func:`check_finite`, :func:`check_not_empty`, :func:`check_batch_size` -- NaN / empty / bad sizes;
+* :class:`MetricResult` -- the base of every result: a frozen dataclass with ``to_dict()`` (JSON-able)
+  and ``plot(ax=None)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._format import (
+    TensorOrTuple,
+    format_additional_args,
+    format_inputs,
+    run_forward,
+    select_additional_args,
+)
+from .._model_state import has_stochastic_or_batch_layers
+from ._attribution import call_attribution, check_like
+
+__all__ = [
+    "MetricResult",
+    "TargetLike",
+    "check_batch_size",
+    "check_eval_mode",
+    "check_finite",
+    "check_labels",
+    "check_not_empty",
+    "compute_attributions",
+    "explainer_for",
+    "forward_batched",
+    "format_target",
+    "resolve_target",
+    "select_output",
+]
+
+#: Captum's target forms: None, an int, a tuple (multi-dimensional output), a tensor, a list of ints
+#: or a list of tuples (one entry per example).
+TargetLike = int | tuple[int, ...] | Tensor | Sequence[int] | Sequence[tuple[int, ...]] | None
+
+
+# ------------------------------------------------------------------------------------------------
+# train-mode policy
+
+
+def _module_of(forward_func: Any) -> nn.Module | None:
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)  # a bound method such as model.forward
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def check_eval_mode(forward_func: Any, name: str = "forward_func") -> None:
+    """Raise ``ValueError`` if ``forward_func`` is (a method of) a module with BatchNorm / Dropout
+    layers in training mode.
+
+    This is the single train-mode policy of every metric and of CASO: such a model would change its
+    running statistics (BatchNorm) or answer at random (Dropout) on every forward pass, so it is
+    refused before it is touched. Plain callables cannot be inspected and are accepted.
+
+    Args:
+        forward_func: a module, a bound method of a module, or any callable.
+        name: the argument's name in the error message.
+
+    Raises:
+        ValueError: naming the offending layers and the fix (``.eval()``).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        >>> check_eval_mode(net.eval())
+        >>> try:
+        ...     check_eval_mode(net.train())
+        ... except ValueError as e:
+        ...     print(str(e)[:52])
+        forward_func has layers in training mode whose outpu
+    """
+    module = _module_of(forward_func)
+    if module is None:
+        return
+    bad = has_stochastic_or_batch_layers(module)
+    if bad:
+        raise ValueError(
+            f"{name} has layers in training mode whose output depends on the mode ({bad[:5]}): a forward "
+            f"pass would change BatchNorm running statistics or be random; call .eval() on the model first"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# simple validators
+
+
+def check_batch_size(value: int | None, name: str = "max_examples_per_batch") -> None:
+    """Raise ``ValueError`` unless ``value`` is ``None`` or a positive int.
+
+    Examples:
+        >>> check_batch_size(None); check_batch_size(4)
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def check_not_empty(inputs: tuple[Tensor, ...], name: str = "inputs") -> int:
+    """Raise ``ValueError`` for a batch of zero examples or tensors without feature dimensions;
+    returns the batch size.
+
+    Examples:
+        >>> check_not_empty((torch.zeros(3, 2),))
+        3
+    """
+    n = int(inputs[0].shape[0])
+    if n == 0:
+        raise ValueError(f"{name} are empty: need at least one example")
+    if any(x.dim() < 2 for x in inputs):
+        raise ValueError(f"{name} must be shaped (N, ...) with at least one feature dimension")
+    if any(x[0].numel() == 0 for x in inputs):
+        raise ValueError(f"{name} have no features (a zero-sized dimension)")
+    return n
+
+
+def check_finite(tensors: Tensor | tuple[Tensor, ...], name: str) -> None:
+    """Raise ``ValueError`` when any tensor holds NaN or infinite values.
+
+    Examples:
+        >>> try:
+        ...     check_finite(torch.tensor([1.0, float("nan")]), "attributions")
+        ... except ValueError as e:
+        ...     print(e)
+        attributions contain NaN or infinite values (1 of 2 entries)
+    """
+    for t in tensors if isinstance(tensors, tuple) else (tensors,):
+        if t.is_floating_point() or t.is_complex():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ValueError(f"{name} contain NaN or infinite values ({bad} of {t.numel()} entries)")
+
+
+# ------------------------------------------------------------------------------------------------
+# targets
+
+
+def format_target(
+    target: TargetLike, n: int, output_shape: Sequence[int], name: str = "target"
+) -> Tensor | None:
+    """Any Captum ``target`` as a ``(N, D)`` LongTensor of output indices, range-checked.
+
+    ``D = len(output_shape) - 1`` is the number of non-batch output dimensions (1 for a classifier's
+    ``(N, classes)`` scores). Accepted forms, as in Captum: ``None`` (returned as ``None``), an int
+    (``D == 1``), a tuple of ``D`` ints, a tensor (0-d, ``(N,)``, ``(1,)``, or ``(N, D)`` /
+    ``(D,)`` for multi-dimensional outputs), a list of ``N`` ints, or a list of ``N`` tuples.
+
+    Args:
+        target: the target.
+        n: the batch size.
+        output_shape: the model's output shape (batch first; only the non-batch sizes are used).
+        name: the argument's name in error messages.
+
+    Returns:
+        ``None`` or a LongTensor ``(n, D)`` on the CPU.
+
+    Raises:
+        TypeError: for bools, floats and unknown types.
+        ValueError: wrong length, wrong tuple size, or an index outside the output's range.
+
+    Examples:
+        >>> format_target([2, 0], 2, (2, 3)).tolist()
+        [[2], [0]]
+        >>> format_target((1, 4), 2, (2, 3, 5)).tolist()
+        [[1, 4], [1, 4]]
+    """
+    if target is None:
+        return None
+    dims = tuple(int(s) for s in output_shape[1:])
+    d = len(dims)
+    if d == 0:
+        raise ValueError(f"{name}: the model's output has no dimension besides the batch; use target=None")
+
+    def bad_type(obj: Any) -> TypeError:
+        return TypeError(
+            f"{name} must be an int, a tuple of ints, a list of ints or tuples, or an integer tensor; "
+            f"got {type(obj).__name__}"
+        )
+
+    def as_int(v: Any) -> int:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, Tensor))
+            or (isinstance(v, Tensor) and v.numel() != 1)
+        ):
+            raise bad_type(v)
+        if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()):
+            raise bad_type(v)
+        return int(v)
+
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"{name} tensor must hold integers, got dtype {target.dtype}")
+        t = target.detach().to("cpu", torch.long)
+        if t.numel() == 1 and d == 1:
+            t = t.reshape(1, 1).expand(n, 1)
+        elif t.dim() == 1 and d == 1 and t.shape[0] == n:
+            t = t.reshape(n, 1)
+        elif t.dim() == 2 and d == 1 and t.shape == (n, 1):
+            pass
+        elif t.dim() == 1 and d > 1 and t.shape[0] == d:
+            t = t.reshape(1, d).expand(n, d)
+        elif t.dim() == 2 and t.shape == (n, d):
+            pass
+        else:
+            raise ValueError(
+                f"{name} tensor of shape {tuple(target.shape)} does not fit a batch of {n} examples and an "
+                f"output of shape {tuple(output_shape)}: give one index per example ({n},)"
+                + (f" or an (N, {d}) tensor" if d > 1 else "")
+            )
+    elif isinstance(target, tuple):
+        if len(target) != d:
+            raise ValueError(
+                f"{name} tuple {target} has {len(target)} indices, the output has {d} dimension(s)"
+            )
+        t = torch.tensor([as_int(v) for v in target], dtype=torch.long).reshape(1, d).expand(n, d)
+    elif isinstance(target, (int, bool)):
+        if d != 1:
+            raise ValueError(f"{name} is an int but the output has {d} non-batch dimensions: give a tuple")
+        t = torch.full((n, 1), as_int(target), dtype=torch.long)
+    elif isinstance(target, Sequence) and not isinstance(target, str):
+        items = list(target)
+        if len(items) != n:
+            raise ValueError(f"{name} has {len(items)} entries but the batch has {n} examples")
+        rows = []
+        for item in items:
+            row = tuple(item) if isinstance(item, (tuple, list)) else (item,)
+            if len(row) != d:
+                raise ValueError(
+                    f"{name} entry {item!r} has {len(row)} indices, the output has {d} dimension(s)"
+                )
+            rows.append([as_int(v) for v in row])
+        t = torch.tensor(rows, dtype=torch.long).reshape(n, d)
+    else:
+        raise bad_type(target)
+    t = t.contiguous()
+    if n:
+        upper = torch.tensor(dims, dtype=torch.long)
+        out_of_range = (t < 0) | (t >= upper)
+        if out_of_range.any():
+            row, col = (int(i) for i in out_of_range.nonzero()[0])
+            raise ValueError(
+                f"{name} index {int(t[row, col])} (example {row}) is out of range for an output of shape "
+                f"{tuple(output_shape)}: indices must lie in [0, {dims[col]})"
+            )
+    return t
+
+
+def check_labels(labels: Any, n: int, num_classes: int, name: str = "target") -> Tensor:
+    """Class labels of a classifier as a ``(N,)`` LongTensor in ``[0, num_classes)``; ``None`` is refused.
+
+    Args:
+        labels: an int, a list of ints or an integer tensor (``(N,)`` or one value).
+        n: the batch size.
+        num_classes: number of classes of the model's output.
+        name: the argument's name in error messages.
+
+    Returns:
+        A LongTensor ``(n,)`` on the CPU.
+
+    Examples:
+        >>> check_labels(torch.tensor([0, 2]), 2, 3)
+        tensor([0, 2])
+        >>> try:
+        ...     check_labels([0, 3], 2, 3, "y_test")
+        ... except ValueError as e:
+        ...     print(str(e)[:40])
+        y_test index 3 (example 1) is out of ran
+    """
+    if labels is None:
+        raise ValueError(f"{name} is required (class labels, one per example)")
+    return format_target(labels, n, (n, num_classes), name)[:, 0]  # type: ignore[index]
+
+
+def select_output(out: Tensor, target: Tensor) -> Tensor:
+    """``out[i, target[i]]`` for a ``(N, D)`` target from :func:`format_target`: shape ``(N,)``.
+
+    Examples:
+        >>> select_output(torch.arange(6.0).reshape(2, 3), torch.tensor([[2], [0]]))
+        tensor([2., 3.])
+    """
+    n = out.shape[0]
+    flat = out.reshape(n, -1)
+    index = torch.zeros(n, dtype=torch.long)
+    for size, col in zip(out.shape[1:], target.unbind(1), strict=True):
+        index = index * int(size) + col
+    return flat.gather(1, index.to(out.device).view(n, 1))[:, 0]
+
+
+# ------------------------------------------------------------------------------------------------
+# batched forward / attribution
+
+
+def forward_batched(
+    forward_func: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    args: tuple[Any, ...] = (),
+    max_examples_per_batch: int | None = None,
+) -> Tensor:
+    """``forward_func(*inputs, *args)`` in batches (batch-shaped extra args are split too), no grad."""
+    n = inputs[0].shape[0]
+    bs = n if max_examples_per_batch is None else max_examples_per_batch
+    outs = []
+    with torch.no_grad():
+        for start in range(0, n, max(bs, 1)):
+            idx = torch.arange(start, min(start + bs, n), device=inputs[0].device)
+            batch = tuple(x[idx] for x in inputs)
+            outs.append(run_forward(forward_func, batch, select_additional_args(args, n, idx)))
+    return torch.cat(outs, dim=0)
+
+
+def resolve_target(
+    forward_func: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    target: TargetLike,
+    args: tuple[Any, ...] = (),
+    max_examples_per_batch: int | None = None,
+) -> Tensor:
+    """``target`` as a ``(N,)`` LongTensor of classes; ``None`` becomes the predicted classes."""
+    n = inputs[0].shape[0]
+    out = forward_batched(forward_func, inputs, args, max_examples_per_batch)
+    if target is None:
+        return out.argmax(dim=1)
+    return check_labels(target, n, out.shape[1]).to(out.device)
+
+
+def explainer_for(explainer: Any, model: nn.Module) -> Callable[..., Any]:
+    """Turn ``explainer`` into an attribution function for ``model``.
+
+    ``explainer`` is a Captum ``Attribution`` class (``Saliency``, ``IntegratedGradients``, ...;
+    ``cls(model).attribute`` is used) or a factory ``model -> attribute_fn`` where
+    ``attribute_fn(inputs, target=..., **kwargs)`` returns attributions shaped like the inputs
+    (e.g. ``lambda m: NoiseTunnel(Saliency(m)).attribute``).
+    """
+    if isinstance(explainer, type):
+        from captum.attr import Attribution
+
+        if not issubclass(explainer, Attribution):
+            raise TypeError(
+                f"explainer class {explainer.__name__} is not a captum.attr.Attribution; pass a "
+                "Captum attribution class or a factory `lambda model: attribute_fn`"
+            )
+        return explainer(model).attribute
+    if not callable(explainer):
+        raise TypeError(
+            "explainer must be a Captum Attribution class or a callable `model -> attribute_fn`, "
+            f"got {type(explainer).__name__}"
+        )
+    fn = explainer(model)
+    if not callable(fn):
+        raise TypeError(
+            "explainer(model) must return an attribution function `(inputs, target) -> tensor`, "
+            f"got {type(fn).__name__}"
+        )
+    return fn
+
+
+def compute_attributions(
+    attribute_fn: Callable[..., Any],
+    inputs: TensorOrTuple,
+    target: Tensor | None,
+    *,
+    additional_forward_args: Any = None,
+    attribute_kwargs: dict[str, Any] | None = None,
+    max_examples_per_batch: int | None = None,
+) -> TensorOrTuple:
+    """Call ``attribute_fn(inputs, target=..., **kwargs)`` in batches and check the output.
+
+    Args:
+        attribute_fn: a Captum ``attribute`` method or any ``(inputs, target) -> attributions``.
+        inputs: tensor or tuple of tensors, batch first.
+        target: ``(N,)`` classes (split with the batches) or ``None``.
+        additional_forward_args: passed as ``additional_forward_args=`` when not ``None``.
+        attribute_kwargs: extra keyword arguments for ``attribute_fn`` (e.g. ``nt_samples``).
+        max_examples_per_batch: examples per call (``None``: all at once).
+
+    Returns:
+        Detached attributions shaped like ``inputs`` (a tuple for tuple inputs).
+    """
+    check_batch_size(max_examples_per_batch)
+    tup, is_tuple = format_inputs(inputs)
+    n = tup[0].shape[0]
+    fn = functools.partial(attribute_fn, **attribute_kwargs) if attribute_kwargs else attribute_fn
+    bs = n if max_examples_per_batch is None else max_examples_per_batch
+    out = call_attribution(fn, tup, is_tuple, target, bs, additional_forward_args)
+    check_like(out, tup, "attributions")
+    return out if is_tuple else out[0]
+
+
+def format_forward_args(additional_forward_args: Any) -> tuple[Any, ...]:
+    """Captum's ``additional_forward_args`` as a tuple (re-exported for the metric modules)."""
+    return format_additional_args(additional_forward_args)
+
+
+# ------------------------------------------------------------------------------------------------
+# results
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, MetricResult):
+        return value.to_dict()
+    if isinstance(value, Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.dtype | torch.device):
+        return str(value)
+    raise TypeError(f"cannot convert a {type(value).__name__} to JSON")
+
+
+class MetricResult:
+    """Base of every metric result: subclasses are frozen dataclasses.
+
+    ``to_dict()`` returns a JSON-able dict of the fields (tensors become nested lists; fields whose
+    ``metadata`` has ``{"to_dict": False}`` -- models, raw attributions -- are left out).
+    ``plot(ax=None, ...)`` draws the result on a matplotlib ``Axes`` (a new figure when ``None``;
+    matplotlib is imported only then) and returns the Axes.
+
+    Examples:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Toy(MetricResult):
+        ...     values: Tensor
+        >>> Toy(torch.tensor([0.5, 1.0])).to_dict()
+        {'values': [0.5, 1.0]}
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result's fields as a JSON-able dict (``json.dumps`` accepts it)."""
+        if not dataclasses.is_dataclass(self):
+            raise TypeError(f"{type(self).__name__} must be a dataclass")
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("to_dict", True)
+        }
+
+    def plot(self, ax: Any = None, **kwargs: Any) -> Any:
+        """Draw the result on ``ax`` (a new figure when ``None``); returns the Axes."""
+        raise NotImplementedError(f"{type(self).__name__} has no plot()")
+
+    @staticmethod
+    def _axes(ax: Any, figsize: tuple[float, float] = (5.0, 3.5)) -> Any:
+        """``ax`` or the Axes of a new figure (matplotlib imported lazily)."""
+        if ax is not None:
+            return ax
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=figsize)
+        return ax
+
+
+#: ``dataclasses.field`` metadata that keeps a field out of ``to_dict()``.
+NOT_IN_DICT = {"to_dict": False}
