@@ -20,6 +20,7 @@ from .attacks import (
     pgd_perturbation,
 )
 from .base import RegularizedModel, unwrap
+from .diagnostics import HessianTrace, hessian_trace
 from .penalties import InputGradientPenalty, WeightPenalty
 from .score_matching import (
     AntiScoreMatching,
@@ -35,6 +36,8 @@ __all__ = [
     "AntiScoreMatching",
     "GradientNormRegularizer",
     "taylor_trace",
+    "hessian_trace",
+    "HessianTrace",
     "InputGradientPenalty",
     "WeightPenalty",
     "PGDAdversarialTraining",
