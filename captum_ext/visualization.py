@@ -333,8 +333,13 @@ def plot_attribution_grid(
             if len(texts) != n:
                 raise ValueError(f"annotations[{name!r}] has {len(texts)} entries for {n} images")
 
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as err:
+        raise ImportError(
+            "plot_attribution_grid needs matplotlib: pip install matplotlib (or captum-ext[demo])"
+        ) from err
 
     cols = 1 + len(maps)
     if cell_size is None:

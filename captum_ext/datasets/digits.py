@@ -27,7 +27,17 @@ _SPLITS = ("train", "test")
 
 @runtime_checkable
 class DigitSource(Protocol):
-    """A digit source: ``load(split) -> (images (N, 28, 28) in [0, 1], labels (N,))``."""
+    """A digit source: ``load(split) -> (images (N, 28, 28) in [0, 1], labels (N,))``.
+
+    Any object with such a ``load`` method can be passed as ``source`` to the BlockMNIST data sets.
+
+    Examples:
+        >>> class Blank:
+        ...     def load(self, split):
+        ...         return torch.zeros(10, 28, 28), torch.arange(10)
+        >>> get_digit_source(Blank()).load("train")[0].shape
+        torch.Size([10, 28, 28])
+    """
 
     def load(self, split: str) -> tuple[Tensor, Tensor]:
         """Return the ``split`` (``"train"`` or ``"test"``) images and digit labels."""
@@ -108,8 +118,14 @@ class TorchvisionMNIST:
         download: let torchvision download the files when they are missing.
 
     Examples:
-        >>> source = TorchvisionMNIST("~/data", download=True)  # doctest: +SKIP
-        >>> images, labels = source.load("train")  # doctest: +SKIP
+        Nothing is read or downloaded until :meth:`load`; with ``download=True`` torchvision fetches
+        the files on first use, after which ``source.load("train")`` returns 60,000 images.
+
+        >>> source = TorchvisionMNIST("mnist_data")
+        >>> source
+        TorchvisionMNIST(root='mnist_data', download=False)
+        >>> get_digit_source("mnist", root="mnist_data", download=True)
+        TorchvisionMNIST(root='mnist_data', download=True)
     """
 
     def __init__(self, root: str, download: bool = False) -> None:

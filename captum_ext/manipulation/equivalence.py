@@ -39,6 +39,11 @@ class EquivalenceReport:
         logit_grad_rel_diff: ``max_n ‖∇f_a,t − ∇f_b,t‖₂ / ‖∇f_a,t‖₂``.
         loss_grad_max_diff: ``max |∇ℓ_a − ∇ℓ_b|``.
         loss_grad_rel_diff: ``max_n ‖∇ℓ_a − ∇ℓ_b‖₂ / ‖∇ℓ_a‖₂``.
+
+    Examples:
+        >>> report = EquivalenceReport(1e-7, 1.0, 2e-7, 3.0, 0.9, 1e-7, 1e-6)
+        >>> report.equivalent(), report.as_dict()["logit_grad_max_diff"]
+        (True, 3.0)
     """
 
     max_prob_diff: float

@@ -51,6 +51,15 @@ def sine_shift(
 
     Returns:
         ``g`` for every example; its input-gradient is ``eps·m·cos(m⟨u,x⟩+φ)·u``.
+
+    Examples:
+        >>> x = torch.zeros(2, 3, requires_grad=True)
+        >>> g = sine_shift(x, eps=0.01, m=100.0)
+        >>> g  # the loss moves by at most eps ...
+        tensor([0., 0.], grad_fn=<MulBackward0>)
+        >>> torch.autograd.grad(g.sum(), x)[0]  # ... its gradient by up to m * eps per coordinate
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
     """
     if not eps >= 0 or not m >= 0:
         raise ValueError(f"eps and m must be non-negative, got eps={eps}, m={m}")

@@ -53,6 +53,12 @@ class LinearShift(nn.Module):
     Args:
         pattern: a tensor shaped like one example of the input (or a tuple, one per input tensor).
         strength: scale of the pattern added to the logit-gradients.
+
+    Examples:
+        >>> import torch
+        >>> g = LinearShift(torch.tensor([1.0, -2.0]), strength=3.0)
+        >>> g(torch.tensor([[1.0, 1.0], [2.0, 0.0]]))  # 3 * <P, x> per example
+        tensor([-3.,  6.])
     """
 
     def __init__(self, pattern: Tensor | Sequence[Tensor], strength: float = 1.0) -> None:
@@ -81,6 +87,13 @@ class PaintShift(LinearShift):
     Args:
         target: the class ``t`` whose logit-gradient becomes the picture.
         picture: ``M``, shaped like one example of the input (or a tuple, one per input tensor).
+
+    Examples:
+        >>> import torch
+        >>> g = PaintShift(target=1, picture=torch.tensor([1.0, 0.0]))
+        >>> x, logits = torch.tensor([[2.0, 5.0]]), torch.tensor([[0.5, 4.0]])
+        >>> logits[:, 1] + g(x, logits=logits)  # the target logit becomes <M, x>
+        tensor([2.])
     """
 
     uses_logits = True
@@ -149,6 +162,17 @@ class SoftmaxShift(nn.Module):
 
         Returns:
             The wrapped model: ``∇f̃ᵢ = ∇fᵢ + strength · pattern`` for every class ``i``.
+
+        Examples:
+            >>> import torch
+            >>> from captum.attr import Saliency
+            >>> net = nn.Linear(2, 3)
+            >>> x = torch.randn(4, 2)
+            >>> shifted = SoftmaxShift.add_pattern(net, torch.tensor([5.0, -5.0]))
+            >>> moved = Saliency(shifted).attribute(x, target=0, abs=False)
+            >>> plain = Saliency(net).attribute(x, target=0, abs=False)
+            >>> torch.allclose(moved - plain, torch.tensor([5.0, -5.0]).expand(4, 2))
+            True
         """
         return cls(model, LinearShift(pattern, strength))
 
@@ -167,6 +191,18 @@ class SoftmaxShift(nn.Module):
 
         Returns:
             The wrapped model.
+
+        Examples:
+            >>> import torch
+            >>> from captum.attr import Saliency
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+            >>> picture = torch.tensor([0.0, 1.0, 2.0, 3.0])
+            >>> fake = SoftmaxShift.paint(net, target=2, picture=picture)
+            >>> x = torch.randn(5, 4)
+            >>> Saliency(fake).attribute(x, target=2, abs=False)[0]  # the picture, at every input
+            tensor([0., 1., 2., 3.])
+            >>> torch.allclose(fake(x).softmax(1), net(x).softmax(1), atol=1e-6)  # same classifier
+            True
         """
         return cls(model, PaintShift(target, picture))
 
