@@ -45,6 +45,12 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="number of seeds (seed, seed+1, ...); every reported number is mean ± std over them",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=min(2, torch.get_num_threads()),
@@ -114,6 +120,27 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     """Mean and (sample) standard deviation of a list of numbers."""
     t = torch.tensor([float(v) for v in values], dtype=torch.float64)
     return {"mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); NaNs are dropped."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    t = t[~torch.isnan(t)]
+    if t.numel() == 0:
+        return math.nan, math.nan
+    return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
+
+
+def pm(values: Sequence[float], spec: str = ".2f") -> str:
+    """``"mean ± std"`` of per-seed values, e.g. ``pm([0.1, 0.3]) == "0.20 ± 0.14"``."""
+    m, s = mean_std(values)
+    return f"{format(m, spec)} ± {format(s, spec)}"
+
+
+def seed_list(args: argparse.Namespace) -> list[int]:
+    """The seeds of a run: ``args.seed, args.seed + 1, ...`` (one seed with ``--quick``)."""
+    n = 1 if getattr(args, "quick", False) else max(1, int(args.seeds))
+    return [args.seed + i for i in range(n)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,6 +272,33 @@ def signal_rank_fractions(grad_abs: Tensor, signal: Tensor) -> dict[str, float]:
         "bottom": float((grad_abs.argmin(1) == j[:, 0]).double().mean()),
         "share": float((grad_abs.gather(1, j)[:, 0] / total).double().mean()),
     }
+
+
+def column_auc(grad_abs: Tensor, signal: Tensor) -> float:
+    """Mean over coordinates ``j`` of the ROC AUC of ``|g_j|`` for "``j`` is this point's signal".
+
+    For each column ``j`` of ``|gradient|`` ``(N, d)``, the probability that a point whose signal
+    coordinate is ``j`` has a larger ``|g_j|`` than a point whose signal lies elsewhere (ties count
+    one half): 1 when the signal stands out in every column of the heat map, 0.5 for no
+    information. Columns with no positive or no negative point are skipped.
+    """
+    a = grad_abs.detach().double()
+    aucs = []
+    for j in range(a.shape[1]):
+        pos, neg = a[signal == j, j], a[signal != j, j]
+        if pos.numel() == 0 or neg.numel() == 0:
+            continue
+        greater = (pos[:, None] > neg[None, :]).double().mean()
+        ties = (pos[:, None] == neg[None, :]).double().mean()
+        aucs.append(float(greater + 0.5 * ties))
+    return sum(aucs) / len(aucs) if aucs else math.nan
+
+
+def row_flatness(grad_abs: Tensor) -> float:
+    """Mean over rows of ``min_i |g_i| / max_i |g_i|``: 1 when every coordinate of a row has the same
+    size after the per-row normalisation of Bötte & Pfeiffer's heat maps, 0 when one entry vanishes."""
+    a = grad_abs.detach().double()
+    return float((a.amin(1) / a.amax(1).clamp_min(1e-300)).mean())
 
 
 def spearman(x: Tensor, y: Tensor) -> float:
