@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, TensorDataset
 
 DataLike = Dataset | tuple[Tensor, Tensor] | list
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -109,47 +109,30 @@ def _rng_devices(device: torch.device) -> list[int]:
     return []
 
 
-class _Adam:
-    """Adam (Kingma & Ba) with coupled L2 weight decay: ``torch.optim.Adam``'s default update.
+class _Permutation(Sampler[int]):
+    """One ``torch.randperm(n, generator)`` per epoch (``RandomSampler`` draws a second, empty one)."""
 
-    Written out because constructing any ``torch.optim`` optimizer imports ``torch._dynamo``, which
-    costs seconds in every fresh (worker) process; DiffROAR runs many short trainings in workers.
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
+def _batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled mini-batches: a ``DataLoader`` whose sampler yields index lists (one gather per batch).
+
+    The order is ``torch.randperm(n, generator)`` per epoch with a generator seeded by ``seed``,
+    cut into consecutive batches (the last one may be smaller).
     """
-
-    def __init__(
-        self,
-        params: list[nn.Parameter],
-        lr: float,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:
-        self.params, self.lr, self.weight_decay = params, lr, weight_decay
-        self.beta1, self.beta2 = betas
-        self.eps = eps
-        self.step_count = 0
-        self.exp_avg = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.step_count += 1
-        bias1 = 1.0 - self.beta1**self.step_count
-        bias2_sqrt = (1.0 - self.beta2**self.step_count) ** 0.5
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
-            if p.grad is None:
-                continue
-            g = p.grad
-            if self.weight_decay != 0:
-                g = g.add(p, alpha=self.weight_decay)
-            m.lerp_(g, 1.0 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1.0 - self.beta2)
-            denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / bias1)
+    sampler = BatchSampler(
+        _Permutation(x.shape[0], torch.Generator().manual_seed(seed)), batch_size=batch_size, drop_last=False
+    )
+    # batch_size=None: the sampler's index lists go straight to TensorDataset.__getitem__
+    return DataLoader(TensorDataset(x, y), sampler=sampler, batch_size=None)
 
 
 def fit(
@@ -167,8 +150,12 @@ def fit(
 ) -> nn.Module:
     """Train ``model`` in place with Adam and return it in eval mode.
 
-    The update is ``torch.optim.Adam``'s (betas 0.9 and 0.999, eps 1e-8, L2 weight decay added to
-    the gradient), written out so that no ``torch.optim`` import cost is paid in worker processes.
+    The optimiser is ``torch.optim.Adam`` (betas 0.9 and 0.999, eps 1e-8, L2 weight decay added to
+    the gradient, ``foreach=False`` so that the update does not depend on the multi-tensor kernels);
+    mini-batches come from a ``torch.utils.data.DataLoader`` over a ``TensorDataset`` with a
+    seeded sampler (one ``randperm`` per epoch), batched by index lists so that each
+    batch is one tensor gather. The first ``torch.optim`` optimiser of a process imports
+    ``torch._dynamo`` (seconds, once per process); DiffROAR's worker pools preload it.
 
     The shuffling order and any randomness inside the model (dropout) are drawn from generators
     seeded with ``seed``; the caller's global RNG state is restored afterwards, so the same
@@ -210,25 +197,20 @@ def fit(
     own_loss = getattr(model, "loss", None)
     use_model_loss = loss_fn is None and callable(own_loss)
 
-    n = x.shape[0]
-    n_batches = (n + batch_size - 1) // batch_size
+    loader = _batches(x, y, batch_size, seed)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=epochs * n_batches, desc="fit", disable=not progress, leave=False)
+    bar = tqdm(total=epochs * len(loader), desc="fit", disable=not progress, leave=False)
     with torch.random.fork_rng(devices=_rng_devices(dev)):
         torch.manual_seed(seed)
-        shuffle_gen = torch.Generator().manual_seed(seed)
-        opt = _Adam(params, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=False)
         model.train()
         try:
             with torch.enable_grad():
                 for _ in range(epochs):
-                    perm = torch.randperm(n, generator=shuffle_gen)
-                    for b in range(n_batches):
-                        idx = perm[b * batch_size : (b + 1) * batch_size]
-                        xb = x[idx.to(x.device)].to(dev)
-                        yb = y[idx.to(y.device)].to(dev)
-                        opt.zero_grad()
+                    for xb, yb in loader:
+                        xb, yb = xb.to(dev), yb.to(dev)
+                        opt.zero_grad(set_to_none=True)
                         if use_model_loss:
                             loss = own_loss(xb, yb)  # type: ignore[misc]
                         elif loss_fn is not None:
@@ -242,7 +224,7 @@ def fit(
                             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         finally:
             bar.close()
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=True)
             model.eval()
     return model
 
