@@ -123,8 +123,8 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value); NaNs are dropped."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    """Mean and sample standard deviation (0 for a single value); NaNs and Nones are dropped."""
+    t = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64)
     t = t[~torch.isnan(t)]
     if t.numel() == 0:
         return math.nan, math.nan
