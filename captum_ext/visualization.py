@@ -3,8 +3,8 @@
 Two layers, kept apart:
 
 * **pure tensor maths** -- :func:`aggregate_channels`, :func:`normalize_saliency` (the
-  non-diverging SmoothGrad normalisation that Singla et al. use for every method, App. D of
-  ``002_*``: absolute value, sum over the colour channels, cap at the 99th percentile, scale to
+  non-diverging SmoothGrad normalisation that Singla et al. (ICML 2019) use for every method, their
+  App. D: absolute value, sum over the colour channels, cap at the 99th percentile, scale to
   ``[0, 1]``), :func:`normalize_diverging` (the signed counterpart, in ``[-1, 1]``) and
   :func:`images_for_display`. Tensors in, tensors out, batch first, any device, float32/float64.
 * **figures** -- :func:`plot_attribution_grid` (images x methods) with matplotlib imported lazily

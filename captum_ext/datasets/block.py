@@ -1,4 +1,4 @@
-"""The BlockMNIST family of Shah et al. (``004_*``, Sec. 5 and 6) and the ``x = y e_j`` toy set.
+"""The BlockMNIST family of Shah et al. (NeurIPS 2021, Sec. 5 and 6) and the ``x = y e_j`` toy set.
 
 * :class:`BlockMNIST` -- 56x28 images stacking a 28x28 *signal* block (a handwritten digit of one of
   two classes) and a 28x28 *null* block (a fixed square patch made of two horizontal, two vertical
@@ -7,7 +7,7 @@
 * :class:`SimplifiedBlockMNIST` -- the distribution of eq. (2): ``d`` blocks of ``d_tilde``
   coordinates, noise ``eta * g_i`` (``g_i`` uniform in the unit ball) everywhere, plus the signal
   ``y * u_star`` in one block ``j`` drawn from the first ``d / 2`` (task-relevant) blocks.
-* :class:`SignedBasisToy` -- the toy set ``x = y * e_j`` of Boette & Pfeiffer (``001_*``), i.e.
+* :class:`SignedBasisToy` -- the toy set ``x = y * e_j`` of Bötte & Pfeiffer, i.e.
   eq. (2) with ``d_tilde = 1``, ``eta = 0``, ``u_star = 1``.
 
 Every data set is a ``torch.utils.data.Dataset`` whose items are ``(input, label, signal_mask)``
@@ -294,14 +294,14 @@ class SimplifiedBlockMNIST(_TensorsDataset):
 
 
 class SignedBasisToy(SimplifiedBlockMNIST):
-    """The toy set ``x = y * e_j`` (Boette & Pfeiffer, ``001_*``; Shah et al. Fig. 5).
+    """The toy set ``x = y * e_j`` (Bötte & Pfeiffer; Shah et al. Fig. 5).
 
     ``y = +-1`` with probability 1/2 and ``x`` is ``y`` times the ``j``-th standard basis vector of
     ``R^d``, ``j`` uniform among the first ``signal_dims`` coordinates; the others are noise
     coordinates that are always zero. This is eq. (2) with ``d_tilde = 1``, ``eta = 0``,
     ``u_star = 1``. The default ``signal_dims = d // 2`` follows Shah et al. (whose data set
-    ``001_*`` reuses: five task-relevant and five noise coordinates for ``d = 10``);
-    ``signal_dims = d`` gives the literal reading "j uniform in 1..d" of ``001_*``.
+    Bötte & Pfeiffer reuse: five task-relevant and five noise coordinates for ``d = 10``);
+    ``signal_dims = d`` gives the literal reading "j uniform in 1..d" of Bötte & Pfeiffer.
 
     Args:
         n: number of examples.
