@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 from captum.attr import Saliency
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -38,14 +38,15 @@ class Recorder(nn.Module):
     seed=st.integers(0, 1000),
 )
 def test_exactly_the_requested_pixels_are_removed(n, c, h, w, frac, order, seed):
+    assume(count_for_fraction(frac, h * w) >= 1)  # fractions removing nothing are refused (tested below)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, c, h, w, generator=g) + 1.0  # never equal to the fill value
     attr = torch.randn(n, c, h, w, generator=g, dtype=torch.float64).float()
     model = Recorder(c * h * w)
-    res = pixel_perturbation(model, x, 0, attr, fractions=(frac,), order=order, fill=-1.0)
+    res = pixel_perturbation(model, x, attr, target=0, fractions=(frac,), order=order, baselines=-1.0)
     k = count_for_fraction(frac, h * w)
     assert res.counts == (k,) and res.units == h * w
-    perturbed = model.seen[-1]  # [probe, baseline, perturbed]
+    perturbed = model.seen[-1]  # [clean, perturbed]
     removed = perturbed == -1.0
     assert bool((removed.all(dim=1) == removed.any(dim=1)).all())  # whole pixels
     assert bool((removed[:, 0].sum(dim=(1, 2)) == k).all())
@@ -60,9 +61,11 @@ def test_exactly_the_requested_pixels_are_removed(n, c, h, w, frac, order, seed)
 def test_counts_round_half_up():
     x = torch.rand(2, 1, 2, 5) + 1.0
     model = Recorder(10)
-    res = pixel_perturbation(model, x, 0, torch.rand_like(x), fractions=(0.05, 0.15, 0.35, 1.0), fill=-1.0)
+    res = pixel_perturbation(
+        model, x, torch.rand_like(x), target=0, fractions=(0.05, 0.15, 0.35, 1.0), baselines=-1.0
+    )
     assert res.counts == (1, 2, 4, 10)  # 0.5 -> 1, 1.5 -> 2, 3.5 -> 4
-    removed = [int((s[0] == -1.0).sum()) for s in model.seen[2:]]
+    removed = [int((s[0] == -1.0).sum()) for s in model.seen[1:]]
     assert removed == [1, 2, 4, 10]
 
 
@@ -70,12 +73,12 @@ def test_mean_fill_and_channel_mean():
     x = torch.arange(8.0).reshape(1, 2, 2, 2)
     attr = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]).expand(1, 2, 2, 2)
     model = Recorder(8)
-    pixel_perturbation(model, x, 0, attr, fractions=(0.5,), fill="mean")
+    pixel_perturbation(model, x, attr, target=0, fractions=(0.5,), baselines="mean")
     out = model.seen[-1]
     # the two least relevant pixels (0, 0) and (0, 1) get the image mean 3.5 in every channel
     assert out[0, :, 0].tolist() == [[3.5, 3.5], [3.5, 3.5]]
     assert torch.equal(out[0, :, 1], x[0, :, 1])
-    pixel_perturbation(model, x, 0, attr, fractions=(0.5,), fill="channel_mean")
+    pixel_perturbation(model, x, attr, target=0, fractions=(0.5,), baselines="channel_mean")
     assert model.seen[-1][0, :, 0].tolist() == [[1.5, 1.5], [5.5, 5.5]]
 
 
@@ -84,11 +87,11 @@ def test_channel_aggregation_options():
     x = torch.ones(1, 2, 1, 2) + 1.0
     attr = torch.tensor([[[[1.0, 0.0]], [[0.0, -3.0]]]])
     model = Recorder(4)
-    pixel_perturbation(model, x, 0, attr, fractions=(0.5,), fill=-1.0)  # abs_sum: A=1 < B=3
+    pixel_perturbation(model, x, attr, target=0, fractions=(0.5,), baselines=-1.0)  # abs_sum: A=1 < B=3
     assert model.seen[-1][0, :, 0, 0].eq(-1.0).all() and model.seen[-1][0, :, 0, 1].eq(2.0).all()
-    pixel_perturbation(model, x, 0, attr, fractions=(0.5,), fill=-1.0, aggregate="sum")
+    pixel_perturbation(model, x, attr, target=0, fractions=(0.5,), baselines=-1.0, aggregate="sum")
     assert model.seen[-1][0, :, 0, 1].eq(-1.0).all() and model.seen[-1][0, :, 0, 0].eq(2.0).all()
-    pixel_perturbation(model, x, 0, attr, fractions=(0.25,), fill=-1.0, aggregate="abs")
+    pixel_perturbation(model, x, attr, target=0, fractions=(0.25,), baselines=-1.0, aggregate="abs")
     assert int(model.seen[-1].eq(-1.0).sum()) == 1  # one coordinate, not a whole pixel
 
 
@@ -101,7 +104,9 @@ def test_exact_accuracy_on_the_toy_set_with_a_known_classifier():
     model = nn.Linear(10, 2, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.stack([-torch.ones(10), torch.ones(10)]))
-    res = pixel_perturbation(model, x, y, mask.float(), fractions=(0.5, 0.9, 1.0), fill=0.0, aggregate="abs")
+    res = pixel_perturbation(
+        model, x, mask.float(), target=y, fractions=(0.5, 0.9, 1.0), baselines=0.0, aggregate="abs"
+    )
     assert res.baseline_accuracy == 1.0
     assert res.accuracy[:2].tolist() == [1.0, 1.0]  # the signal coordinate is never removed
     # everything removed: all logits 0, argmax picks class 0
@@ -111,7 +116,9 @@ def test_exact_accuracy_on_the_toy_set_with_a_known_classifier():
         p = torch.softmax(model(x), dim=1).gather(1, y[:, None]).mean()
     assert res.baseline_label_prob == pytest.approx(float(p))
     # removing the MOST relevant coordinate first kills the signal at once
-    worst = pixel_perturbation(model, x, y, mask.float(), fractions=(0.1,), order="most", fill=0.0)
+    worst = pixel_perturbation(
+        model, x, mask.float(), target=y, fractions=(0.1,), order="most", baselines=0.0
+    )
     assert worst.accuracy.item() == pytest.approx(float((y == 0).double().mean()))
 
 
@@ -136,8 +143,8 @@ def test_oracle_attribution_keeps_accuracy_where_random_loses_it(block_model, un
     oracle = mask.float() * x  # the digit's own pixels
     random = torch.rand(x.shape, generator=g)
     with untouched(net):
-        good = pixel_perturbation(net, x, y, oracle, fractions=(0.5, 0.75))
-        bad = pixel_perturbation(net, x, y, random, fractions=(0.5, 0.75))
+        good = pixel_perturbation(net, x, oracle, target=y, fractions=(0.5, 0.75))
+        bad = pixel_perturbation(net, x, random, target=y, fractions=(0.5, 0.75))
     assert good.baseline_accuracy == bad.baseline_accuracy > 0.9
     assert bool((good.accuracy >= bad.accuracy).all()), (good.accuracy, bad.accuracy)
     # removing 75% of the pixels (the null block and the signal block's background) with the
@@ -155,8 +162,10 @@ def test_cross_model_setting_and_callable_attributions(block_model, untouched):
     sal_a = Saliency(net_a)
     pre = sal_a.attribute(x, target=y).detach()
     with untouched(net_a), untouched(net_b):
-        res = pixel_perturbation(net_b, x, y, sal_a.attribute, fractions=(0.3, 0.6), batch_size=16)
-    ref = pixel_perturbation(net_b, x, y, pre, fractions=(0.3, 0.6))
+        res = pixel_perturbation(
+            net_b, x, sal_a.attribute, target=y, fractions=(0.3, 0.6), max_examples_per_batch=16
+        )
+    ref = pixel_perturbation(net_b, x, pre, target=y, fractions=(0.3, 0.6))
     assert torch.equal(res.accuracy, ref.accuracy)
     assert torch.allclose(res.label_prob, ref.label_prob)  # batch size changes the last digits
 
@@ -178,10 +187,10 @@ def test_tuple_inputs_are_ranked_jointly_and_additional_args():
     res = pixel_perturbation(
         model,
         (a, b),
-        [0, 1, 1],
         (attr_a, attr_b),
+        target=[0, 1, 1],
         fractions=(3 / 7,),
-        fill=0.0,
+        baselines=0.0,
         additional_forward_args=(1.0,),
     )
     assert res.units == 7 and res.counts == (3,)
@@ -194,7 +203,7 @@ def test_tuple_inputs_are_ranked_jointly_and_additional_args():
 def test_float64_inputs():
     x = torch.rand(5, 1, 3, 3, dtype=torch.float64)
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 3)).double()
-    res = pixel_perturbation(model, x, torch.tensor([0, 1, 2, 0, 1]), torch.rand_like(x))
+    res = pixel_perturbation(model, x, torch.rand_like(x), target=torch.tensor([0, 1, 2, 0, 1]))
     assert res.accuracy.dtype == torch.float64 and len(res.fractions) == 10
 
 
@@ -207,24 +216,22 @@ def test_errors():
     attr = torch.rand_like(x)
     for bad in ((0.0,), (0.5, 1.2), ()):
         with pytest.raises(ValueError, match="fractions"):
-            pixel_perturbation(model, x, 0, attr, fractions=bad)
+            pixel_perturbation(model, x, attr, target=0, fractions=bad)
     with pytest.raises(ValueError, match="shaped like"):
-        pixel_perturbation(model, x, 0, attr[:, :, :2])
+        pixel_perturbation(model, x, attr[:, :, :2], target=0)
     with pytest.raises(ValueError, match="order"):
-        pixel_perturbation(model, x, 0, attr, order="random")
+        pixel_perturbation(model, x, attr, target=0, order="random")
     with pytest.raises(ValueError, match="entries"):
-        pixel_perturbation(model, x, [0, 1], attr)
+        pixel_perturbation(model, x, attr, target=[0, 1])
     with pytest.raises(ValueError, match="empty"):
-        pixel_perturbation(model, x[:0], 0, attr[:0])
+        pixel_perturbation(model, x[:0], attr[:0], target=0)
     with pytest.raises(ValueError, match="aggregate"):
-        pixel_perturbation(model, x, 0, attr, aggregate="mean")
+        pixel_perturbation(model, x, attr, target=0, aggregate="mean")
     with pytest.raises(ValueError, match="NaN"):
-        pixel_perturbation(model, x, 0, attr * float("nan"))
-    with pytest.raises(ValueError, match="labels are required"):
-        pixel_perturbation(model, x, None, attr)
+        pixel_perturbation(model, x, attr * float("nan"), target=0)
     train_mode = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(9, 2)).train()
-    with pytest.warns(UserWarning, match="eval"):
-        pixel_perturbation(train_mode, x, 0, attr, fractions=(0.5,))
+    with pytest.raises(ValueError, match="eval"):
+        pixel_perturbation(train_mode, x, attr, target=0, fractions=(0.5,))
 
 
 def test_result_object_and_plot():
@@ -233,7 +240,7 @@ def test_result_object_and_plot():
     matplotlib.use("Agg")
     x = torch.rand(6, 1, 2, 2)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
-    res = pixel_perturbation(model, x, 1, torch.rand_like(x), fractions=(0.25, 0.5))
+    res = pixel_perturbation(model, x, torch.rand_like(x), target=1, fractions=(0.25, 0.5))
     assert isinstance(res, PixelPerturbationResult) and res.fractions == (0.25, 0.5)
     json.dumps(res.to_dict())
     ax = res.plot(label="random")

@@ -1,4 +1,6 @@
-"""Pure tensor functions for attribution-ranked masking (no models, no I/O).
+"""The one masking engine of the metrics: ranking, aggregation over channels, fill, unmasking.
+
+Pure tensor functions (no models, no I/O), used by pixel perturbation, AOPC, top-k leakage and DiffROAR.
 
 Vocabulary: an *attribution* has the shape of the input. A *unit* is what gets ranked and removed:
 either every coordinate on its own (``aggregate="abs"`` or ``"signed"``, the DiffROAR paper's
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,9 +28,14 @@ from torch import Tensor
 __all__ = [
     "AGGREGATES",
     "DIFF_ROAR_FRACTIONS",
+    "UnitLayout",
     "apply_fill",
     "check_fractions",
     "count_for_fraction",
+    "counts_for_fractions",
+    "format_baselines",
+    "select_baselines",
+    "unmask",
     "keep_mask_from_rank",
     "rank_units",
     "relevance_scores",
@@ -119,10 +128,7 @@ def unit_shape(input_shape: Sequence[int], aggregate: str, channel_dim: int = 1)
     _check_aggregate(aggregate)
     shape = list(input_shape[1:])
     if aggregate in _PER_PIXEL and len(input_shape) > 2:
-        cd = channel_dim % len(input_shape)
-        if cd == 0:
-            raise ValueError("channel_dim must not be the batch dimension")
-        shape[cd - 1] = 1
+        shape[_channel_axis(len(input_shape), channel_dim) - 1] = 1
     return tuple(shape)
 
 
@@ -163,9 +169,7 @@ def relevance_scores(attributions: Tensor, aggregate: str = "abs", channel_dim: 
         a = a.unsqueeze(1)
         cd = 1
     else:
-        cd = channel_dim % a.dim()
-        if cd == 0:
-            raise ValueError("channel_dim must not be the batch dimension")
+        cd = _channel_axis(a.dim(), channel_dim)
     if aggregate == "abs_sum":
         s = a.abs().sum(dim=cd)
     elif aggregate == "sum":
@@ -274,7 +278,7 @@ def apply_fill(inputs: Tensor, keep: Tensor, fill: float | str | Tensor, channel
         elif fill == "channel_mean":
             if inputs.dim() < 3:
                 raise ValueError("fill='channel_mean' needs inputs with a channel dimension")
-            cd = channel_dim % inputs.dim()
+            cd = _channel_axis(inputs.dim(), channel_dim)
             dims = tuple(d for d in range(1, inputs.dim()) if d != cd)
             value = inputs.mean(dim=dims, keepdim=True)
         else:
@@ -293,3 +297,229 @@ def apply_fill(inputs: Tensor, keep: Tensor, fill: float | str | Tensor, channel
         raise TypeError(f"fill must be a number, 'mean', 'channel_mean' or a tensor; got {fill!r}")
     value = torch.tensor(float(fill), dtype=inputs.dtype, device=inputs.device)
     return torch.where(keep, inputs, value)
+
+
+def counts_for_fractions(fractions: Iterable[float], total: int, what: str = "kept") -> tuple[int, ...]:
+    """Unit counts of validated ``fractions`` of ``total``; each must stand for at least one unit.
+
+    Args:
+        fractions: fractions in ``(0, 1]`` (see :func:`check_fractions`).
+        total: units per example.
+        what: what the count is (``"kept"``, ``"removed"``) for the error message.
+
+    Returns:
+        One count per fraction (:func:`count_for_fraction`), each in ``[1, total]``.
+
+    Raises:
+        ValueError: for a fraction that rounds to 0 units (it would score an empty or unchanged
+            input), naming the smallest usable fraction ``1 / (2 * total)``.
+
+    Examples:
+        >>> counts_for_fractions((0.1, 0.5), 10)
+        (1, 5)
+        >>> try:
+        ...     counts_for_fractions((1e-6,), 10)
+        ... except ValueError as e:
+        ...     print(str(e)[:58])
+        fractions [1e-06] stand for 0 of the 10 units per example
+    """
+    fracs = check_fractions(fractions)
+    counts = tuple(count_for_fraction(f, total) for f in fracs)
+    zero = [f for f, k in zip(fracs, counts, strict=True) if k == 0]
+    if zero:
+        raise ValueError(
+            f"fractions {zero} stand for 0 of the {total} units per example (nothing {what}); every "
+            f"fraction must be at least {1 / (2 * total):.3g} (counts round half up)"
+        )
+    return counts
+
+
+def _channel_axis(ndim: int, channel_dim: int) -> int:
+    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or not -ndim <= channel_dim < ndim:
+        raise ValueError(f"channel_dim {channel_dim!r} is not a dimension of a {ndim}-d input")
+    cd = channel_dim % ndim
+    if cd == 0:
+        raise ValueError("channel_dim must not be the batch dimension")
+    return cd
+
+
+@dataclass(frozen=True)
+class UnitLayout:
+    """How the units of one or several inputs are laid out: ranking and masking of tuple inputs.
+
+    The units of all inputs are ranked together: scores are concatenated to ``(N, P)`` with
+    ``P = sum(sizes)``, and a ``(N, P)`` unit mask is split back into one mask per input.
+
+    Attributes:
+        grids: per input, the per-example unit grid (:func:`unit_shape`).
+        sizes: per input, the number of units per example.
+        aggregate: the relevance of a unit (see :func:`relevance_scores`).
+        channel_dim: the channel dimension of per-pixel aggregates.
+
+    Examples:
+        >>> layout = UnitLayout.of((torch.zeros(2, 3, 4, 4),), "abs_sum")
+        >>> layout.grids, layout.total
+        (((1, 4, 4),), 16)
+    """
+
+    grids: tuple[tuple[int, ...], ...]
+    sizes: tuple[int, ...]
+    aggregate: str
+    channel_dim: int
+
+    @staticmethod
+    def of(inputs: tuple[Tensor, ...], aggregate: str = "abs_sum", channel_dim: int = 1) -> UnitLayout:
+        """The layout of ``inputs`` (a tuple of batch-first tensors)."""
+        grids = tuple(unit_shape(x.shape, aggregate, channel_dim) for x in inputs)
+        sizes = tuple(int(math.prod(g)) for g in grids)
+        return UnitLayout(grids, sizes, aggregate, channel_dim)
+
+    @property
+    def total(self) -> int:
+        """Units per example over all inputs."""
+        return sum(self.sizes)
+
+    def scores(self, attributions: tuple[Tensor, ...]) -> Tensor:
+        """``(N, P)`` float64 relevance of every unit, on the CPU (see :func:`relevance_scores`)."""
+        return torch.cat(
+            [
+                relevance_scores(a.detach().to(torch.float64), self.aggregate, self.channel_dim).cpu()
+                for a in attributions
+            ],
+            dim=1,
+        )
+
+    def to_inputs(self, unit_mask: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Split a ``(n, P)`` unit mask into boolean masks shaped like each of ``inputs`` (``n`` rows)."""
+        pieces = torch.split(unit_mask, list(self.sizes), dim=1)
+        return tuple(
+            unit_mask_to_input(m.to(x.device), x.shape, g)
+            for m, x, g in zip(pieces, inputs, self.grids, strict=True)
+        )
+
+    def fill(
+        self, inputs: tuple[Tensor, ...], keep_units: Tensor, baselines: tuple[str | Tensor, ...]
+    ) -> tuple[Tensor, ...]:
+        """Keep the units in ``keep_units`` (``(n, P)`` bool) and fill the rest with ``baselines``
+        (one entry per input, already selected for these ``n`` examples; see :func:`select_baselines`)."""
+        keeps = self.to_inputs(keep_units, inputs)
+        return tuple(
+            apply_fill(x, k, b, self.channel_dim) for x, k, b in zip(inputs, keeps, baselines, strict=True)
+        )
+
+
+def format_baselines(
+    baselines: Any, inputs: tuple[Tensor, ...], name: str = "baselines"
+) -> tuple[str | Tensor, ...]:
+    """Validate fill values / baselines against the WHOLE input (all ``N`` examples), one per input.
+
+    Accepted, as in Captum, for every input (or a tuple with one entry per input): a number;
+    ``"mean"`` (each example's mean over its coordinates) or ``"channel_mean"`` (each example's mean
+    per channel); a tensor shaped like one example (``x.shape[1:]``, or anything broadcastable to
+    it); a tensor ``(1, ...)`` shared by all examples; or a per-example tensor ``(N, ...)``.
+    ``None`` means 0, Captum's default.
+
+    Args:
+        baselines: the baselines.
+        inputs: the inputs, batch first.
+        name: the argument's name in error messages.
+
+    Returns:
+        One entry per input: a fill string, or a finite tensor on the input's device and dtype with
+        as many dimensions as the input and a batch dimension of 1 (shared) or ``N`` (per example).
+
+    Raises:
+        ValueError: a tensor that fits neither one example nor all ``N`` examples, NaN values, a
+            tuple of the wrong length, an unknown string.
+        TypeError: anything else.
+
+    Examples:
+        >>> x = torch.zeros(4, 2)
+        >>> format_baselines(1.0, (x,))[0]
+        tensor([[1.]])
+        >>> try:
+        ...     format_baselines(torch.zeros(2, 2), (x,))
+        ... except ValueError as e:
+        ...     print(str(e)[:60])
+        baselines of shape (2, 2) fits neither one example (2,) nor
+    """
+    if isinstance(baselines, tuple):
+        if len(baselines) != len(inputs):
+            raise ValueError(f"{name} has {len(baselines)} entries for {len(inputs)} input tensor(s)")
+        return tuple(
+            format_baselines(b, (x,), f"{name}[{i}]")[0]
+            for i, (b, x) in enumerate(zip(baselines, inputs, strict=True))
+        )
+    out: list[str | Tensor] = []
+    for x in inputs:
+        n = x.shape[0]
+        if baselines is None:
+            baselines = 0.0
+        if isinstance(baselines, str):
+            if baselines not in ("mean", "channel_mean"):
+                raise ValueError(
+                    f"{name} must be a number, 'mean', 'channel_mean' or a tensor; got {baselines!r}"
+                )
+            if baselines == "channel_mean" and x.dim() < 3:
+                raise ValueError(
+                    f"{name}='channel_mean' needs inputs with a channel dimension, got {tuple(x.shape)}"
+                )
+            out.append(baselines)
+            continue
+        if isinstance(baselines, bool) or not isinstance(baselines, (int, float, Tensor)):
+            raise TypeError(
+                f"{name} must be a number, 'mean', 'channel_mean', a tensor or a tuple of these; "
+                f"got {type(baselines).__name__}"
+            )
+        b = torch.as_tensor(baselines).to(device=x.device, dtype=x.dtype)
+        if not torch.isfinite(b).all():
+            raise ValueError(f"{name} contain NaN or infinite values")
+        example = tuple(x.shape[1:])
+        fits = False
+        try:
+            if b.dim() == x.dim():
+                fits = (
+                    b.shape[0] in (1, n) and torch.broadcast_shapes(b.shape[1:], x.shape[1:]) == x.shape[1:]
+                )
+            elif b.dim() < x.dim():
+                fits = torch.broadcast_shapes(b.shape, x.shape[1:]) == x.shape[1:]
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{name} of shape {tuple(b.shape)} fits neither one example {example} nor all {n} examples "
+                f"{(n, *example)} of the input (per-example baselines need one row per example)"
+            )
+        out.append(b.reshape((1,) * (x.dim() - b.dim()) + tuple(b.shape)))  # batch dim: 1 or N
+    return tuple(out)
+
+
+def select_baselines(baselines: tuple[str | Tensor, ...], n: int, index: Tensor) -> tuple[str | Tensor, ...]:
+    """The rows ``index`` of per-example baselines (from :func:`format_baselines` for ``n`` examples)."""
+    return tuple(
+        b.index_select(0, index.to(b.device)) if isinstance(b, Tensor) and b.shape[0] == n > 1 else b
+        for b in baselines
+    )
+
+
+def unmask(
+    inputs: Tensor, keep_units: Tensor, units: Sequence[int], fill: float | str | Tensor, channel_dim: int = 1
+) -> Tensor:
+    """Unmasked inputs ``x^S``: keep the units in ``keep_units`` (``(N, P)`` bool), fill the rest.
+
+    Args:
+        inputs: ``(N, ...)`` inputs.
+        keep_units: ``(N, P)`` boolean mask over units.
+        units: the per-example unit grid (see :func:`unit_shape`).
+        fill: fill value (see :func:`apply_fill`).
+        channel_dim: the channel dimension (for ``fill="channel_mean"``).
+
+    Returns:
+        A tensor like ``inputs``.
+
+    Examples:
+        >>> unmask(torch.tensor([[1.0, 2.0]]), torch.tensor([[False, True]]), (2,), 0.0)
+        tensor([[0., 2.]])
+    """
+    keep = unit_mask_to_input(keep_units.to(inputs.device), inputs.shape, units)
+    return apply_fill(inputs, keep, fill, channel_dim)

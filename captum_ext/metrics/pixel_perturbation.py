@@ -10,52 +10,60 @@ Attributions may come from another model than the one scored (the paper's cross-
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from captum.log import log_usage
+from torch import Tensor
 
-from .._format import (
-    expand_target,
-    format_additional_args,
-    format_inputs,
-    run_forward,
-    select_additional_args,
+from .._format import format_additional_args, format_inputs, run_forward, select_additional_args
+from ._attribution import check_like
+from ._common import (
+    NOT_IN_DICT,
+    MetricResult,
+    TargetLike,
+    check_batch_size,
+    check_eval_mode,
+    check_finite,
+    check_labels,
+    check_not_empty,
+    compute_attributions,
+    forward_batched,
 )
-from .._model_state import has_stochastic_or_batch_layers
-from ._attribution import call_attribution, check_like
 from ._masking import (
-    apply_fill,
-    check_fractions,
-    count_for_fraction,
+    UnitLayout,
+    counts_for_fractions,
+    format_baselines,
     keep_mask_from_rank,
     rank_units,
-    relevance_scores,
-    unit_mask_to_input,
-    unit_shape,
+    select_baselines,
 )
 
-__all__ = ["PixelPerturbationResult", "pixel_perturbation"]
+__all__ = ["PIXEL_FRACTIONS", "PixelPerturbationResult", "pixel_perturbation"]
 
 PIXEL_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass(frozen=True, eq=False)
-class PixelPerturbationResult:
+class PixelPerturbationResult(MetricResult):
     """Outcome of :func:`pixel_perturbation`.
 
     Attributes:
-        fractions: fractions of pixels removed.
-        accuracy: ``(F,)`` accuracy after removing each fraction.
-        label_prob: ``(F,)`` mean softmax probability of the label after removal.
+        fractions: fractions of pixels removed, ``F`` of them.
+        accuracy: ``(F,)`` accuracy after removing each fraction (mean of ``correct``).
+        label_prob: ``(F,)`` mean softmax probability of the target after removal.
         counts: pixels (units) removed per example at each fraction.
         units: pixels (units) per example.
         baseline_accuracy: accuracy on the unperturbed inputs.
-        baseline_label_prob: mean label probability on the unperturbed inputs.
+        baseline_label_prob: mean target probability on the unperturbed inputs.
         order: ``"least"`` or ``"most"`` (which pixels were removed first).
+        correct: ``(F, N)`` per-example hits (prediction == target) after each removal.
+        probs: ``(F, N)`` per-example target probability after each removal (float64).
+        baseline_correct: ``(N,)`` hits on the unperturbed inputs.
+        baseline_probs: ``(N,)`` target probabilities on the unperturbed inputs.
+        target: ``(N,)`` the classes scored.
     """
 
     fractions: tuple[float, ...]
@@ -66,35 +74,24 @@ class PixelPerturbationResult:
     baseline_accuracy: float
     baseline_label_prob: float
     order: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly summary."""
-        return {
-            "fractions": list(self.fractions),
-            "accuracy": self.accuracy.tolist(),
-            "label_prob": self.label_prob.tolist(),
-            "counts": list(self.counts),
-            "units": self.units,
-            "baseline_accuracy": self.baseline_accuracy,
-            "baseline_label_prob": self.baseline_label_prob,
-            "order": self.order,
-        }
+    correct: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    probs: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    baseline_correct: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    baseline_probs: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    target: Tensor = field(repr=False, metadata=NOT_IN_DICT)
 
     def plot(self, ax: Any = None, label: str | None = None, prob: bool = False) -> Any:
-        """Plot accuracy (or mean label probability) against the fraction of pixels removed.
+        """Plot accuracy (or mean target probability) against the fraction of pixels removed.
 
         Args:
             ax: matplotlib ``Axes`` (a new figure when ``None``).
             label: legend label.
-            prob: plot the mean label probability instead of the accuracy.
+            prob: plot the mean target probability instead of the accuracy.
 
         Returns:
             The matplotlib ``Axes``.
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
+        ax = self._axes(ax)
         x = [0.0] + [100 * f for f in self.fractions]
         base = self.baseline_label_prob if prob else self.baseline_accuracy
         y = [base] + (self.label_prob if prob else self.accuracy).tolist()
@@ -106,162 +103,146 @@ class PixelPerturbationResult:
         return ax
 
 
+@log_usage()
 def pixel_perturbation(
     forward_func: Callable[..., Tensor],
     inputs: Tensor | tuple[Tensor, ...],
-    labels: Any,
     attributions: Tensor | tuple[Tensor, ...] | Callable[..., Any],
+    *,
+    target: TargetLike = None,
+    additional_forward_args: Any = None,
+    baselines: Any = "mean",
+    max_examples_per_batch: int | None = None,
     fractions: Iterable[float] = PIXEL_FRACTIONS,
     order: str = "least",
-    fill: float | str | Tensor = "mean",
-    *,
     aggregate: str = "abs_sum",
     channel_dim: int = 1,
-    additional_forward_args: Any = None,
-    batch_size: int = 256,
     seed: int = 0,
-    progress: bool = False,
+    show_progress: bool = False,
 ) -> PixelPerturbationResult:
     """Discriminative pixel perturbation: accuracy after removing the least relevant pixels.
 
     For every fraction ``f`` exactly ``round_half_up(f * P)`` of the ``P`` pixels of each example
-    (see :func:`~captum_ext.metrics._masking.count_for_fraction`) are replaced by ``fill``: the
-    ones with the lowest relevance (``order="least"``, the paper's test: a good attribution keeps
-    the accuracy) or the highest (``order="most"``: a good attribution destroys it). A pixel's
-    relevance aggregates its channels (sum of absolute values by default); ties are broken at random
-    with ``seed``. For a tuple of inputs all their pixels are ranked together.
+    (see :func:`~captum_ext.metrics._masking.count_for_fraction`; at least one) are replaced by the
+    ``baselines``: the ones with the lowest relevance (``order="least"``, the paper's test: a good
+    attribution keeps the accuracy) or the highest (``order="most"``: a good attribution destroys it).
+    A pixel's relevance aggregates its channels (sum of absolute values by default); ties are broken
+    at random with ``seed``, over the whole input at once, so the result does not depend on
+    ``max_examples_per_batch``. For a tuple of inputs all their pixels are ranked together.
 
     Args:
         forward_func: the model (or any function) returning ``(batch, classes)`` scores; softmax of
-            these gives the label probability. It may differ from the model that produced the
-            attributions (cross-model setting).
+            these gives the target probability. It may differ from the model that produced the
+            attributions (cross-model setting). A module with BatchNorm/Dropout in training mode is
+            refused (``ValueError``); the model is never changed.
         inputs: a tensor or tuple of tensors, batch first (``(N, C, H, W)`` for images).
-        labels: the classes to score, in any form of Captum's ``target`` (int, list, tensor).
-        attributions: tensors shaped like ``inputs``, or a callable ``(inputs, target) ->
-            attributions`` (e.g. a Captum attribution's ``attribute``), called with
-            ``target=labels`` in batches.
-        fractions: fractions of pixels removed, in ``(0, 1]``.
+        attributions: tensors shaped like ``inputs``, or a callable ``(inputs, target=...) ->
+            attributions`` (e.g. a Captum attribution's ``attribute``), called in batches with the
+            target (and ``additional_forward_args`` when given).
+        target: the classes the accuracy is measured against (usually the true labels), in any
+            Captum form for a classifier (int, list, tensor ``(N,)``); ``None`` uses the model's
+            predictions on the unperturbed inputs (baseline accuracy 1).
+        additional_forward_args: Captum-style extra arguments of ``forward_func``.
+        baselines: the fill of removed pixels: ``"mean"`` (each example's mean value, the paper's
+            choice), ``"channel_mean"``, a number, a tensor shaped like one example, or a
+            per-example tensor ``(N, ...)`` (checked against the whole input), or a tuple of these
+            for tuple inputs.
+        max_examples_per_batch: examples per forward pass (and per attribution call); ``None``:
+            all at once.
+        fractions: fractions of pixels removed, in ``(0, 1]``; each must remove at least one pixel.
         order: ``"least"`` (default) or ``"most"`` relevant pixels removed.
-        fill: ``"mean"`` (each image's mean value, the paper's choice), ``"channel_mean"``, a
-            number, or a tensor broadcastable to the inputs.
         aggregate: relevance of a pixel: ``"abs_sum"`` (default), ``"sum"``, ``"abs_max"``, ``"l2"``
             over ``channel_dim``, or ``"abs"`` / ``"signed"`` to rank every coordinate on its own.
-        channel_dim: the channel dimension of the inputs.
-        additional_forward_args: Captum-style extra arguments of ``forward_func``.
-        batch_size: examples per forward pass (and per attribution call).
+        channel_dim: the channel dimension of the inputs (for ``aggregate`` and ``"channel_mean"``).
         seed: seed of the random tie-breaking.
-        progress: tqdm progress bar over batches.
+        show_progress: tqdm progress bar over batches.
 
     Returns:
-        A :class:`PixelPerturbationResult` with ``.fractions``, ``.accuracy``, ``.label_prob``,
-        the baselines and ``.plot()``.
+        A :class:`PixelPerturbationResult` with the curves (``.accuracy``, ``.label_prob``), the
+        per-example values (``.correct``, ``.probs``), the unperturbed baselines and ``.plot()``.
 
     Raises:
-        ValueError: empty inputs, attributions not shaped like the inputs, fractions outside
-            ``(0, 1]``, labels of the wrong length, unknown ``order``/``aggregate``/``fill``.
+        ValueError: empty or NaN inputs/attributions, attributions not shaped like the inputs,
+            fractions outside ``(0, 1]`` or removing no pixel, targets of the wrong length or out of
+            range, baselines that fit neither one example nor all ``N``, a train-mode model, unknown
+            ``order``/``aggregate``.
 
     Examples:
         >>> from captum.attr import Saliency
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
         >>> x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
-        >>> res = pixel_perturbation(net, x, y, Saliency(net).attribute, fractions=(0.25, 0.5))
-        >>> res.accuracy.shape
-        torch.Size([2])
+        >>> res = pixel_perturbation(net, x, Saliency(net).attribute, target=y, fractions=(0.25, 0.5))
+        >>> res.accuracy.shape, res.correct.shape
+        (torch.Size([2]), torch.Size([2, 8]))
     """
+    check_eval_mode(forward_func)
     if order not in ("least", "most"):
         raise ValueError(f"order must be 'least' or 'most', got {order!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fracs = check_fractions(fractions)
+    check_batch_size(max_examples_per_batch)
     xs, is_tuple = format_inputs(inputs)
-    n = xs[0].shape[0]
-    if n == 0:
-        raise ValueError("inputs are empty: need at least one example")
-    if any(x.dim() < 2 for x in xs):
-        raise ValueError("inputs must be (N, ...) with at least one feature dimension")
-    if isinstance(forward_func, nn.Module) and has_stochastic_or_batch_layers(forward_func):
-        warnings.warn(
-            "forward_func is in training mode with dropout/batch-norm layers; accuracies will be "
-            "noisy and batch-norm statistics would change: call model.eval() first",
-            stacklevel=2,
-        )
+    n = check_not_empty(xs)
+    check_finite(xs, "inputs")
+    layout = UnitLayout.of(xs, aggregate, channel_dim)
+    counts = counts_for_fractions(fractions, layout.total, "removed")
+    fracs = (
+        tuple(float(f) for f in fractions) if not isinstance(fractions, (int, float)) else (float(fractions),)
+    )
+    fills = format_baselines(baselines, xs)
     extra = format_additional_args(additional_forward_args)
+    bs = n if max_examples_per_batch is None else max_examples_per_batch
 
-    with torch.no_grad():
-        first = select_additional_args(extra, n, torch.tensor([0]))
-        probe = run_forward(forward_func, tuple(x[:1] for x in xs), first)
-    target = expand_target(labels, n, probe.shape[1], probe.device)
-    if target is None:
-        raise ValueError("labels are required (the accuracy is measured against them)")
+    clean = forward_batched(forward_func, xs, extra, max_examples_per_batch).to(torch.float64)
+    tgt = clean.argmax(dim=1) if target is None else check_labels(target, n, clean.shape[1])
+    tgt = tgt.to(clean.device)
+    base_correct = (clean.argmax(dim=1) == tgt).cpu()
+    base_probs = torch.softmax(clean, dim=1).gather(1, tgt[:, None])[:, 0].cpu()
 
     if callable(attributions):
-        attrs = call_attribution(attributions, xs, is_tuple, target, batch_size, additional_forward_args)
+        attrs = compute_attributions(
+            attributions,
+            inputs,
+            tgt.to(xs[0].device),
+            additional_forward_args=additional_forward_args,
+            max_examples_per_batch=max_examples_per_batch,
+        )
     else:
-        attrs = attributions if isinstance(attributions, tuple) else (attributions,)
-    check_like(attrs, xs, "pixel_perturbation")
-    unit_grids = [unit_shape(x.shape, aggregate, channel_dim) for x in xs]
-    sizes = [int(torch.Size(u).numel()) for u in unit_grids]
-    total = sum(sizes)
-    counts = tuple(count_for_fraction(f, total) for f in fracs)
+        attrs = attributions
+    attrs_t = attrs if isinstance(attrs, tuple) else (attrs,)
+    check_like(attrs_t, xs, "attributions")
+    check_finite(attrs_t, "attributions")
+    rank = rank_units(layout.scores(attrs_t), torch.Generator().manual_seed(seed))
+    which = "bottom" if order == "least" else "top"
 
-    gen = torch.Generator().manual_seed(seed)
-    correct = torch.zeros(len(fracs), dtype=torch.float64)
-    prob_sum = torch.zeros(len(fracs), dtype=torch.float64)
-    base_correct = 0.0
-    base_prob = 0.0
+    correct = torch.zeros(len(counts), n, dtype=torch.bool)
+    probs = torch.zeros(len(counts), n, dtype=torch.float64)
     from tqdm.auto import tqdm
 
-    starts = range(0, n, batch_size)
+    starts = range(0, n, bs)
     with torch.no_grad():
-        for start in tqdm(starts, desc="pixel perturbation", disable=not progress, leave=False):
-            idx = torch.arange(start, min(n, start + batch_size))
-            xb = tuple(x[start : start + batch_size] for x in xs)
-            ab = tuple(a[start : start + batch_size] for a in attrs)
-            tb = target[start : start + batch_size]
+        for start in tqdm(starts, desc="pixel perturbation", disable=not show_progress, leave=False):
+            idx = torch.arange(start, min(n, start + bs))
+            xb = tuple(x[start : start + bs] for x in xs)
+            fb = select_baselines(fills, n, idx)
             args_b = select_additional_args(extra, n, idx)
-            scores = torch.cat(
-                [relevance_scores(a.to(torch.float64), aggregate, channel_dim).cpu() for a in ab],
-                dim=1,
-            )
-            rank = rank_units(scores, gen)
-            hit, prob = _score(forward_func, xb, args_b, tb)
-            base_correct += hit
-            base_prob += prob
+            tb = tgt[start : start + bs]
             for j, k in enumerate(counts):
-                removed = keep_mask_from_rank(rank, k, "bottom" if order == "least" else "top")
-                pieces = torch.split(~removed, sizes, dim=1)
-                perturbed = tuple(
-                    apply_fill(
-                        x,
-                        unit_mask_to_input(keep.to(x.device), x.shape, grid),
-                        fill,
-                        channel_dim,
-                    )
-                    for x, keep, grid in zip(xb, pieces, unit_grids, strict=True)
-                )
-                hit, prob = _score(forward_func, perturbed, args_b, tb)
-                correct[j] += hit
-                prob_sum[j] += prob
+                keep = ~keep_mask_from_rank(rank[start : start + bs], k, which)
+                out = run_forward(forward_func, layout.fill(xb, keep, fb), args_b).to(torch.float64)
+                t = tb.to(out.device)
+                correct[j, idx] = (out.argmax(dim=1) == t).cpu()
+                probs[j, idx] = torch.softmax(out, dim=1).gather(1, t[:, None])[:, 0].cpu()
     return PixelPerturbationResult(
         fractions=fracs,
-        accuracy=correct / n,
-        label_prob=prob_sum / n,
+        accuracy=correct.to(torch.float64).mean(dim=1),
+        label_prob=probs.mean(dim=1),
         counts=counts,
-        units=total,
-        baseline_accuracy=base_correct / n,
-        baseline_label_prob=base_prob / n,
+        units=layout.total,
+        baseline_accuracy=float(base_correct.to(torch.float64).mean()),
+        baseline_label_prob=float(base_probs.mean()),
         order=order,
+        correct=correct,
+        probs=probs,
+        baseline_correct=base_correct,
+        baseline_probs=base_probs,
+        target=tgt.cpu(),
     )
-
-
-def _score(
-    forward_func: Callable[..., Tensor],
-    xs: tuple[Tensor, ...],
-    args: tuple[Any, ...],
-    target: Tensor,
-) -> tuple[float, float]:
-    out = run_forward(forward_func, xs, args)
-    t = target.to(out.device)
-    hits = float((out.argmax(dim=1) == t).sum())
-    probs = torch.softmax(out.to(torch.float64), dim=1).gather(1, t[:, None]).sum()
-    return hits, float(probs)
