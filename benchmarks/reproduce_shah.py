@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))
 
 from benchmarks._repro import (  # noqa: E402
     Stopwatch,
@@ -44,9 +44,12 @@ from benchmarks._repro import (  # noqa: E402
     claim,
     loss_input_gradient,
     make_parser,
+    mean_std,
     one_hidden_mlp,
+    pm,
     png_path,
     print_claims,
+    seed_list,
     sgd_train,
     signal_rank_fractions,
     summary,
@@ -57,6 +60,8 @@ from captum_ext.metrics import diff_roar, feature_leakage  # noqa: E402
 from captum_ext.regularizers import PGDAdversarialTraining  # noqa: E402
 from captum_ext.training import MLPFactory, Trainer, evaluate, fit  # noqa: E402
 
+TOY_VARIANTS = ("standard_sgd", "standard_adam", "robust_sgd")
+SEC6_VARIANTS = ("standard_sgd", "linear_sgd", "robust_sgd")
 AUTHORS_TOY = {"standard": {"top": 0.041, "bottom": 0.562}, "robust": {"top": 1.0, "bottom": 0.0}}
 
 
@@ -69,22 +74,44 @@ def saliency(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 # (a) toy set
 
 
-def run_toy(args) -> dict:
+def toy_stats(g: Tensor, signal: Tensor, signal_dims: int) -> dict[str, float]:
+    """Rank statistics of ``|gradient|`` plus the Sec. 6 quantities: share of the |gradient| mass on
+    the noise coordinates ``>= signal_dims`` and the ratio of the signal coordinate's |gradient| to
+    the mean |gradient| of the other task-relevant coordinates (Theorem 1: 1, i.e. feature leakage)."""
+    stats = signal_rank_fractions(g, signal)
+    a = g.double()
+    total = a.sum(1).clamp_min(1e-300)
+    stats["noise_share"] = float((a[:, signal_dims:].sum(1) / total).mean())
+    rel = a[:, :signal_dims]
+    sig = rel.gather(1, signal.long().view(-1, 1))[:, 0]
+    others = (rel.sum(1) - sig) / max(signal_dims - 1, 1)
+    stats["signal_vs_relevant"] = float((sig / others.clamp_min(1e-300)).median())
+    # input-agnostic gradients (linear models): spread across points of the normalised |gradient|
+    prof = a / total[:, None]
+    stats["across_point_std"] = float(prof.std(0).mean())
+    return stats
+
+
+def run_toy(args, signal_dims: int = 10, variants: tuple[str, ...] = TOY_VARIANTS) -> dict:
+    """The toy set ``x = y e_j`` with ``j`` uniform over the first ``signal_dims`` of 10 coordinates
+    (10: the authors' notebook; 5: the paper's Sec. 6 / eq. (2) with d = 10)."""
     d, width = 10, args.toy_width
     n_train, steps = (500, 150) if args.quick else (args.toy_train, args.toy_steps)
-    x_tr, y_tr, _ = SignedBasisToy(n_train, d=d, signal_dims=d, seed=args.seed).tensors()
-    test = SignedBasisToy(1000, d=d, signal_dims=d, seed=args.seed + 1)
-    x_te, y_te, _ = test.tensors()
-    seeds = [args.seed + i for i in range(1 if args.quick else args.toy_seeds)]
+    seeds = seed_list(args)
     out: dict = {"runs": {}, "maps": {}}
     eps = args.toy_eps
-    for variant in ("standard_sgd", "standard_adam", "robust_sgd"):
+    test0 = None
+    for variant in variants:
         rows = []
-        for s in seeds if variant != "robust_sgd" else seeds[:1]:
+        for s in seeds:
+            x_tr, y_tr, _ = SignedBasisToy(n_train, d=d, signal_dims=signal_dims, seed=s).tensors()
+            test = SignedBasisToy(1000, d=d, signal_dims=signal_dims, seed=1000 + s)
+            x_te, y_te, _ = test.tensors()
+            test0 = test0 or test
             torch.manual_seed(s)
-            net = one_hidden_mlp(d, width, 2)
+            net = nn.Linear(d, 2) if variant == "linear_sgd" else one_hidden_mlp(d, width, 2)
             with Stopwatch() as t:
-                if variant == "standard_sgd":
+                if variant in ("standard_sgd", "linear_sgd"):
                     sgd_train(
                         net,
                         x_tr,
@@ -134,24 +161,25 @@ def run_toy(args) -> dict:
                         desc=variant,
                     )
             g = loss_input_gradient(net, x_te, y_te).abs()
-            stats = signal_rank_fractions(g, test.signal_block)
+            stats = toy_stats(g, test.signal_block, signal_dims)
             stats.update(test_accuracy=accuracy(net, x_te, y_te), seconds=t.seconds, seed=s)
             rows.append(stats)
             if s == seeds[0]:
                 out["maps"][variant] = g[:30]
             print(
-                f"[toy] {variant} seed {s}: acc {stats['test_accuracy']:.3f}, "
-                f"top {stats['top']:.3f}, bottom {stats['bottom']:.3f} ({t.seconds:.0f}s)",
+                f"[toy d*={signal_dims}] {variant} seed {s}: acc {stats['test_accuracy']:.3f}, "
+                f"top {stats['top']:.3f}, bottom {stats['bottom']:.3f}, noise {stats['noise_share']:.3f}, "
+                f"signal/relevant {stats['signal_vs_relevant']:.2f} ({t.seconds:.0f}s)",
                 flush=True,
             )
         out["runs"][variant] = {
             "per_seed": rows,
-            **{k: summary([r[k] for r in rows]) for k in ("top", "bottom", "share", "test_accuracy")},
+            **{k: summary([r[k] for r in rows]) for k in rows[0] if k != "seed"},
         }
-    out["signal"] = test.signal_block[:30]
+    out["signal"] = test0.signal_block[:30]
     out["config"] = {
         "d": d,
-        "signal_dims": d,
+        "signal_dims": signal_dims,
         "width": width,
         "n_train": n_train,
         "n_test": 1000,
@@ -163,6 +191,7 @@ def run_toy(args) -> dict:
         "gradient": "loss input-gradient (summed CE), as in the authors' code",
         "eps": eps,
         "seeds": seeds,
+        "data_seeds": "train seed s, test seed 1000 + s",
     }
     return out
 
@@ -173,7 +202,7 @@ def run_toy(args) -> dict:
 
 def run_blockmnist(args) -> dict:
     n_train, n_test, epochs = (300, 80, 2) if args.quick else (1000, 400, 5)
-    seeds = [args.seed + i for i in range(1 if args.quick else 2)]
+    seeds = seed_list(args)
     factory = MLPFactory((1, 56, 28), hidden=(256,), num_classes=2)
     out: dict = {"runs": {}, "examples": {}}
     for variant, top, robust in (
@@ -244,12 +273,14 @@ def run_blockmnist(args) -> dict:
 
 
 def run_diffroar(args) -> dict:
+    """DiffROAR per seed: the explained model, the random attribution and the retrainings all use
+    seed ``s`` (one retraining per cell), so the spread over seeds covers all three."""
     src = SklearnDigits()
     x_tr, y_tr = src.load("train")
     x_te, y_te = src.load("test")
     x_tr, x_te = x_tr[:, None], x_te[:, None]
     fractions = (0.05, 0.2) if args.quick else (0.05, 0.1, 0.2, 0.4)
-    seeds = (0,) if args.quick else (0, 1)
+    seeds = seed_list(args)
     epochs = 2 if args.quick else 10
     if args.quick:
         x_tr, y_tr, x_te, y_te = x_tr[:300], y_tr[:300], x_te[:100], y_te[:100]
@@ -257,44 +288,59 @@ def run_diffroar(args) -> dict:
     trainer = Trainer(epochs=epochs)
     out: dict = {"curves": {}}
     for variant in ("standard", "robust_l2", "random"):
-        torch.manual_seed(args.seed)
-        net = factory()
-        if variant == "robust_l2":
-            fit(
-                PGDAdversarialTraining(net, norm=2, eps=args.roar_eps, steps=7, clamp=(0.0, 1.0)),
-                (x_tr, y_tr),
-                epochs=epochs,
-                seed=args.seed,
-                progress=args.progress,
+        per_seed = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            net = factory()
+            if variant == "robust_l2":
+                fit(
+                    PGDAdversarialTraining(net, norm=2, eps=args.roar_eps, steps=7, clamp=(0.0, 1.0)),
+                    (x_tr, y_tr),
+                    epochs=epochs,
+                    seed=seed,
+                    progress=args.progress,
+                )
+            else:
+                fit(net, (x_tr, y_tr), epochs=epochs, seed=seed, progress=args.progress)
+            if variant == "random":
+                gen = torch.Generator().manual_seed(seed)
+                attr = (torch.rand(x_tr.shape, generator=gen), torch.rand(x_te.shape, generator=gen))
+            else:
+                attr = (saliency(net, x_tr, y_tr), saliency(net, x_te, y_te))
+            with Stopwatch() as t:
+                res = diff_roar(
+                    factory,
+                    (x_tr, y_tr),
+                    (x_te, y_te),
+                    attr,
+                    fractions=fractions,
+                    seeds=(seed,),
+                    trainer=trainer,
+                    progress=args.progress,
+                )
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "diff": res.diff.tolist(),
+                    "top": res.top.tolist(),
+                    "bottom": res.bottom.tolist(),
+                    "model_test_accuracy": evaluate(net, (x_te, y_te)),
+                    "seconds": t.seconds,
+                }
             )
-        else:
-            fit(net, (x_tr, y_tr), epochs=epochs, seed=args.seed, progress=args.progress)
-        if variant == "random":
-            gen = torch.Generator().manual_seed(args.seed)
-            attr = (torch.rand(x_tr.shape, generator=gen), torch.rand(x_te.shape, generator=gen))
-        else:
-            attr = (saliency(net, x_tr, y_tr), saliency(net, x_te, y_te))
-        with Stopwatch() as t:
-            res = diff_roar(
-                factory,
-                (x_tr, y_tr),
-                (x_te, y_te),
-                attr,
-                fractions=fractions,
-                seeds=seeds,
-                trainer=trainer,
-                progress=args.progress,
+            print(
+                f"[diffroar] {variant} seed {seed}: DiffROAR {[round(v, 3) for v in res.diff.tolist()]}, "
+                f"top {[round(v, 3) for v in res.top.tolist()]} at k={list(fractions)} ({t.seconds:.0f}s)",
+                flush=True,
             )
-        out["curves"][variant] = {
-            **res.to_dict(),
-            "model_test_accuracy": evaluate(net, (x_te, y_te)),
-            "seconds": t.seconds,
-        }
-        print(
-            f"[diffroar] {variant}: DiffROAR {[round(v, 3) for v in res.diff.tolist()]} at k="
-            f"{list(fractions)} ({t.seconds:.0f}s)",
-            flush=True,
-        )
+        curve = {"per_seed": per_seed}
+        for key in ("diff", "top", "bottom"):
+            cols = list(zip(*(r[key] for r in per_seed), strict=True))
+            curve[key] = [mean_std(c)[0] for c in cols]
+            curve[key + "_std"] = [mean_std(c)[1] for c in cols]
+            curve[key + "_per_seed"] = [list(c) for c in cols]
+        curve["model_test_accuracy"] = summary([r["model_test_accuracy"] for r in per_seed])
+        out["curves"][variant] = curve
     out["config"] = {
         "data": "sklearn digits 28x28, 10 classes",
         "model": "MLP 784-128-128-10 (explained and retrained)",
@@ -302,6 +348,7 @@ def run_diffroar(args) -> dict:
         "robust": f"l2 PGD eps {args.roar_eps}, 7 steps, random start, clamp [0,1]",
         "fractions": list(fractions),
         "seeds": list(seeds),
+        "per_seed": "explained model, random attribution and the retraining of each cell share the seed",
         "ranking": "every pixel on its own by |attribution|, masked pixels set to 0",
     }
     return out
@@ -311,88 +358,135 @@ def run_diffroar(args) -> dict:
 # report
 
 
-def make_claims(toy: dict, block: dict, roar: dict) -> list[dict]:
+def _ps(run: dict, key: str) -> list[float]:
+    return [r[key] for r in run["per_seed"]]
+
+
+def make_claims(toy: dict, sec6: dict, block: dict, roar: dict) -> list[dict]:
     claims = []
     std, adam, rob = (toy["runs"][k] for k in ("standard_sgd", "standard_adam", "robust_sgd"))
+    std_ok = std["top"]["mean"] < 0.2 and std["bottom"]["mean"] > 0.3
     claims.append(
         claim(
             "shah_toy_standard",
-            "Toy x = y e_j: input gradients of a standard one-hidden-layer MLP do not highlight the "
-            "signal coordinate (top / bottom = Pr[argmax / argmin |grad| = j])",
-            "0.041 / 0.562 (authors' notebook, width 25,000, SGD, 500 epochs)",
-            f"{std['top']['mean']:.3f} / {std['bottom']['mean']:.3f} (SGD, width {toy['config']['width']}"
-            f"); with Adam: {adam['top']['mean']:.3f} / {adam['bottom']['mean']:.3f}",
-            std["top"]["mean"] < 0.2 and std["bottom"]["mean"] > 0.3,
-            "Agrees with SGD (the authors' optimiser): the signal coordinate is never the largest and "
-            "often the smallest |gradient| (feature inversion). "
-            + (
-                "Adam at the same number of steps shows the same inversion."
-                if adam["top"]["mean"] < 0.2 and adam["bottom"]["mean"] > 0.3
-                else f"Adam at the same number of steps does not (top {adam['top']['mean']:.2f}, bottom "
-                f"{adam['bottom']['mean']:.2f}): the effect depends on the optimiser's implicit bias."
-            ),
+            "Toy x = y e_j (j over all 10 coordinates): the loss gradients of a standard one-hidden-layer "
+            "MLP do not single out the signal coordinate (Pr[largest] / Pr[smallest |gradient|])",
+            "authors' notebook 02_fig_in_synthetic_data: 0.041 / 0.562 (width 25,000, SGD)",
+            f"{pm(_ps(std, 'top'), '.3f')} / {pm(_ps(std, 'bottom'), '.3f')} (SGD, width "
+            f"{toy['config']['width']}); Adam: {pm(_ps(adam, 'top'), '.3f')} / "
+            f"{pm(_ps(adam, 'bottom'), '.3f')}",
+            "yes" if std_ok else "no",
+            "yes: Pr[largest] < 0.2 and Pr[smallest] > 0.3 (the notebook's numbers are one run).",
         )
     )
+    rob_ok = rob["top"]["mean"] > 0.95 and rob["bottom"]["mean"] < 0.05
     claims.append(
         claim(
             "shah_toy_robust",
-            "Toy: input gradients of an l_inf-robust MLP highlight the signal coordinate",
-            "1.000 / 0.000 (authors' notebook, eps 0.45)",
-            f"{rob['top']['mean']:.3f} / {rob['bottom']['mean']:.3f} (eps {toy['config']['eps']:g},"
-            f" test acc {rob['test_accuracy']['mean']:.3f})",
-            rob["top"]["mean"] > 0.95 and rob["bottom"]["mean"] < 0.05,
+            "Toy: the loss gradients of an l_inf-robust MLP pick out the signal coordinate",
+            "authors' notebook: 1.000 / 0.000 (eps 0.45)",
+            f"{pm(_ps(rob, 'top'), '.3f')} / {pm(_ps(rob, 'bottom'), '.3f')} (eps "
+            f"{toy['config']['eps']:g}, test accuracy {pm(_ps(rob, 'test_accuracy'), '.3f')})",
+            "yes" if rob_ok else "no",
+        )
+    )
+    s6s, s6l, s6r = (sec6["runs"][k] for k in ("standard_sgd", "linear_sgd", "robust_sgd"))
+    lin_ok = s6l["noise_share"]["mean"] < 0.05 and s6l["across_point_std"]["mean"] < 0.01
+    std6_ok = s6s["noise_share"]["mean"] < 0.1 and s6s["top"]["mean"] < 0.5
+    rob6_ok = s6r["top"]["mean"] > 0.9
+    claims.append(
+        claim(
+            "shah_sec6",
+            "Sec. 6, eq. (2) with d = 10, d̃ = 1, η = 0 (5 task-relevant, 5 noise coordinates): linear "
+            "models have input-agnostic gradients that suppress the noise coordinates; standard MLPs "
+            "suppress noise but weight all five task-relevant coordinates about equally (feature "
+            "leakage, Thm. 1); an l_inf-robust MLP (ε = 0.35) highlights the instance's own coordinate",
+            "Fig. 5 and Sec. 6 text (width 10,000; figure only)",
+            f"share of |gradient| on noise coordinates: linear {pm(_ps(s6l, 'noise_share'), '.3f')}, "
+            f"standard {pm(_ps(s6s, 'noise_share'), '.3f')}, robust {pm(_ps(s6r, 'noise_share'), '.3f')}; "
+            "linear across-point spread of the normalised |gradient| "
+            f"{pm(_ps(s6l, 'across_point_std'), '.4f')}; "
+            f"median |g_signal| / mean |g_other task-relevant|: standard "
+            f"{pm(_ps(s6s, 'signal_vs_relevant'))} (Thm. 1: 1), robust {pm(_ps(s6r, 'signal_vs_relevant'))}; "
+            f"Pr[signal largest]: standard {pm(_ps(s6s, 'top'))}, robust {pm(_ps(s6r, 'top'))} "
+            f"(test accuracy {pm(_ps(s6r, 'test_accuracy'), '.3f')})",
+            "yes" if lin_ok and std6_ok and rob6_ok else ("partly" if rob6_ok and std6_ok else "no"),
+            "yes: linear noise share < 0.05 and spread < 0.01; standard noise share < 0.1 and "
+            "Pr[signal largest] < 0.5; robust Pr[signal largest] > 0.9.",
         )
     )
     b = block["runs"]
-    s_l, r_l, t_l = (b[k]["leakage_mass"]["mean"] for k in ("standard", "robust_l2", "standard_top"))
-    s_k, r_k, t_k = (b[k]["leakage_top10"]["mean"] for k in ("standard", "robust_l2", "standard_top"))
+    leak = {k: (_ps(b[k], "leakage_mass"), _ps(b[k], "leakage_top10")) for k in b}
+    m = {k: (b[k]["leakage_mass"]["mean"], b[k]["leakage_top10"]["mean"]) for k in b}
     claims.append(
         claim(
             "shah_blockmnist_leakage",
             "BlockMNIST: standard models' gradients also highlight the null block (feature leakage); "
             "robust models' suppress it",
-            "qualitative (Fig. 1; the proxy metric's values are in App. D.1, not in the text)",
-            f"share of |grad| outside the signal: standard {s_l:.2f}, robust {r_l:.2f}; "
-            f"of the top-10% pixels: {s_k:.2f} vs {r_k:.2f}",
-            s_l > r_l and s_k > r_k,
+            "Sec. 5, Fig. 1 (qualitative)",
+            f"share of |gradient| outside the signal block: standard {pm(leak['standard'][0])}, robust "
+            f"{pm(leak['robust_l2'][0])}; share of the top-10% pixels outside it: "
+            f"{pm(leak['standard'][1])} vs {pm(leak['robust_l2'][1])}",
+            "yes" if m["standard"][0] > m["robust_l2"][0] and m["standard"][1] > m["robust_l2"][1] else "no",
         )
     )
     claims.append(
         claim(
             "shah_blockmnist_top",
             "BlockMNIST-Top (signal always on top): standard models' gradients no longer leak",
-            "qualitative (Fig. 4)",
-            f"standard on BlockMNIST-Top: {t_l:.2f} (mass), {t_k:.2f} (top-10%) vs {s_l:.2f} / "
-            f"{s_k:.2f} on BlockMNIST",
-            t_l < s_l and t_k < s_k,
+            "Sec. 5, Fig. 4 (qualitative)",
+            f"standard on BlockMNIST-Top: {pm(leak['standard_top'][0])} (mass), "
+            f"{pm(leak['standard_top'][1])} (top-10%) vs {m['standard'][0]:.2f} / {m['standard'][1]:.2f} "
+            "on BlockMNIST",
+            "yes"
+            if m["standard_top"][0] < m["standard"][0] and m["standard_top"][1] < m["standard"][1]
+            else "no",
         )
     )
     c = roar["curves"]
     fr = roar["config"]["fractions"]
+
+    def curve(variant: str, key: str = "diff") -> str:
+        return ", ".join(
+            f"{v:+.2f} ± {e:.2f}" if key == "diff" else f"{v:.3f}"
+            for v, e in zip(c[variant][key], c[variant][key + "_std"], strict=True)
+        )
+
     ds, dr, dz = (c[k]["diff"] for k in ("standard", "robust_l2", "random"))
+    robust_beats = all(
+        min(rs) > max(ss)
+        for rs, ss in zip(c["robust_l2"]["diff_per_seed"], c["standard"]["diff_per_seed"], strict=True)
+    )
     claims.append(
         claim(
-            "shah_diffroar",
-            "DiffROAR: robust models' input gradients beat standard ones at every k < 100%; standard "
-            "MLPs are close to random attributions",
-            "qualitative (Fig. 3; e.g. +10-30% for SVHN MLPs at k = 10%)",
-            "k="
-            + ",".join(f"{100 * f:g}%" for f in fr)
-            + ": standard "
-            + ", ".join(f"{v:+.2f}" for v in ds)
-            + "; robust "
-            + ", ".join(f"{v:+.2f}" for v in dr)
-            + "; random "
-            + ", ".join(f"{v:+.2f}" for v in dz),
-            all(r > s for r, s in zip(dr, ds, strict=True)),
-            "Robust > standard at every level. Our standard MLP is "
-            + ", ".join(
-                f"{'within' if abs(a - z) <= 0.05 else 'above' if a > z else 'below'} random "
-                f"at k={100 * f:g}%"
-                for f, a, z in zip(fr, ds, dz, strict=True)
-            )
-            + " (the paper: standard Fashion-MNIST MLPs no better than random for most k; its "
-            "negative DiffROAR values are for ResNets, not MLPs).",
+            "shah_diffroar_robust",
+            "DiffROAR: robust MLPs' input gradients beat standard ones at every k < 100%",
+            "Sec. 4, Fig. 3(a),(b) (e.g. +10-30% for SVHN MLPs at k = 10%)",
+            "k = " + ", ".join(f"{100 * f:g}%" for f in fr) + f": robust {curve('robust_l2')}; standard "
+            f"{curve('standard')}",
+            "yes"
+            if robust_beats
+            else ("partly" if all(r > s for r, s in zip(dr, ds, strict=True)) else "no"),
+            "yes: every seed's robust value above every seed's standard value at every k.",
+        )
+    )
+    near = [abs(a - z) <= 0.05 for a, z in zip(ds, dz, strict=True)]
+    claims.append(
+        claim(
+            "shah_diffroar_standard_random",
+            "Standard (Fashion-MNIST) MLPs fare no better than random attributions for most k",
+            "Sec. 4, Fig. 3(b)",
+            f"standard {curve('standard')} vs random {curve('random')}; top-k accuracy: standard "
+            f"{curve('standard', 'top')}, random {curve('random', 'top')}; bottom-k: standard "
+            f"{curve('standard', 'bottom')}, random {curve('random', 'bottom')}",
+            "yes"
+            if sum(near) > len(near) / 2 and near[0]
+            else ("partly" if sum(near) >= len(near) / 2 else "no"),
+            "Our standard MLP is clearly better than random at the small k (where the claim has force) "
+            "and equal at large k only because top-k accuracy saturates near 1 for every attribution "
+            "there, so only bottom-k moves the curve: the digits are too easy for DiffROAR to separate "
+            "attributions at large k. Not the paper's claim in its setting; its negative values are "
+            "for ResNets, which we did not train.",
         )
     )
     return claims
@@ -456,13 +550,14 @@ def plot(toy: dict, block: dict, roar: dict, path: Path) -> None:
     ax = fig.add_subplot(gs[0, 3])
     c = roar["curves"]
     for key, label in (("standard", "standard"), ("robust_l2", "l2-robust"), ("random", "random")):
-        ks = [100 * f for f in c[key]["fractions"]]
-        ax.errorbar(ks, c[key]["diff"], yerr=c[key]["std"], marker="o", capsize=3, label=label)
+        ks = [100 * f for f in roar["config"]["fractions"]]
+        ax.errorbar(ks, c[key]["diff"], yerr=c[key]["diff_std"], marker="o", capsize=3, label=label)
+        ax.plot(ks, c[key]["top"], ls=":", lw=0.8, color=ax.lines[-1].get_color())
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(
         xlabel="unmasked fraction k (%)",
         ylabel="DiffROAR (top-k − bottom-k accuracy)",
-        title="(c) DiffROAR, digits MLP",
+        title="(c) DiffROAR ± std over seeds (dotted: top-k accuracy)",
     )
     ax.legend(fontsize="small")
 
@@ -515,43 +610,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--toy-width", type=int, default=256, help="hidden width of the toy MLP")
     p.add_argument("--toy-train", type=int, default=2000, help="toy training points")
     p.add_argument("--toy-steps", type=int, default=1000, help="SGD steps per toy model")
-    p.add_argument("--toy-seeds", type=int, default=2, help="seeds of the standard toy models")
     p.add_argument("--toy-eps", type=float, default=0.35, help="l_inf radius of the robust toy MLP")
     p.add_argument("--block-eps", type=float, default=2.0, help="l2 radius, robust BlockMNIST MLP")
     p.add_argument("--roar-eps", type=float, default=1.0, help="l2 radius, robust DiffROAR MLP")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     toy = run_toy(args)
+    sec6 = run_toy(args, signal_dims=5, variants=SEC6_VARIANTS)
     block = run_blockmnist(args)
     roar = run_diffroar(args)
-    claims = make_claims(toy, block, roar)
+    claims = make_claims(toy, sec6, block, roar)
     report = {
         "paper": "Shah, Jain, Netrapalli, NeurIPS 2021: Sec. 4 (DiffROAR), Sec. 5 (BlockMNIST), "
         "Sec. 6 / Fig. 5 (toy set); authors' notebook for the toy numbers",
         "config": {
             "toy": toy.pop("config"),
+            "sec6": sec6.pop("config"),
             "blockmnist": block["config"],
             "diffroar": roar["config"],
-            "seed": args.seed,
-            "scaled_down": "see the module docstring: toy width 256 (25,000), 2,000 points "
+            "seeds": seed_list(args),
+            "scaled_down": "see the module docstring: toy width 256 (25,000 / 10,000), 2,000 points "
             "(10,000), 1,000 steps (20,000); robust eps 0.35 with a ramp; "
-            "offline digits; DiffROAR 2 seeds x 4 levels",
+            "offline digits; DiffROAR 3 seeds x 4 levels",
         },
         "authors_toy_numbers": AUTHORS_TOY,
         "claims": claims,
-        "results": {"toy": toy, "blockmnist": block, "diffroar": roar},
-        "verdict": (
-            "Reproduced: "
-            if all(c["agrees"] is True for c in claims)
-            else "Partly reproduced (see the claims): "
-        )
-        + "standard toy MLPs show feature inversion (signal coordinate never the largest, often "
-        "the smallest |gradient|), the robust one picks the signal coordinate every time, "
-        "BlockMNIST gradients leak into the null block for standard but much less for robust "
-        "models and not on BlockMNIST-Top, and DiffROAR of robust models beats standard ones.",
+        "results": {
+            "toy": toy,
+            "sec6": {k: v for k, v in sec6.items() if k != "maps"},
+            "blockmnist": block,
+            "diffroar": roar,
+        },
     }
     report["total_seconds"] = time.perf_counter() - t0
+    report["cpu_seconds"] = time.process_time() - c0
     examples = block.pop("examples")  # images and maps go to the figure, not the JSON
     path = write_report(report, "reproduce_shah", args.out, args.quick)
     block["examples"] = examples
