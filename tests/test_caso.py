@@ -41,7 +41,7 @@ def test_lambda1_zero_exact_path_converges_to_dense_solution():
     model = softplus_mlp()
     x = torch.randn(3, 12, dtype=torch.float64)
     caso = CASO(model)
-    delta = caso.attribute(x, hessian="exact", lambda2=5.0, n_iter=300)
+    delta = caso.attribute(x, hessian="exact", lambda2=5.0)
     H, g = _dense(model, x, caso.last_details.target)
     for i in range(3):
         ref = torch.linalg.solve(10.0 * torch.eye(12, dtype=torch.float64) - H[i], g[i])
@@ -65,7 +65,7 @@ def test_lambda1_positive_matches_scipy(hessian):
     model = relu_mlp(d=6, c=3, hidden=8)
     x = torch.randn(2, 6, dtype=torch.float64)
     caso = CASO(model)
-    delta = caso.attribute(x, hessian=hessian, lambda1=0.02, lambda2=2.0, n_iter=400, rank_tol=0.0)
+    delta = caso.attribute(x, hessian=hessian, lambda1=0.02, lambda2=2.0, rank_tol=0.0)
     H, g = _dense(model, x, caso.last_details.target)
     for i in range(2):
         ref = _scipy_split_solve(g[i], H[i], 0.02, 2.0)

@@ -7,7 +7,10 @@ lambda1 search).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,6 +19,7 @@ import torch
 from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._format import (
     TargetType,
@@ -42,8 +46,17 @@ from .hessian import (
     unflatten_features,
 )
 from .optim import caso_objective, fista, soft_threshold, sparsity_ratio, sparsity_search
+from .solvers import (
+    SolveResult,
+    accelerated_prox_gradient,
+    certify,
+    conjugate_gradient,
+    default_tol,
+    lanczos_extremes,
+)
 
 HessianMode = Literal["auto", "closed_form", "exact"]
+SolverMode = Literal["certified", "paper"]
 
 
 @dataclass
@@ -66,6 +79,14 @@ class AttributionDetails:
             (zero for piecewise-linear nets; see :func:`captum_ext.attr.hessian.logit_curvature_gap`).
         n_hvp: Hessian-vector products evaluated by double backward (exact path).
         n_vjp: vector-Jacobian products (backward passes) used to build the closed-form factor.
+        converged: whether the solution is certified to ``tol`` (see ``error_bound``).
+        error_bound: certified bound on ``||Delta - Delta*|| / ||Delta||`` from the final residual
+            (strong convexity; ``mu = 2 lambda2 - L``). With a sparsity search: the worst over the
+            candidates solved.
+        iterations: solver iterations used (0 for closed forms).
+        solver: ``"certified"``, ``"paper"`` (fixed iterations) or ``"closed_form"`` (CAFO).
+        extra: notes, e.g. ``"fallback"`` (why ``auto`` took the closed form without a curvature probe),
+            ``"binary_logistic"`` (single-logit model), ``"lambda2_raised"`` (times ``L`` was raised).
     """
 
     lambda1: Tensor
@@ -80,6 +101,10 @@ class AttributionDetails:
     probe_gap: Tensor | None = None
     n_hvp: int = 0
     n_vjp: int = 0
+    converged: Tensor | None = None
+    error_bound: Tensor | None = None
+    iterations: Tensor | None = None
+    solver: str = "certified"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -106,14 +131,74 @@ class AttributionDetails:
             probe_gap=cat("probe_gap"),
             n_hvp=sum(p.n_hvp for p in parts),
             n_vjp=sum(p.n_vjp for p in parts),
+            converged=cat("converged"),
+            error_bound=cat("error_bound"),
+            iterations=cat("iterations"),
+            solver=parts[0].solver,
+            extra={k: v for p in parts for k, v in p.extra.items()},
         )
 
 
-def _owning_module(forward_func: Callable[..., Tensor]) -> nn.Module | None:
+def _owning_modules(forward_func: Any, depth: int = 3) -> list[nn.Module]:
+    """Modules reachable from ``forward_func``: itself, a bound method's owner, a ``functools.partial``'s
+    function and arguments, and a closure's cells (e.g. ``lambda x: model(x)``)."""
     if isinstance(forward_func, nn.Module):
-        return forward_func
-    owner = getattr(forward_func, "__self__", None)
-    return owner if isinstance(owner, nn.Module) else None
+        return [forward_func]
+    if depth == 0:
+        return []
+    found: list[Any] = []
+    if isinstance(forward_func, functools.partial):
+        found = [forward_func.func, *forward_func.args, *forward_func.keywords.values()]
+    else:
+        found.append(getattr(forward_func, "__self__", None))
+        for cell in getattr(forward_func, "__closure__", None) or ():
+            try:
+                found.append(cell.cell_contents)
+            except ValueError:  # empty cell
+                pass
+    mods: list[nn.Module] = []
+    for obj in found:
+        if obj is not None and (isinstance(obj, nn.Module) or callable(obj)):
+            mods.extend(m for m in _owning_modules(obj, depth - 1) if all(m is not k for k in mods))
+    return mods
+
+
+def _check_independent(
+    forward_func: Callable[..., Tensor], inputs: tuple[Tensor, ...], args: tuple[Any, ...], logits: Tensor
+) -> None:
+    """Coupling probe: perturb the first example and check that the other examples' outputs stay put."""
+    n = inputs[0].shape[0]
+    if n < 2:
+        return
+    moved = []
+    for x in inputs:
+        x = x.detach().clone()
+        x[0] = x[0] + 0.1 * (1.0 + x[0].abs())
+        moved.append(x)
+    with torch.no_grad():
+        out = run_forward(forward_func, tuple(moved), args)
+    ref = logits.detach()
+    if out.shape[1] == 1 and ref.shape[1] == 2:  # single-logit model, see build_loss_graph
+        ref = ref[:, 1:]
+    tol = (1e-9 if ref.dtype == torch.float64 else 1e-4) * (1.0 + float(ref[1:].abs().max()))
+    change = float((out[1:] - ref[1:]).abs().max())
+    if not change <= tol:
+        raise ValueError(
+            "the model's outputs for one example change when another example of the batch changes "
+            f"(by {change:.3g}); CASO/CAFO explain each example's own loss and need a per-example, "
+            "deterministic model. Likely cause: BatchNorm or Dropout in training mode behind a lambda or "
+            "functools.partial (call model.eval() first; BatchNorm's running statistics may already have "
+            "been updated by this call)."
+        )
+
+
+def _looks_like_probabilities(logits: Tensor) -> bool:
+    out = logits.detach()
+    return (
+        out.shape[1] > 1
+        and bool(((out >= 0) & (out <= 1)).all())
+        and bool(((out.sum(1) - 1).abs() <= 1e-4).all())
+    )
 
 
 class _ContextAwareAttribution(GradientAttribution):
@@ -141,10 +226,8 @@ class _ContextAwareAttribution(GradientAttribution):
 
     # ------------------------------------------------------------------ checks
     def _check_model_mode(self) -> None:
-        module = _owning_module(self.forward_func)
-        if module is None:
-            return
-        live = has_stochastic_or_batch_layers(module)
+        modules = _owning_modules(self.forward_func)
+        live = [name for module in modules for name in has_stochastic_or_batch_layers(module)]
         if live:
             raise ValueError(
                 f"{type(self).__name__} needs a deterministic, per-example model, but these layers "
@@ -153,20 +236,36 @@ class _ContextAwareAttribution(GradientAttribution):
             )
 
     @staticmethod
-    def _check_common(inputs: tuple[Tensor, ...], lambda1: Any, c1: float) -> None:
+    def _check_common(inputs: tuple[Tensor, ...], lambda1: Any, c1: float, lambda2: Any = None) -> None:
         for i, x in enumerate(inputs):
             if not x.is_floating_point():
                 raise TypeError(f"inputs[{i}] must be floating point, got {x.dtype}")
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"inputs[{i}] contains NaN or infinite values")
         _check_lambda1(lambda1)
+        lam1 = torch.as_tensor(lambda1)
+        if lam1.numel() not in (1, inputs[0].shape[0]) or lam1.dim() > 1:
+            raise ValueError(
+                f"lambda1 must be a number or a 1-d tensor with one value per example "
+                f"({inputs[0].shape[0]}), got shape {tuple(lam1.shape)}"
+            )
         if not math.isfinite(c1) or c1 <= 0:
             raise ValueError(f"c1 must be a positive number, got {c1}")
+        if lambda2 is not None:
+            if isinstance(lambda2, bool) or not isinstance(lambda2, (int, float)):
+                raise TypeError(f"lambda2 must be a number or None, got {type(lambda2).__name__}")
+            if not math.isfinite(lambda2) or lambda2 <= 0:
+                raise ValueError(f"lambda2 must be a finite positive number (or None), got {lambda2}")
 
     @staticmethod
     def _check_sparsity(sparsity: tuple[float, float] | None) -> None:
         if sparsity is None:
             return
+        if not isinstance(sparsity, (tuple, list)):
+            raise TypeError(
+                f"sparsity must be a window (low, high), e.g. (0.75, 1.0), not {sparsity!r}; "
+                "for a target sparsity s use (s, 1.0)"
+            )
         if len(sparsity) != 2 or not 0.0 <= sparsity[0] < sparsity[1] <= 1.0:
             raise ValueError(
                 f"sparsity must be a window (low, high) with 0 <= low < high <= 1, got {sparsity}"
@@ -184,7 +283,7 @@ class _ContextAwareAttribution(GradientAttribution):
         sweep: bool,
     ) -> tuple[tuple[Tensor, ...], bool]:
         tup, is_tuple = format_inputs(inputs)
-        self._check_common(tup, solve_kwargs["lambda1"], solve_kwargs["c1"])
+        self._check_common(tup, solve_kwargs["lambda1"], solve_kwargs["c1"], solve_kwargs["lambda2"])
         self._check_model_mode()
         args = format_additional_args(additional_forward_args)
         n = tup[0].shape[0]
@@ -195,13 +294,27 @@ class _ContextAwareAttribution(GradientAttribution):
         chunk = n if internal_batch_size is None else internal_batch_size
         outs: list[tuple[Tensor, ...]] = []
         details: list[AttributionDetails] = []
-        with torch.enable_grad():
+        lam1_all = torch.as_tensor(solve_kwargs["lambda1"], dtype=torch.float64)
+        # the math attention kernel has a double backward (flash / efficient ones have none on CPU)
+        math_kernel = solve_kwargs.get("hessian", "closed_form") != "closed_form"
+        kernel = sdpa_kernel(SDPBackend.MATH) if math_kernel else contextlib.nullcontext()
+        with torch.enable_grad(), kernel:
             for start in range(0, n, chunk):
                 idx = torch.arange(start, min(n, start + chunk), device=tup[0].device)
                 xs = tuple(x.index_select(0, idx) for x in tup)
                 a = select_additional_args(args, n, idx) if chunk < n else args
                 xs_e, a_e = self._expand(xs, a)
                 graph = build_loss_graph(self.forward_func, xs_e, a_e, None)
+                _check_independent(self.forward_func, xs_e, a_e, graph.logits)
+                if _looks_like_probabilities(graph.logits):
+                    warnings.warn(
+                        f"{type(self).__name__}: forward_func seems to return probabilities (rows in [0, 1] "
+                        "summing to 1); the loss is the cross-entropy of softmax(output), so pass logits "
+                        "(or log-probabilities) instead.",
+                        stacklevel=3,
+                    )
+                if lam1_all.dim() == 1 and lam1_all.numel() == n:
+                    solve_kwargs = {**solve_kwargs, "lambda1": lam1_all[start : start + len(idx)]}
                 t = expand_target(target, n, graph.logits.shape[1], graph.logits.device)
                 if t is not None:
                     t = t.index_select(0, idx.to(t.device))
@@ -238,7 +351,7 @@ class _ContextAwareAttribution(GradientAttribution):
     def _search_or_solve(
         solve: Callable[[Tensor], tuple[Tensor, Tensor]],
         g: Tensor,
-        lambda1: float,
+        lambda1: float | Tensor,
         lambda1_grid: Tensor | None,
         sparsity: tuple[float, float] | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
@@ -250,7 +363,7 @@ class _ContextAwareAttribution(GradientAttribution):
         if lambda1_grid is not None:
             delta, obj = solve(lambda1_grid)
             return delta, obj, lambda1_grid, sparsity_ratio(delta), None
-        lam = torch.full((n, 1), float(lambda1), dtype=g.dtype, device=g.device)
+        lam = torch.as_tensor(lambda1, dtype=g.dtype, device=g.device).reshape(-1, 1).expand(n, 1)
         delta, obj = solve(lam)
         return delta[:, 0], obj[:, 0], lam[:, 0], sparsity_ratio(delta[:, 0]), None
 
@@ -269,6 +382,103 @@ def _grid_tensor(values: Sequence[float] | Tensor) -> Tensor:
     return vals
 
 
+@dataclass
+class _Curvature:
+    """A curvature operator (anything with ``hvp``) with its gradient and spectral estimates."""
+
+    op: Any
+    gradient: Tensor
+    top: Tensor | None  # best estimate of L (exact for the closed form)
+    upper: Tensor | None  # estimate used in the error bounds (Lanczos: Ritz value + residual)
+    lower: Tensor | float | None  # estimate of lambda_min (for the prox-gradient step), None: unknown
+    rank: Tensor
+    n_vjp: int
+
+
+def _lanczos_start(g: Tensor) -> Tensor:
+    """The gradient (close to the top eigenvector at high confidence, paper Thm. 4) plus a fixed
+    direction shared by all examples, so that no eigen-direction is missed and results do not depend
+    on the batch."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    r = torch.randn(1, g.shape[1], generator=gen, dtype=g.dtype).to(g.device)
+    unit = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    return unit + 0.3 * r / r.norm()
+
+
+def _certified(delta, h_delta, g, lam1, lam2, upper, iterations: int, n_hvp: int) -> SolveResult:
+    """A :class:`SolveResult` for a solution found by another route (closed form, fixed iterations)."""
+    bound, nonconcave, rq = certify(delta, h_delta, g, lam1, lam2, upper)
+    tol = default_tol(delta.dtype)
+    iters = torch.full_like(bound, iterations, dtype=torch.long)
+    return SolveResult(delta, h_delta, (bound <= tol) & ~nonconcave, bound, iters, nonconcave, rq, n_hvp)
+
+
+def _warn_unconverged(conv: Tensor, bound: Tensor, tol: float, iters: int, paper: bool) -> None:
+    if bool(conv.all()):
+        return
+    k, total = int((~conv).sum()), conv.numel()
+    worst = float(bound[~conv].max())
+    how = f"after the fixed {iters} iterations of solver='paper'" if paper else f"within max_iter={iters}"
+    warnings.warn(
+        f"CASO: {k} of {total} solves did not reach the relative tolerance {tol:g} {how}; their "
+        f"certified relative error is up to {worst:.3g} (last_details.error_bound). Raise max_iter, or "
+        "lambda2 / c1 (a larger margin above L/2 converges faster).",
+        stacklevel=5,
+    )
+
+
+_CASO_DEFAULTS: dict[str, Any] = dict(
+    lambda1=0.0,
+    lambda2=None,
+    c1=10.0,
+    solver="certified",
+    tol=None,
+    max_iter=1000,
+    n_iter=None,
+    lr=0.1,
+    decay=0.5,
+    hessian="auto",
+    rank_tol=DEFAULT_RANK_TOL,
+    sparsity=None,
+    n_power_iter=10,
+    max_rank=None,
+)
+
+
+def _caso_kwargs(**kwargs: Any) -> dict[str, Any]:
+    """Validate CASO's solver options (the input-dependent ones are checked in ``_run``)."""
+    unknown = set(kwargs) - set(_CASO_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+    kw = {**_CASO_DEFAULTS, **kwargs}
+    _ContextAwareAttribution._check_sparsity(kw["sparsity"])
+    if kw["hessian"] not in ("auto", "closed_form", "exact"):
+        raise ValueError(f"hessian must be 'auto', 'closed_form' or 'exact', got {kw['hessian']!r}")
+    if kw["solver"] not in ("certified", "paper"):
+        raise ValueError(f"solver must be 'certified' or 'paper', got {kw['solver']!r}")
+    if kw["solver"] == "paper":
+        if kw["n_iter"] is not None and (int(kw["n_iter"]) != kw["n_iter"] or kw["n_iter"] < 1):
+            raise ValueError(f"n_iter must be a positive integer (FISTA iterations), got {kw['n_iter']}")
+        if not kw["lr"] > 0:
+            raise ValueError(f"lr must be positive, got {kw['lr']}")
+    elif kw["n_iter"] is not None:
+        raise ValueError(
+            "n_iter is the fixed iteration count of solver='paper'; the certified solver stops on "
+            "tol and max_iter"
+        )
+    if not 0.0 < kw["decay"] < 1.0:
+        raise ValueError(f"decay must lie in (0, 1), got {kw['decay']}")
+    if int(kw["max_iter"]) != kw["max_iter"] or kw["max_iter"] < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {kw['max_iter']}")
+    if kw["tol"] is not None and not 0.0 < kw["tol"] < 1.0:
+        raise ValueError(f"tol must lie in (0, 1), got {kw['tol']}")
+    if kw["max_rank"] is not None and (int(kw["max_rank"]) != kw["max_rank"] or kw["max_rank"] < 1):
+        raise ValueError(f"max_rank must be a positive integer or None, got {kw['max_rank']}")
+    if int(kw["n_power_iter"]) != kw["n_power_iter"] or kw["n_power_iter"] < 1:
+        raise ValueError(f"n_power_iter must be a positive integer, got {kw['n_power_iter']}")
+    return kw
+
+
 class CASO(_ContextAwareAttribution):
     r"""Context-Aware Second-Order interpretation (Singla et al., 2019, Def. 3).
 
@@ -278,33 +488,44 @@ class CASO(_ContextAwareAttribution):
     .. math:: g^T\Delta + \tfrac12 \Delta^T H \Delta - \lambda_1\|\Delta\|_1 - \lambda_2\|\Delta\|_2^2
 
     shaped like the inputs (``|Delta|`` with ``abs=True``). ``lambda2=None`` uses the paper's
-    ``L/2 + c1`` (Theorem 3; ``L`` the top Hessian eigenvalue, ``c1 = 10``).
+    ``L/2 + c1`` (Theorem 3; ``L`` the top Hessian eigenvalue, ``c1 = 10``). A single-logit model is
+    read as the binary logistic loss (logits ``[0, z]``); ``log_softmax`` outputs are logits too.
 
-    The Hessian enters in one of two ways (``hessian=``):
+    The Hessian enters through a curvature operator (``hessian=``):
 
     * ``"closed_form"``: ``H = B B^T`` from the eigen-decomposition of ``A = diag(p) - pp^T`` and one
       backward pass per kept eigenvector (exact for ReLU / max-pool / linear / conv / eval-mode
       BatchNorm networks, the Gauss-Newton part otherwise). ``L`` is exact, ``lambda1 = 0`` is solved
       in closed form (Woodbury), and every ``lambda1`` of a sweep reuses the factor.
-    * ``"exact"``: Hessian-vector products by double backward and ``L`` by power iteration: the
-      paper's algorithm, valid for any twice-differentiable model (softplus, GELU, ...).
-    * ``"auto"`` (default): one exact HVP probe decides; the closed form is used when it matches the
-      exact Hessian (piecewise-linear nets).
+    * ``"exact"``: Hessian-vector products by double backward (attention under the math kernel) and
+      ``L`` by Lanczos; valid for any twice-differentiable model (softplus, GELU, attention, ...).
+    * ``"auto"`` (default): one double-backward probe decides; the closed form is used when the logits
+      have no curvature (piecewise-linear nets). Layers without a double-backward kernel (e.g.
+      ``Hardsigmoid``) make ``auto`` take the closed form, with a warning and a note in
+      ``last_details.extra["fallback"]``.
 
-    ``lambda1 > 0`` is solved by proximal FISTA with backtracking (``n_iter``, ``lr``, ``decay``;
-    paper: 10, 0.1, 0.5), step sizes per example. ``sparsity=(low, high)`` chooses ``lambda1`` per
-    example by the paper's unsupervised sparsity-ratio rule (Sec. 4.1).
+    ``solver="certified"`` (default) returns the optimum to ``tol`` (relative error, default 1e-8 in
+    float64 and 1e-4 in float32): ``lambda1 = 0`` by conjugate gradients (Woodbury on the closed form),
+    ``lambda1 > 0`` by accelerated proximal gradient with a step from the curvature bound, adaptive
+    restart and a certified stopping rule, up to ``max_iter`` iterations. An unconverged solve warns.
+    Any observed curvature ``v.Hv > 2 lambda2 |v|^2`` proves the problem non-concave: with
+    ``lambda2=None`` ``L`` is raised and the problem re-solved, an explicit ``lambda2`` raises
+    ``ValueError``. ``solver="paper"`` runs the paper's algorithm exactly (``n_power_iter`` power
+    iterations for ``L``, ``n_iter`` FISTA iterations with step ``lr`` and backtracking ``decay``;
+    paper: 10, 10, 0.1, 0.5; step sizes per example) and reports, but does not enforce, its error.
+    ``sparsity=(low, high)`` chooses ``lambda1`` per example by the paper's sparsity-ratio rule.
 
-    After each call, :attr:`last_details` (:class:`AttributionDetails`) holds the ``lambda1``,
-    ``lambda2``, sparsity, objective value, top eigenvalue and Hessian rank used per example.
+    After each call, :attr:`last_details` (:class:`AttributionDetails`) holds, per example, the
+    ``lambda1``, ``lambda2``, sparsity, objective, top eigenvalue, rank, ``converged``,
+    ``error_bound`` and ``iterations``.
 
     SmoothCASO is ``captum.attr.NoiseTunnel(CASO(model))`` (paper: ``nt_samples=50``,
     ``stdevs=0.15``). NoiseTunnel averages the CASO solutions of the noisy copies (SmoothGrad style);
-    the paper's Def. 4 instead solves one problem with averaged ``g`` and ``H``.
+    the paper's Def. 4 instead solves one problem with averaged ``g`` and ``H`` (:class:`SmoothCASO`).
 
     Args:
         forward_func: the model or any function returning logits ``(batch, classes)``. Must be
-            deterministic and per-example (eval mode for BatchNorm / Dropout).
+            deterministic and per-example (eval mode for BatchNorm / Dropout); a probe checks this.
 
     Examples:
         >>> import torch
@@ -312,14 +533,14 @@ class CASO(_ContextAwareAttribution):
         >>> from captum_ext import CASO
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <...>
-        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3)).eval()
         >>> x = torch.randn(2, 1, 4, 4)
         >>> caso = CASO(model)
         >>> attr = caso.attribute(x, target=[0, 2], lambda1=1e-3)
         >>> attr.shape
         torch.Size([2, 1, 4, 4])
-        >>> caso.last_details.hessian
-        'closed_form'
+        >>> caso.last_details.hessian, bool(caso.last_details.converged.all())
+        ('exact', True)
     """
 
     @log_usage()
@@ -329,10 +550,13 @@ class CASO(_ContextAwareAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        lambda1: float = 0.0,
+        lambda1: float | Tensor = 0.0,
         lambda2: float | None = None,
         c1: float = 10.0,
-        n_iter: int = 10,
+        solver: SolverMode = "certified",
+        tol: float | None = None,
+        max_iter: int = 1000,
+        n_iter: int | None = None,
         lr: float = 0.1,
         decay: float = 0.5,
         hessian: HessianMode = "auto",
@@ -349,10 +573,16 @@ class CASO(_ContextAwareAttribution):
             inputs: tensor or tuple of tensors, batch first.
             target: class per example (int, list, or tensor); default the predicted class.
             additional_forward_args: extra arguments passed to ``forward_func`` after the inputs.
-            lambda1: l1 weight (>= 0). Ignored when ``sparsity`` is given.
-            lambda2: l2 weight; ``None`` for ``L/2 + c1``. A float must exceed ``L/2``.
+            lambda1: l1 weight (>= 0), a number or one value per example (1-d tensor). Ignored when
+                ``sparsity`` is given.
+            lambda2: l2 weight; ``None`` for ``L/2 + c1``. A number must be finite and exceed ``L/2``.
             c1: margin added to ``L/2`` when ``lambda2`` is None (paper: 10).
-            n_iter, lr, decay: FISTA iterations, initial step and backtracking factor.
+            solver: ``"certified"`` (optimum to ``tol``) or ``"paper"`` (fixed ``n_iter`` FISTA steps).
+            tol: relative error tolerance of the certified solver (default 1e-8 float64, 1e-4 else).
+            max_iter: iteration cap of the certified solver; an unconverged result warns.
+            n_iter: FISTA iterations of ``solver="paper"`` (default 10); not used otherwise.
+            lr, decay: initial step and backtracking factor of ``solver="paper"`` (paper: 0.1, 0.5);
+                ``decay`` also shrinks the certified solver's step where the curvature bound is loose.
             hessian: ``"auto"``, ``"closed_form"`` or ``"exact"`` (see the class docstring).
             rank_tol: relative spectral mass of ``A = diag(p) - pp^T`` the closed form may drop.
                 The Hessian error is at most ``rank_tol * tr(A) * ||J||_2^2`` (default 1e-3);
@@ -360,21 +590,21 @@ class CASO(_ContextAwareAttribution):
             sparsity: ``(low, high)`` window for the unsupervised ``lambda1`` choice (paper:
                 ``(0.75, 1.0)``), or None.
             abs: return ``|Delta|`` (the paper's importance) instead of the signed ``Delta``.
-            n_power_iter: power iterations for ``L`` on the exact path (paper: 10).
+            n_power_iter: power iterations for ``L`` on the exact path of ``solver="paper"``.
             internal_batch_size: examples per chunk, to bound memory for large inputs or many
                 classes (the factor holds ``rank`` input-sized vectors per example).
-            max_rank: hard cap on the closed-form rank (memory); exactness is lost beyond it.
+            max_rank: hard cap (>= 1) on the closed-form rank (memory); exactness is lost beyond it.
 
         Returns:
             Attributions shaped like ``inputs`` (tuple in, tuple out).
         """
-        self._check_sparsity(sparsity)
-        if hessian not in ("auto", "closed_form", "exact"):
-            raise ValueError(f"hessian must be 'auto', 'closed_form' or 'exact', got {hessian!r}")
-        kw = dict(
+        kw = _caso_kwargs(
             lambda1=lambda1,
             lambda2=lambda2,
             c1=c1,
+            solver=solver,
+            tol=tol,
+            max_iter=max_iter,
             n_iter=n_iter,
             lr=lr,
             decay=decay,
@@ -406,31 +636,20 @@ class CASO(_ContextAwareAttribution):
         :meth:`attribute` (except ``lambda1`` and ``sparsity``).
 
         Examples:
-            >>> maps = CASO(model).sweep(x, [1e-4, 1e-3, 1e-2])  # doctest: +SKIP
-            >>> maps.shape  # (3, *x.shape)  # doctest: +SKIP
+            >>> import torch
+            >>> from torch import nn
+            >>> from captum_ext import CASO
+            >>> model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+            >>> maps = CASO(model).sweep(torch.randn(2, 6), [1e-4, 1e-3, 1e-2])
+            >>> maps.shape
+            torch.Size([3, 2, 6])
         """
         if "lambda1" in kwargs or "sparsity" in kwargs:
             raise TypeError("sweep() takes lambda1_values instead of lambda1 / sparsity")
         grid = _grid_tensor(lambda1_values)
         abs_ = kwargs.pop("abs", False)
         internal_batch_size = kwargs.pop("internal_batch_size", None)
-        kw = dict(
-            lambda1=0.0,
-            lambda2=None,
-            c1=10.0,
-            n_iter=10,
-            lr=0.1,
-            decay=0.5,
-            hessian="auto",
-            rank_tol=DEFAULT_RANK_TOL,
-            sparsity=None,
-            n_power_iter=10,
-            max_rank=None,
-        )
-        unknown = set(kwargs) - set(kw)
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
-        kw.update(kwargs)
+        kw = _caso_kwargs(**kwargs)
         out, is_tuple = self._run(
             inputs,
             target,
@@ -445,6 +664,19 @@ class CASO(_ContextAwareAttribution):
         return format_output(is_tuple, out)
 
     # ------------------------------------------------------------------ maths glue
+    def _operator(self, graph: LossGraph, mode: str, rank_tol: float, max_rank: int | None) -> _Curvature:
+        """Build the curvature operator and its spectral bounds for ``mode``."""
+        s = self._samples
+        if mode == "closed_form":
+            per_copy = low_rank_factor(graph, rank_tol=rank_tol, max_rank=max_rank)
+            factor = group_mean_factor(per_copy, s)
+            top = factor.top_eigenvalue()
+            return _Curvature(factor, factor.gradient, top, top, 0.0, factor.rank, per_copy.B.shape[2] + 1)
+        exact = ExactHessian(graph, samples=s)
+        n = graph.n // s
+        rank = torch.zeros(n, dtype=torch.long, device=graph.logits.device)
+        return _Curvature(exact, exact.gradient, None, None, None, rank, 1)
+
     def _solve(
         self,
         graph: LossGraph,
@@ -453,6 +685,9 @@ class CASO(_ContextAwareAttribution):
         lambda1,
         lambda2,
         c1,
+        solver,
+        tol,
+        max_iter,
         n_iter,
         lr,
         decay,
@@ -462,79 +697,144 @@ class CASO(_ContextAwareAttribution):
         n_power_iter,
         max_rank,
     ):
-        n = graph.n
         dtype, device = graph.dtype, graph.logits.device
-        probe_gap = None
-        mode = hessian
-        if mode == "auto":
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            d = sum(x[0].numel() for x in graph.inputs)
-            c = graph.logits.shape[1]
-            v = torch.randn(n, d, generator=gen, dtype=dtype).to(device)
-            w = torch.randn(n, c, generator=gen, dtype=dtype).to(device)
-            probe_gap = logit_curvature_gap(graph, v, w).detach()
-            tol = 1e-4 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
-            mode = "closed_form" if bool((probe_gap <= tol).all()) else "exact"
-
-        factor: LowRankFactor | None = None
-        exact: ExactHessian | None = None
         s = self._samples
-        n = n // s
-        if mode == "closed_form":
-            per_copy = low_rank_factor(graph, rank_tol=rank_tol, max_rank=max_rank)
-            n_vjp = per_copy.B.shape[2] + 1
-            factor = group_mean_factor(per_copy, s)
-            g = factor.gradient
-            top = factor.top_eigenvalue()
-            hvp = factor.hvp
-            rank = factor.rank
-        else:
-            exact = ExactHessian(graph, samples=s)
-            g = exact.gradient
-            top = exact.top_eigenvalue(n_power_iter)
-            hvp = exact.hvp
-            rank = torch.zeros(n, dtype=torch.long, device=device)
-            n_vjp = 1
-        lam2 = self._resolve_lambda2(lambda2, c1, top, "CASO")
-        grid = None if lambda1_grid is None else lambda1_grid(n, device, dtype)
-
-        def solve(lams: Tensor) -> tuple[Tensor, Tensor]:
-            gm = g[:, None, :]
-            l2 = lam2[:, None, None]
-            l1 = lams[:, :, None]
-            closed = (lams == 0)[:, :, None] if factor is not None else None
-            if closed is not None and bool(closed.all()):
-                delta = factor.solve_shifted(g, lam2)[:, None, :].expand(-1, lams.shape[1], -1)
-            else:
-                res = fista(gm, hvp, l1, l2, n_iter=n_iter, lr=lr, decay=decay)
-                delta, hd = res.delta, res.h_delta
-                if closed is not None and bool(closed.any()):  # lambda1 = 0 columns: Woodbury
-                    delta = torch.where(closed, factor.solve_shifted(g, lam2)[:, None, :], delta)
-            if closed is not None:
-                hd = factor.hvp(delta)
-            obj = caso_objective(delta, hd, gm, l1, l2)
-            return delta, obj
-
-        delta, obj, lam1, eta, in_window = self._search_or_solve(solve, g, lambda1, grid, sparsity)
-        if exact is not None:
-            exact.release()
+        mode, probe_gap, extra = self._choose_mode(graph, hessian)
+        curv = self._operator(graph, mode, rank_tol, max_rank)
+        op, g = curv.op, curv.gradient
+        n = g.shape[0]
+        tol = default_tol(dtype) if tol is None else tol
+        paper = solver == "paper"
+        n_hvp0 = getattr(op, "n_hvp", 0)
+        try:
+            if curv.top is None:  # exact operator: estimate the spectrum
+                if paper:
+                    curv.top = op.top_eigenvalue(n_power_iter)
+                    curv.upper, curv.lower = curv.top, None
+                else:
+                    lz = lanczos_extremes(op.hvp, _lanczos_start(g), tol=1e-4, max_iter=64)
+                    curv.top, curv.upper, curv.lower = lz.top.clamp_min(0), lz.upper.clamp_min(0), lz.bottom
+            grid = None if lambda1_grid is None else lambda1_grid(n, device, dtype)
+            raised = 0
+            top = curv.top
+            while True:
+                lam2 = self._resolve_lambda2(lambda2, c1, top, "CASO")
+                stats: list[SolveResult] = []
+                solve = self._make_solve(curv, g, lam2, stats, paper, tol, max_iter, n_iter, lr, decay)
+                delta, obj, lam1, eta, in_window = self._search_or_solve(solve, g, lambda1, grid, sparsity)
+                bad = torch.stack([st.nonconcave.reshape(n, -1).any(1) for st in stats]).any(0)
+                if not bool(bad.any()):
+                    break
+                seen = torch.stack([st.rayleigh_max.reshape(n, -1).amax(1) for st in stats]).amax(0)
+                if lambda2 is not None:
+                    raise ValueError(
+                        f"CASO: lambda2={lambda2} makes the problem non-concave: a direction v with "
+                        f"v.Hv / v.v = {float(seen[bad].max()):.4g} > 2 lambda2 was found (the Hessian's top "
+                        f"eigenvalue L is at least that, above the estimate {float(top[bad].max()):.4g}). "
+                        "Use a larger lambda2 or lambda2=None."
+                    )
+                if raised == 3:  # pragma: no cover - needs an operator whose spectrum keeps growing
+                    raise RuntimeError("CASO: could not find a lambda2 that makes the problem concave")
+                raised += 1
+                top = torch.where(bad, torch.maximum(top, seen) * (1 + 1e-3), top)
+                curv.upper = torch.maximum(curv.upper, top)
+        except RuntimeError as err:
+            if "not implemented" in str(err) and mode == "exact":
+                raise RuntimeError(
+                    "CASO(hessian='exact') needs the double backward of every layer, which this model "
+                    f"lacks ({err}). Use hessian='closed_form' (the Gauss-Newton Hessian, exact for "
+                    "piecewise-linear nets)."
+                ) from err
+            raise
+        if raised:
+            extra["lambda2_raised"] = raised
+        op_release = getattr(op, "release", None)
+        if callable(op_release):
+            op_release()
         else:
             graph.release()
+        conv = torch.cat([st.converged.reshape(n, -1) for st in stats], 1)
+        bound = torch.cat([st.error_bound.reshape(n, -1) for st in stats], 1)
+        iters = torch.cat([st.iterations.reshape(n, -1) for st in stats], 1)
+        if grid is None or sparsity is not None:  # one value per example: worst over the candidates
+            conv, bound, iters = conv.all(1), bound.amax(1), iters.amax(1)
+        _warn_unconverged(conv, bound, tol, max_iter if not paper else n_iter or 10, paper)
         details = AttributionDetails(
             lambda1=lam1.detach(),
             lambda2=lam2.detach(),
             sparsity=eta.detach(),
             objective=obj.detach(),
             top_eigenvalue=top.detach(),
-            rank=rank,
+            rank=curv.rank,
             hessian=mode,
             target=graph.target[::s],
             in_window=in_window,
             probe_gap=None if probe_gap is None else probe_gap.reshape(n, s).amax(1),
-            n_hvp=0 if exact is None else exact.n_hvp,
-            n_vjp=n_vjp,
+            n_hvp=getattr(op, "n_hvp", 0) - n_hvp0,
+            n_vjp=curv.n_vjp,
+            converged=conv,
+            error_bound=bound,
+            iterations=iters,
+            solver=solver,
+            extra=extra,
         )
         return delta.detach(), details
+
+    def _choose_mode(self, graph: LossGraph, hessian: str) -> tuple[str, Tensor | None, dict[str, Any]]:
+        extra: dict[str, Any] = {}
+        if graph.binary:
+            extra["binary_logistic"] = True
+        if hessian != "auto":
+            return hessian, None, extra
+        n, dtype, device = graph.n, graph.dtype, graph.logits.device
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        d = sum(x[0].numel() for x in graph.inputs)
+        c = graph.logits.shape[1]
+        v = torch.randn(n, d, generator=gen, dtype=dtype).to(device)
+        # zero-sum cotangents: the loss only sees logits up to a per-example shift (log_softmax heads)
+        w = torch.randn(n, c, generator=gen, dtype=dtype).to(device)
+        w = w - w.mean(1, keepdim=True)
+        try:
+            probe_gap = logit_curvature_gap(graph, v, w).detach()
+        except RuntimeError as err:
+            if "not implemented" not in str(err):
+                raise
+            extra["fallback"] = (
+                f"no double backward ({str(err).splitlines()[0]}); used the closed-form Gauss-Newton "
+                "Hessian, exact only for piecewise-linear nets"
+            )
+            warnings.warn(f"CASO(hessian='auto'): {extra['fallback']}.", stacklevel=5)
+            return "closed_form", None, extra
+        tol = 1e-4 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+        return ("closed_form" if bool((probe_gap <= tol).all()) else "exact"), probe_gap, extra
+
+    @staticmethod
+    def _make_solve(curv, g, lam2, stats, paper, tol, max_iter, n_iter, lr, decay):
+        op = curv.op
+        factor = op if isinstance(op, LowRankFactor) else None
+
+        def solve(lams: Tensor) -> tuple[Tensor, Tensor]:
+            gm = g[:, None, :].expand(-1, lams.shape[1], -1)
+            l2 = lam2[:, None, None]
+            l1 = lams[:, :, None]
+            upper = curv.upper[:, None, None]
+            if paper:
+                res = fista(gm, op.hvp, l1, l2, n_iter=n_iter or 10, lr=lr, decay=decay, monotone=False)
+                st = _certified(res.delta, res.h_delta, gm, l1, l2, upper, n_iter or 10, res.n_hvp)
+            elif factor is not None and bool((lams == 0).all()):
+                delta = factor.solve_shifted(g, lam2)[:, None, :].expand_as(gm)
+                st = _certified(delta, factor.hvp(delta), gm, l1, l2, upper, 0, 0)
+            elif bool((lams == 0).all()):
+                st = conjugate_gradient(gm, op.hvp, l2, l_upper=upper, tol=tol, max_iter=max_iter)
+            else:
+                lower = curv.lower[:, None, None] if isinstance(curv.lower, Tensor) else 0.0
+                st = accelerated_prox_gradient(
+                    gm, op.hvp, l1, l2, l_upper=upper, l_lower=lower, tol=tol, max_iter=max_iter, decay=decay
+                )
+            stats.append(st)
+            return st.delta, caso_objective(st.delta, st.h_delta, gm, l1, l2)
+
+        return solve
 
 
 class SmoothCASO(CASO):

@@ -66,12 +66,14 @@ class LossGraph:
         target: ``(n,)`` class indices.
         probs: ``softmax(logits)``, detached and in float64 so that ``1 - p_t`` and ``A`` keep their
             precision at high confidence (where float32 ``p_t - 1`` cancels catastrophically).
+        binary: the model returned one logit ``z``; ``logits`` is ``[0, z]`` (binary logistic loss).
     """
 
     inputs: tuple[Tensor, ...]
     logits: Tensor
     target: Tensor
     probs: Tensor
+    binary: bool = False
 
     @property
     def n(self) -> int:
@@ -141,15 +143,27 @@ def build_loss_graph(
     additional_args: tuple[Any, ...] = (),
     target: Tensor | None = None,
 ) -> LossGraph:
-    """Run the model on leaf copies of ``inputs``; ``target=None`` picks the predicted class."""
+    """Run the model on leaf copies of ``inputs``; ``target=None`` picks the predicted class.
+
+    A single-logit output ``z`` is read as the binary logistic loss: the logits become ``[0, z]``
+    (class 1 is ``z > 0``). Raises ``ValueError`` when the output does not depend on the inputs.
+    """
     leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
     logits = run_forward(forward_func, leaves, additional_args)
     if not logits.is_floating_point():
         raise TypeError(f"forward_func must return floating-point logits, got {logits.dtype}")
+    if not logits.requires_grad:
+        raise ValueError(
+            "forward_func's output does not depend on the inputs (no gradient path from the inputs to "
+            "the output); is the model detached, run under no_grad, or ignoring its input?"
+        )
+    binary = logits.shape[1] == 1
+    if binary:
+        logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     if target is None:
         target = logits.detach().argmax(dim=1)
     probs = torch.softmax(logits.detach().to(torch.float64), dim=1)
-    return LossGraph(leaves, logits, target, probs)
+    return LossGraph(leaves, logits, target, probs, binary)
 
 
 def softmax_covariance(probs: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ def soft_threshold(x: Tensor, threshold: Tensor | float) -> Tensor:
         >>> soft_threshold(torch.tensor([-3.0, 0.5, 2.0]), 1.0)
         tensor([-2.,  0.,  1.])
     """
-    return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0)
+    # "+ 0.0" turns the -0.0 of negative entries inside the threshold into +0.0 (prints as 0.0000)
+    return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0) + 0.0
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
