@@ -32,17 +32,16 @@ def test_aopc_linear_gradient_times_input_closed_form(untouched):
     attr = InputXGradient(net).attribute(x.clone().requires_grad_(True), target=t).detach()
     want = _aopc_oracle(attr.numpy(), (0, 1, 3, 5), 2)
     with untouched(net):
-        res = aopc(net, x, attr, t, steps=(0, 1, 3, 5), features_per_step=2, output="logit", progress=False)
+        res = aopc(net, x, attr, target=t, steps=(0, 1, 3, 5), features_per_step=2, output="logit")
         via_fn = aopc(
             net,
             x,
             InputXGradient(net).attribute,
-            t,
+            target=t,
             steps=(0, 1, 3, 5),
             features_per_step=2,
             output="logit",
-            progress=False,
-            batch_size=3,
+            max_examples_per_batch=3,
         )
     assert res.steps == (0, 1, 3, 5)
     assert res.aopc.shape == (4, 7) and res.scores.shape == (6, 7)
@@ -56,7 +55,7 @@ def test_aopc_probability_matches_manual_loop():
     net = _linear(6, 4, seed=1)
     x = torch.randn(3, 6, dtype=torch.float64)
     attr = torch.randn(3, 6, dtype=torch.float64)
-    res = aopc(net, x, attr, steps=3, baseline=0.5, progress=False)
+    res = aopc(net, x, attr, steps=3, baselines=0.5)
     with torch.no_grad():
         t = net(x).argmax(1)  # default target: predicted class
         for i in range(3):
@@ -76,12 +75,14 @@ def test_aopc_pixels_over_channels_and_mean_baseline():
     net = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 2)).double().eval()
     x = torch.randn(4, 2, 3, 3, dtype=torch.float64)
     attr = InputXGradient(net).attribute(x.clone().requires_grad_(True), target=1).detach()
-    res = aopc(net, x, attr, 1, steps=(4,), channel_dim=1, output="logit", progress=False)
+    res = aopc(net, x, attr, target=1, steps=(4,), aggregate="sum", channel_dim=1, output="logit")
     pixel_attr = attr.sum(dim=1).reshape(4, -1).numpy()  # a pixel's removal drops its channel sum
     assert np.allclose(res.aopc.numpy(), _aopc_oracle(pixel_attr, (4,), 1), atol=1e-10)
     # 'mean' baseline: removed coordinates take the example's mean value
     w = net[1].weight[1].detach().reshape(2, 3, 3)
-    res_m = aopc(net, x, attr, 1, steps=(2,), channel_dim=1, output="logit", baseline="mean", progress=False)
+    res_m = aopc(
+        net, x, attr, target=1, steps=(2,), aggregate="sum", channel_dim=1, output="logit", baselines="mean"
+    )
     for i in range(4):
         order = torch.argsort(attr[i].sum(0).reshape(-1), descending=True, stable=True)
         drops = [0.0]
@@ -112,9 +113,7 @@ def test_aopc_tuple_inputs_and_additional_args():
         additional_forward_args=(2.0,),
     )
     attr = tuple(a.detach() for a in attr)
-    res = aopc(
-        net, (x1, x2), attr, 0, steps=(7,), output="logit", progress=False, additional_forward_args=(2.0,)
-    )
+    res = aopc(net, (x1, x2), attr, target=0, steps=(7,), output="logit", additional_forward_args=(2.0,))
     flat = torch.cat([attr[0], attr[1]], dim=1).numpy()
     assert np.allclose(res.aopc.numpy(), _aopc_oracle(flat, (7,), 1), atol=1e-10)
 
@@ -123,19 +122,19 @@ def test_relative_fidelity_drop(untouched):
     net = _linear()
     x = torch.randn(6, 10, dtype=torch.float64)
     attr = InputXGradient(net).attribute(x.clone().requires_grad_(True), target=0).detach()
-    kw = {"steps": (2, 5), "output": "logit", "progress": False}
+    kw = {"steps": (2, 5), "output": "logit"}
     with untouched(net):
-        same = relative_fidelity_drop(net, x, attr, attr.clone(), 0, **kw)
-        worse = relative_fidelity_drop(net, x, attr, -attr, 0, **kw)
+        same = relative_fidelity_drop(net, x, attr, attr.clone(), target=0, **kw)
+        worse = relative_fidelity_drop(net, x, attr, -attr, target=0, **kw)
     assert torch.equal(same.drop, torch.zeros(2, dtype=same.drop.dtype))
-    base, proc = aopc(net, x, attr, 0, **kw).mean(), aopc(net, x, -attr, 0, **kw).mean()
+    base, proc = aopc(net, x, attr, target=0, **kw).mean(), aopc(net, x, -attr, target=0, **kw).mean()
     assert torch.allclose(worse.drop, 100 * (base - proc) / base)
     assert (worse.drop > 0).all()  # least relevant first is less faithful
     assert worse.steps == (2, 5)
     # sparsified gradient (keep the top 30%, zero the rest) vs the full gradient
     keep = attr >= attr.quantile(0.7, dim=1, keepdim=True)
     sparse = torch.where(keep, attr, torch.zeros_like(attr))
-    res = relative_fidelity_drop(net, x, attr, sparse, 0, **kw)
+    res = relative_fidelity_drop(net, x, attr, sparse, target=0, **kw)
     assert res.drop[0].item() == pytest.approx(0.0, abs=1e-9)  # top features unchanged early
     assert res.drop[1].item() >= -1e-9
 
@@ -147,32 +146,32 @@ def test_relative_fidelity_drop(untouched):
         ({"steps": ()}, ValueError, "steps"),
         ({"features_per_step": 0}, ValueError, "features_per_step"),
         ({"output": "loss"}, ValueError, "output"),
-        ({"baseline": "median"}, ValueError, "baseline"),
-        ({"baseline": torch.zeros(3)}, ValueError, "broadcast"),
-        ({"channel_dim": 0}, ValueError, "channel_dim"),
-        ({"batch_size": -1}, ValueError, "batch_size"),
+        ({"baselines": "median"}, ValueError, "baselines"),
+        ({"baselines": torch.zeros(3)}, ValueError, "fits neither"),
+        ({"aggregate": "sum", "channel_dim": 0}, ValueError, "channel_dim"),
+        ({"max_examples_per_batch": -1}, ValueError, "max_examples_per_batch"),
     ],
 )
 def test_aopc_errors(kwargs, err, match):
     net = _linear()
     x = torch.randn(2, 10, dtype=torch.float64)
     with pytest.raises(err, match=match):
-        aopc(net, x, torch.rand(2, 10), 0, progress=False, **{"steps": 1, **kwargs})
+        aopc(net, x, torch.rand(2, 10), target=0, **{"steps": 1, **kwargs})
 
 
 def test_aopc_more_errors():
     net = _linear()
     x = torch.randn(2, 10, dtype=torch.float64)
     with pytest.raises(ValueError, match="shaped like the inputs"):
-        aopc(net, x, torch.rand(2, 9), 0, steps=1, progress=False)
+        aopc(net, x, torch.rand(2, 9), target=0, steps=1)
     with pytest.raises(TypeError, match="attributions"):
-        aopc(net, x, "saliency", 0, steps=1, progress=False)
+        aopc(net, x, "saliency", target=0, steps=1)
     bn = nn.Sequential(nn.Linear(10, 3), nn.BatchNorm1d(3)).train()
     with pytest.raises(ValueError, match="eval"):
-        aopc(bn, x.float(), torch.rand(2, 10), steps=1, progress=False)
+        aopc(bn, x.float(), torch.rand(2, 10), steps=1)
     zero = nn.Linear(10, 2).double().eval()
     nn.init.zeros_(zero.weight)
     with pytest.raises(ValueError, match="mean AOPC is 0"):
         relative_fidelity_drop(
-            zero, x, torch.rand(2, 10), torch.rand(2, 10), 0, steps=(1,), output="logit", progress=False
+            zero, x, torch.rand(2, 10), torch.rand(2, 10), target=0, steps=(1,), output="logit"
         )

@@ -369,7 +369,9 @@ class UnitLayout:
 
     @staticmethod
     def of(inputs: tuple[Tensor, ...], aggregate: str = "abs_sum", channel_dim: int = 1) -> UnitLayout:
-        """The layout of ``inputs`` (a tuple of batch-first tensors)."""
+        """The layout of ``inputs`` (a tuple of batch-first tensors); ``channel_dim`` is checked."""
+        for x in inputs:
+            _channel_axis(x.dim(), channel_dim)
         grids = tuple(unit_shape(x.shape, aggregate, channel_dim) for x in inputs)
         sizes = tuple(int(math.prod(g)) for g in grids)
         return UnitLayout(grids, sizes, aggregate, channel_dim)

@@ -18,31 +18,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from captum.log import log_usage
+from torch import Tensor
 
-from captum_ext._format import (
-    TargetType,
-    TensorOrTuple,
-    format_additional_args,
-    format_inputs,
-    select_additional_args,
-)
+from captum_ext._format import TensorOrTuple, format_additional_args, format_inputs, select_additional_args
+from captum_ext.metrics._attribution import check_like
 from captum_ext.metrics._common import (
+    NOT_IN_DICT,
+    MetricResult,
+    TargetLike,
     check_batch_size,
     check_eval_mode,
+    check_finite,
+    check_labels,
+    check_not_empty,
     compute_attributions,
-    resolve_target,
+    forward_batched,
 )
+from captum_ext.metrics._masking import UnitLayout, format_baselines, rank_units, select_baselines
 from captum_ext.metrics.similarity import AttrLike
 
 __all__ = ["AOPCResult", "FidelityDrop", "aopc", "relative_fidelity_drop"]
 
 AttributionsLike = AttrLike | Callable[..., AttrLike]
-BaselineLike = float | str | Tensor | tuple[Any, ...]
 
 
-@dataclass
-class AOPCResult:
+@dataclass(frozen=True, eq=False)
+class AOPCResult(MetricResult):
     """AOPC under MoRF removal.
 
     Attributes:
@@ -54,8 +56,8 @@ class AOPCResult:
 
     steps: tuple[int, ...]
     aopc: Tensor
-    scores: Tensor = field(repr=False)
-    target: Tensor = field(repr=False)
+    scores: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    target: Tensor = field(repr=False, metadata=NOT_IN_DICT)
 
     def mean(self) -> Tensor:
         """Mean AOPC over examples at each ``L``, shape ``(len(steps),)``."""
@@ -63,10 +65,7 @@ class AOPCResult:
 
     def plot(self, ax: Any = None, label: str | None = None) -> Any:
         """Plot the mean output drop ``f(x^(0)) - f(x^(l))`` against ``l``; returns the Axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax = self._axes(ax, (4.5, 3.2))
         drop = (self.scores[:1] - self.scores).mean(dim=1).cpu().numpy()
         ax.plot(range(len(drop)), drop, label=label)
         ax.set_xlabel("removal steps (most relevant first)")
@@ -83,130 +82,94 @@ def _steps(steps: int | Sequence[int]) -> tuple[int, ...]:
     return vals
 
 
-def _baselines(baseline: BaselineLike, tup: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """One tensor broadcastable to each input."""
-    if isinstance(baseline, tuple):
-        if len(baseline) != len(tup):
-            raise ValueError(f"baseline tuple has {len(baseline)} entries for {len(tup)} inputs")
-        return tuple(_baselines(b, (x,))[0] for b, x in zip(baseline, tup, strict=True))
-    out = []
-    for x in tup:
-        n = x.shape[0]
-        if isinstance(baseline, str):
-            if baseline != "mean":
-                raise ValueError(f"baseline must be a number, a tensor or 'mean', got {baseline!r}")
-            b = x.reshape(n, -1).mean(dim=1).view((n,) + (1,) * (x.dim() - 1))
-        elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-            b = torch.tensor(float(baseline), dtype=x.dtype, device=x.device)
-        elif isinstance(baseline, Tensor):
-            b = baseline.to(device=x.device, dtype=x.dtype)
-            try:
-                torch.broadcast_shapes(b.shape, x.shape)
-            except RuntimeError:
-                raise ValueError(
-                    f"baseline of shape {tuple(b.shape)} does not broadcast to the inputs {tuple(x.shape)}"
-                ) from None
-        else:
-            raise TypeError(f"unsupported baseline type {type(baseline).__name__}")
-        out.append(b)
-    return tuple(out)
-
-
-def _unit_scores(attr: tuple[Tensor, ...], channel_dim: int | None) -> Tensor:
-    """``(N, P)`` relevance of each removal unit (a coordinate, or a pixel over channels)."""
-    n = attr[0].shape[0]
-    if channel_dim is None:
-        return torch.cat([a.reshape(n, -1) for a in attr], dim=1)
-    return attr[0].sum(dim=channel_dim).reshape(n, -1)
-
-
-def _unit_to_inputs(mask: Tensor, tup: tuple[Tensor, ...], channel_dim: int | None) -> tuple[Tensor, ...]:
-    """Expand a ``(N, P)`` unit mask to boolean masks shaped like each input."""
-    if channel_dim is None:
-        sizes = [x[0].numel() for x in tup]
-        parts = mask.split(sizes, dim=1)
-        return tuple(p.reshape(x.shape) for p, x in zip(parts, tup, strict=True))
-    x = tup[0]
-    reduced = list(x.shape)
-    reduced.pop(channel_dim)
-    return (mask.reshape(reduced).unsqueeze(channel_dim).expand(x.shape),)
-
-
+@log_usage()
 def aopc(
     forward_func: Callable[..., Tensor],
     inputs: TensorOrTuple,
     attributions: AttributionsLike,
-    target: TargetType = None,
     *,
+    target: TargetLike = None,
+    additional_forward_args: Any = None,
+    baselines: Any = 0.0,
+    max_examples_per_batch: int | None = None,
     steps: int | Sequence[int] = (20, 50, 100),
     features_per_step: int = 1,
-    baseline: BaselineLike = 0.0,
     output: str = "probability",
-    absolute: bool = False,
-    channel_dim: int | None = None,
-    additional_forward_args: Any = None,
+    aggregate: str = "signed",
+    channel_dim: int = 1,
     attribute_kwargs: dict[str, Any] | None = None,
-    batch_size: int | None = None,
-    progress: bool = True,
+    show_progress: bool = False,
 ) -> AOPCResult:
     """Area over the MoRF perturbation curve at each number of removal steps in ``steps``.
 
-    Removal units are ranked by decreasing attribution (ties: lower index first); step ``l``
-    replaces the ``l * features_per_step`` most relevant units by the ``baseline`` and records the
-    target output ``f(x^(l))``. ``AOPC_L`` is the mean of ``f(x^(0)) - f(x^(l))`` over
-    ``l = 0..L``. Higher AOPC means a more faithful attribution.
+    Removal units are ranked by decreasing relevance (ties: lower index first; for tuple inputs the
+    units of all inputs are ranked together); step ``l`` replaces the ``l * features_per_step`` most
+    relevant units by the ``baselines`` and records the target output ``f(x^(l))``. ``AOPC_L`` is the
+    mean of ``f(x^(0)) - f(x^(l))`` over ``l = 0..L``. Higher AOPC means a more faithful attribution.
 
     Args:
         forward_func: the model or any callable returning ``(batch, classes)`` scores; a module is
-            never modified (it must be in eval mode if it has BatchNorm or Dropout).
+            never modified (one with BatchNorm or Dropout in training mode is refused).
         inputs: tensor or tuple of tensors, batch first.
         attributions: precomputed attributions shaped like ``inputs``, or an attribution function
             ``(inputs, target=...) -> attributions`` (e.g. ``Saliency(model).attribute``).
-        target: explained classes; ``None`` uses the predictions on the clean inputs.
+        target: explained classes in any Captum form; ``None`` uses the predictions on the clean
+            inputs.
+        additional_forward_args: extra forward arguments (Captum convention).
+        baselines: fill value of removed units: a number, ``"mean"`` / ``"channel_mean"`` (each
+            example's), a tensor shaped like one example, a per-example tensor ``(N, ...)``, or a
+            tuple of these for tuple inputs.
+        max_examples_per_batch: examples per forward call (``None``: all at once).
         steps: the ``L`` values to report (the curve is computed up to ``max(steps)``).
         features_per_step: units removed per step.
-        baseline: fill value of removed units: a number, ``"mean"`` (each example's mean), a
-            tensor broadcastable to the inputs, or a tuple of these for tuple inputs.
         output: ``"probability"`` (softmax of the target class) or ``"logit"``.
-        absolute: rank by absolute attribution (default: by value, positive evidence first).
-        channel_dim: for a single image input, the channel dimension: units are then pixels,
-            ranked by the attribution summed over channels, and removed in every channel.
-        additional_forward_args: extra forward arguments.
+        aggregate: relevance of a unit: ``"signed"`` (default: every coordinate by value, positive
+            evidence first), ``"abs"`` (every coordinate by magnitude), or a pixel over
+            ``channel_dim``: ``"sum"`` (signed sum over channels), ``"abs_sum"``, ``"abs_max"``, ``"l2"``.
+        channel_dim: the channel dimension for per-pixel aggregates and ``"channel_mean"``.
         attribute_kwargs: extra keyword arguments when ``attributions`` is a function.
-        batch_size: examples per forward call.
-        progress: tqdm progress bar over steps.
+        show_progress: tqdm progress bar over steps.
 
     Returns:
-        :class:`AOPCResult`.
+        :class:`AOPCResult` with the per-example ``aopc`` ``(len(steps), N)`` and ``mean()``.
+
+    Raises:
+        ValueError: empty or NaN inputs/attributions, attributions not shaped like the inputs,
+            ``max(steps) * features_per_step`` beyond the units, bad targets or baselines, a
+            train-mode model.
 
     Examples:
         >>> from captum.attr import Saliency
-        >>> res = aopc(net, x, Saliency(net).attribute, y, steps=(20, 50))  # doctest: +SKIP
-        >>> res.mean()  # doctest: +SKIP
+        >>> net = torch.nn.Linear(6, 3)
+        >>> x = torch.rand(4, 6)
+        >>> res = aopc(net, x, Saliency(net).attribute, target=0, steps=(2, 4))
+        >>> res.aopc.shape, res.mean().shape
+        (torch.Size([2, 4]), torch.Size([2]))
     """
+    check_eval_mode(forward_func)
+    if not callable(forward_func):
+        raise TypeError("forward_func must be a model or a callable returning class scores")
     steps_t = _steps(steps)
     if isinstance(features_per_step, bool) or not isinstance(features_per_step, int) or features_per_step < 1:
         raise ValueError(f"features_per_step must be a positive int, got {features_per_step!r}")
     if output not in ("probability", "logit"):
         raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
-    check_batch_size(batch_size, "batch_size")
-    tup, is_tuple = format_inputs(inputs)
-    if channel_dim is not None:
-        if is_tuple:
-            raise ValueError("channel_dim works with a single input tensor, not a tuple")
-        if not -tup[0].dim() < channel_dim < tup[0].dim() or channel_dim % tup[0].dim() == 0:
-            raise ValueError(
-                f"channel_dim {channel_dim} is not a non-batch dimension of inputs "
-                f"shaped {tuple(tup[0].shape)}"
-            )
-        channel_dim = channel_dim % tup[0].dim()
-    if isinstance(forward_func, nn.Module):
-        check_eval_mode(forward_func, "forward_func")
-    elif not callable(forward_func):
-        raise TypeError("forward_func must be a model or a callable returning class scores")
+    check_batch_size(max_examples_per_batch)
+    tup, _ = format_inputs(inputs)
+    n = check_not_empty(tup)
+    check_finite(tup, "inputs")
+    layout = UnitLayout.of(tup, aggregate, channel_dim)
+    bases = format_baselines(baselines, tup)
     args = format_additional_args(additional_forward_args)
-    n = tup[0].shape[0]
-    tgt = resolve_target(forward_func, tup, target, args, batch_size)
+    p = layout.total
+    last = max(steps_t)
+    if last * features_per_step > p:
+        raise ValueError(
+            f"max(steps) * features_per_step = {last * features_per_step} exceeds the "
+            f"{p} removal units per example"
+        )
+    clean = forward_batched(forward_func, tup, args, max_examples_per_batch)
+    tgt = clean.argmax(dim=1) if target is None else check_labels(target, n, clean.shape[1]).to(clean.device)
 
     if isinstance(attributions, (Tensor, tuple)):
         attr = attributions
@@ -217,50 +180,31 @@ def aopc(
             tgt,
             additional_forward_args=additional_forward_args,
             attribute_kwargs=attribute_kwargs,
-            max_examples_per_batch=batch_size,
+            max_examples_per_batch=max_examples_per_batch,
         )
     else:
         raise TypeError("attributions must be a tensor, a tuple of tensors or a function")
     attr_t = attr if isinstance(attr, tuple) else (attr,)
-    if len(attr_t) != len(tup) or any(
-        not isinstance(a, Tensor) or a.shape != x.shape for a, x in zip(attr_t, tup, strict=False)
-    ):
-        raise ValueError(
-            "attributions must be shaped like the inputs: got "
-            f"{[tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__ for a in attr_t]} "
-            f"for inputs {[tuple(x.shape) for x in tup]}"
-        )
-    attr_t = tuple(a.detach().to(tup[0].device) for a in attr_t)
-    units = _unit_scores(attr_t, channel_dim)
-    if absolute:
-        units = units.abs()
-    p = units.shape[1]
-    last = max(steps_t)
-    if last * features_per_step > p:
-        raise ValueError(
-            f"max(steps) * features_per_step = {last * features_per_step} exceeds the "
-            f"{p} removal units per example"
-        )
-    bases = _baselines(baseline, tup)
-    order = torch.sort(units, dim=1, descending=True, stable=True).indices
-    position = torch.empty_like(order)
-    position.scatter_(1, order, torch.arange(p, device=order.device).expand(n, p))
+    check_like(attr_t, tup, "attributions")
+    check_finite(attr_t, "attributions")
+    rank = rank_units(layout.scores(attr_t))  # ties: lower index first
 
-    bs = n if batch_size is None else batch_size
+    bs = n if max_examples_per_batch is None else max_examples_per_batch
     from tqdm.auto import tqdm
 
     rows = []
     with torch.no_grad():
-        for step in tqdm(range(last + 1), desc="AOPC", disable=not progress, leave=False):
-            removed = _unit_to_inputs(position < step * features_per_step, tup, channel_dim)
-            perturbed = tuple(torch.where(m, b, x) for m, b, x in zip(removed, bases, tup, strict=True))
+        for step in tqdm(range(last + 1), desc="AOPC", disable=not show_progress, leave=False):
             vals = []
             for start in range(0, n, bs):
-                idx = torch.arange(start, min(start + bs, n), device=tup[0].device)
-                out = forward_func(*(x[idx] for x in perturbed), *select_additional_args(args, n, idx))
+                idx = torch.arange(start, min(start + bs, n))
+                keep = rank[start : start + bs] >= step * features_per_step
+                xb = tuple(x[start : start + bs] for x in tup)
+                perturbed = layout.fill(xb, keep, select_baselines(bases, n, idx))
+                out = forward_func(*perturbed, *select_additional_args(args, n, idx.to(tup[0].device)))
                 if output == "probability":
                     out = torch.softmax(out, dim=1)
-                vals.append(out.gather(1, tgt[idx].view(-1, 1).to(out.device))[:, 0])
+                vals.append(out.gather(1, tgt[start : start + bs].view(-1, 1).to(out.device))[:, 0])
             rows.append(torch.cat(vals))
     scores = torch.stack(rows)  # (last + 1, N)
     drops = scores[:1] - scores
@@ -269,8 +213,8 @@ def aopc(
     return AOPCResult(steps=steps_t, aopc=aopc_vals, scores=scores, target=tgt)
 
 
-@dataclass
-class FidelityDrop:
+@dataclass(frozen=True, eq=False)
+class FidelityDrop(MetricResult):
     """Relative fidelity drop of a post-processed attribution against its base method.
 
     Attributes:
@@ -287,13 +231,25 @@ class FidelityDrop:
     base: AOPCResult = field(repr=False)
     processed: AOPCResult = field(repr=False)
 
+    def plot(self, ax: Any = None) -> Any:
+        """Mean AOPC of the base and the processed attributions against ``L``; returns the Axes."""
+        ax = self._axes(ax, (4.5, 3.2))
+        ax.plot(self.steps, self.base.mean().cpu().numpy(), marker="o", label="base")
+        ax.plot(self.steps, self.processed.mean().cpu().numpy(), marker="s", label="processed")
+        ax.set_xlabel("L (removal steps)")
+        ax.set_ylabel("mean AOPC")
+        ax.legend(fontsize="small")
+        return ax
 
+
+@log_usage()
 def relative_fidelity_drop(
     forward_func: Callable[..., Tensor],
     inputs: TensorOrTuple,
     base_attributions: AttributionsLike,
     processed_attributions: AttributionsLike,
-    target: TargetType = None,
+    *,
+    target: TargetLike = None,
     **aopc_kwargs: Any,
 ) -> FidelityDrop:
     """Relative drop (%) of AOPC_MoRF of a post-processed attribution vs its base (Table 5).
@@ -309,8 +265,8 @@ def relative_fidelity_drop(
         processed_attributions: attributions (or function) of the post-processed method, e.g. the
             sparsified gradient.
         target: explained classes; ``None`` uses the predictions.
-        **aopc_kwargs: settings passed to :func:`aopc` (``steps``, ``features_per_step``,
-            ``baseline``, ``output``, ``channel_dim``, ...).
+        **aopc_kwargs: keyword settings passed to :func:`aopc` (``steps``, ``features_per_step``,
+            ``baselines``, ``output``, ``aggregate``, ``max_examples_per_batch``, ...).
 
     Returns:
         :class:`FidelityDrop`.
@@ -319,17 +275,21 @@ def relative_fidelity_drop(
         ValueError: when the base method's mean AOPC is 0 at some ``L`` (no relative drop).
 
     Examples:
-        >>> res = relative_fidelity_drop(
-        ...     net, x, grad, sparse_grad, y, steps=(20, 50, 100))  # doctest: +SKIP
-        >>> res.drop  # doctest: +SKIP
+        >>> net = torch.nn.Linear(6, 3)
+        >>> x = torch.rand(4, 6)
+        >>> a = x * net.weight[0].detach()
+        >>> res = relative_fidelity_drop(net, x, a, a.clone(), target=0, steps=(3,), output="logit")
+        >>> res.drop
+        tensor([0.])
     """
-    if isinstance(forward_func, nn.Module):
-        check_eval_mode(forward_func, "forward_func")
+    check_eval_mode(forward_func)
     tup, _ = format_inputs(inputs)
     args = format_additional_args(aopc_kwargs.get("additional_forward_args"))
-    tgt = resolve_target(forward_func, tup, target, args, aopc_kwargs.get("batch_size"))
-    base = aopc(forward_func, inputs, base_attributions, tgt, **aopc_kwargs)
-    proc = aopc(forward_func, inputs, processed_attributions, tgt, **aopc_kwargs)
+    clean = forward_batched(forward_func, tup, args, aopc_kwargs.get("max_examples_per_batch"))
+    n = tup[0].shape[0]
+    tgt = clean.argmax(dim=1) if target is None else check_labels(target, n, clean.shape[1])
+    base = aopc(forward_func, inputs, base_attributions, target=tgt, **aopc_kwargs)
+    proc = aopc(forward_func, inputs, processed_attributions, target=tgt, **aopc_kwargs)
     mb, mp = base.mean(), proc.mean()
     if (mb == 0).any():
         raise ValueError("the base attribution's mean AOPC is 0 at some L: no relative drop")
