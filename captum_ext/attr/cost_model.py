@@ -1,0 +1,251 @@
+"""Predicted cost of CASO's Hessian paths, and the choice of the cheapest correct one in a memory budget.
+
+Pure arithmetic (no model calls except in :func:`calibrate_pass_costs`). Costs are in units of one
+per-example backward pass (a vector-Jacobian product through the model), memory in bytes.
+
+Paths, per example with kept rank ``r`` of ``A = diag(p) - pp^T``, ``d`` input features and ``P``
+Hessian-vector products needed by the solver (top eigenvalue + iterations; 0 for the factor, whose
+products are ``d x r`` matmuls and whose ``lambda1 = 0`` solve is closed form):
+
+* ``"closed_form"`` (low-rank factor): ``r + 1`` backward passes (the ``+1`` is the gradient);
+  memory ``d r`` floats for ``B`` plus the VJP buffer. Exact for piecewise-linear nets (to
+  ``rank_tol``), the Gauss-Newton part otherwise.
+* ``"gauss_newton"`` (matrix-free ``J^T A J v``): gradient + one ``create_graph`` backward, then
+  ``P (jvp + backward)``; memory a few input-sized vectors. Same correctness as the factor.
+* ``"exact"`` (double backward): gradient with ``create_graph`` then ``P`` double-backward products;
+  correct for any twice-differentiable model.
+
+:func:`choose_path` takes the cheapest path that is correct for the model (``piecewise_linear``) and
+fits ``max_memory``; ties go to the path listed first in ``PATHS``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: order also breaks ties: the factor gives exact L and a closed-form lambda1 = 0 solve
+PATHS = ("closed_form", "gauss_newton", "exact")
+
+
+@dataclass(frozen=True)
+class PassCosts:
+    """Cost of one pass per example, in units of one backward pass (VJP) unless ``unit`` says otherwise.
+
+    Defaults are medians measured on CPU (one thread, torch 2.x) for ResNet-50 at 224x224 with one
+    image: forward 1.0, ``J v`` by the double-VJP trick 3.0, one double-backward HVP 5.0 (see
+    ``benchmarks/results/bench_caso_scale.json``). :func:`calibrate_pass_costs` measures them.
+
+    Attributes:
+        forward: one forward pass that keeps the graph.
+        backward: one VJP (the unit).
+        jvp: one Jacobian-vector product ``J v`` (Gauss-Newton path).
+        double_backward: one exact Hessian-vector product by double backward.
+        unit: what 1.0 means (``"backward"`` or ``"seconds"`` after calibration).
+    """
+
+    forward: float = 1.0
+    backward: float = 1.0
+    jvp: float = 3.0
+    double_backward: float = 5.0
+    unit: str = "backward"
+
+    def __post_init__(self) -> None:
+        for name in ("forward", "backward", "jvp", "double_backward"):
+            val = getattr(self, name)
+            if not math.isfinite(val) or val <= 0:
+                raise ValueError(f"PassCosts.{name} must be a positive number, got {val}")
+
+
+#: costs measured for ResNet-50 on CPU (see :class:`PassCosts`)
+DEFAULT_COSTS = PassCosts()
+
+
+@dataclass(frozen=True)
+class PathCost:
+    """Predicted cost of one path for a whole batch.
+
+    Attributes:
+        path: one of :data:`PATHS`.
+        time: predicted compute, in ``PassCosts.unit``.
+        memory: predicted peak bytes of the path's own buffers (factor, VJP chunk, direction vectors);
+            the model's saved activations are common to all paths and not counted.
+        correct: whether the path computes the model's true Hessian (to the factor's ``rank_tol``).
+    """
+
+    path: str
+    time: float
+    memory: int
+    correct: bool
+
+
+def default_max_memory(device: torch.device | str = "cpu") -> int:
+    """Default budget in bytes: half the free memory of a CUDA device; on CPU a quarter of RAM, <= 8 GiB.
+
+    Examples:
+        >>> default_max_memory("cpu") > 0
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 2)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        ram = 4 * 2**30
+    return int(min(ram // 4, 8 * 2**30))
+
+
+def expected_products(
+    lambda1_values: int = 1,
+    lambda1_zero: bool = True,
+    n_power_iter: int = 10,
+    n_iter: int = 10,
+    backtracks: float = 1.0,
+) -> int:
+    """Hessian-vector products a matrix-free path needs: ``L`` plus the solve of every ``lambda1``.
+
+    Args:
+        lambda1_values: number of ``lambda1`` values solved (a sweep or the sparsity search).
+        lambda1_zero: whether every value is 0 (the solve is then a linear system; budgeted as
+            ``n_iter`` products like one proximal run).
+        n_power_iter: products for the top eigenvalue.
+        n_iter: iterations of the solver per ``lambda1``.
+        backtracks: average products per iteration (backtracking trials).
+
+    Examples:
+        >>> expected_products()  # paper: 10 power + 10 FISTA steps
+        20
+    """
+    if min(lambda1_values, n_power_iter, n_iter) < 0 or backtracks <= 0:
+        raise ValueError("counts must be >= 0 and backtracks > 0")
+    per_value = n_iter * backtracks
+    return int(math.ceil(n_power_iter + lambda1_values * per_value))
+
+
+def predict_costs(
+    ranks: Sequence[int] | Tensor,
+    d: int,
+    products: int,
+    costs: PassCosts = DEFAULT_COSTS,
+    itemsize: int = 4,
+    piecewise_linear: bool = True,
+    vjp_batch: int = 16,
+    packed: bool = True,
+) -> dict[str, PathCost]:
+    """Predicted time and memory of each path for a batch with these per-example ranks.
+
+    Args:
+        ranks: kept rank of ``A`` per example (``(n,)``).
+        d: input features per example.
+        products: Hessian-vector products a matrix-free path needs (:func:`expected_products`).
+        costs: per-pass costs.
+        itemsize: bytes per float of the model's dtype.
+        piecewise_linear: whether the logits have zero curvature (then the factor and Gauss-Newton
+            paths are exact).
+        vjp_batch: VJPs the factor computes in one vectorised backward (its buffer).
+        packed: the factor packs columns by each example's rank (``sum r_i`` backward work,
+            :mod:`~captum_ext.attr.packed_factor`) instead of ``n max r``.
+
+    Returns:
+        ``{path: PathCost}`` for every path of :data:`PATHS`.
+
+    Examples:
+        >>> pc = predict_costs([2, 3], d=100, products=20)
+        >>> pc["closed_form"].time, pc["gauss_newton"].time, pc["exact"].time
+        (7.0, 164.0, 204.0)
+        >>> pc["closed_form"].memory
+        5200
+    """
+    r = torch.as_tensor(ranks, dtype=torch.float64).reshape(-1)
+    if r.numel() == 0 or bool((r < 0).any()):
+        raise ValueError("ranks must hold at least one non-negative rank")
+    if products < 0 or d < 1:
+        raise ValueError(f"products must be >= 0 and d >= 1, got {products}, {d}")
+    n = r.numel()
+    b = costs.backward
+    columns = float(r.sum()) if packed else n * float(r.max())
+    factor_time = columns * b + n * b  # one VJP per column + the gradient
+    factor_mem = int(columns * d * itemsize + min(vjp_batch, float(r.max()) + 1) * n * d * itemsize)
+    gn_time = 2 * n * b + products * n * (costs.jvp + b)  # gradient, J^T u graph, then products
+    exact_time = 2 * n * b + products * n * costs.double_backward
+    direction_mem = 4 * n * d * itemsize  # iterate, momentum, product, gradient
+    return {
+        "closed_form": PathCost("closed_form", factor_time, factor_mem, piecewise_linear),
+        "gauss_newton": PathCost("gauss_newton", gn_time, direction_mem, piecewise_linear),
+        "exact": PathCost("exact", exact_time, direction_mem, True),
+    }
+
+
+def choose_path(predictions: dict[str, PathCost], max_memory: int | None = None) -> PathCost:
+    """Cheapest correct path whose predicted memory fits ``max_memory`` (``None``: no limit).
+
+    A factor that does not fit whole can still be built in chunks of examples; callers that chunk
+    pass the memory of the largest chunk. If no correct path fits, the correct path with the smallest
+    memory is returned (the caller warns).
+
+    Examples:
+        >>> choose_path(predict_costs([2], d=150528, products=20)).path  # confident: 3 backward passes
+        'closed_form'
+        >>> low = predict_costs([999], d=150528, products=20)  # 1000 passes and 0.6 GB
+        >>> choose_path(low).path
+        'gauss_newton'
+        >>> choose_path(predict_costs([50], d=150528, products=20), max_memory=2**24).path
+        'gauss_newton'
+        >>> choose_path(predict_costs([9], d=4, products=20, piecewise_linear=False)).path
+        'exact'
+    """
+    correct = [predictions[p] for p in PATHS if p in predictions and predictions[p].correct]
+    if not correct:
+        raise ValueError("no correct path among the predictions")
+    fits = [c for c in correct if max_memory is None or c.memory <= max_memory]
+    if not fits:
+        return min(correct, key=lambda c: c.memory)
+    return min(fits, key=lambda c: c.time)  # min keeps the first of equal times (PATHS order)
+
+
+def calibrate_pass_costs(graph, repeats: int = 1) -> PassCosts:  # noqa: ANN001 - LossGraph, avoids a cycle
+    """Measure one backward, one ``J v`` and one double-backward product on ``graph`` (CPU time).
+
+    Costs about 6 backward passes. Returns costs relative to the backward pass (``unit="backward"``),
+    measured with ``time.process_time`` (robust to other processes; counts all of this process's
+    threads). Keeps the graph alive.
+    """
+    from .gauss_newton import GaussNewtonHessian
+    from .hessian import ExactHessian
+
+    n = graph.n
+    d = sum(x[0].numel() for x in graph.inputs)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn(n, d, generator=gen, dtype=graph.dtype).to(graph.logits.device)
+    w = torch.randn(n, graph.logits.shape[1], generator=gen, dtype=graph.dtype).to(v.device)
+
+    def timed(fn) -> float:  # noqa: ANN001
+        best = math.inf
+        for _ in range(max(1, repeats)):
+            _sync(v)
+            t0 = time.process_time()
+            fn()
+            _sync(v)
+            best = min(best, time.process_time() - t0)
+        return max(best, 1e-9)
+
+    back = timed(lambda: graph.vjp(w))
+    gn = GaussNewtonHessian(graph)
+    gn.jvp(v)  # builds the J^T u graph once
+    jvp = timed(lambda: gn.jvp(v))
+    exact = ExactHessian(graph)
+    dbl = timed(lambda: exact.hvp(v))
+    return PassCosts(forward=1.0, backward=1.0, jvp=jvp / back, double_backward=dbl / back)
+
+
+def _sync(t: Tensor) -> None:
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)

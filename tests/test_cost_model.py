@@ -1,0 +1,99 @@
+"""Cost model: predictions follow the documented formulas; the choice is the cheapest correct fit."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from captum_ext.attr.cost_model import (
+    PATHS,
+    PassCosts,
+    PathCost,
+    calibrate_pass_costs,
+    choose_path,
+    default_max_memory,
+    expected_products,
+    predict_costs,
+)
+from captum_ext.attr.hessian import build_loss_graph
+
+from ._nets import relu_cnn
+
+
+def test_formulas():
+    costs = PassCosts(forward=2.0, backward=1.5, jvp=4.0, double_backward=7.0)
+    pc = predict_costs([3, 1], d=10, products=5, costs=costs, itemsize=8, vjp_batch=2)
+    assert pc["closed_form"].time == pytest.approx((3 + 1) * 1.5 + 2 * 1.5)
+    assert pc["closed_form"].memory == 4 * 10 * 8 + 2 * 2 * 10 * 8
+    assert pc["gauss_newton"].time == pytest.approx(2 * 2 * 1.5 + 5 * 2 * (4.0 + 1.5))
+    assert pc["exact"].time == pytest.approx(2 * 2 * 1.5 + 5 * 2 * 7.0)
+    unpacked = predict_costs([3, 1], d=10, products=5, costs=costs, itemsize=8, vjp_batch=2, packed=False)
+    assert unpacked["closed_form"].time == pytest.approx(2 * 3 * 1.5 + 2 * 1.5)
+    assert all(pc[p].correct for p in PATHS)
+    smooth = predict_costs([3, 1], d=10, products=5, piecewise_linear=False)
+    assert [p for p in PATHS if smooth[p].correct] == ["exact"]
+
+
+def test_expected_products():
+    assert expected_products() == 20
+    assert expected_products(lambda1_values=8, n_power_iter=10, n_iter=10, backtracks=1.5) == 130
+    with pytest.raises(ValueError):
+        expected_products(n_iter=-1)
+
+
+def test_choice_at_low_and_high_confidence_1000_classes():
+    d = 3 * 224 * 224
+    high = predict_costs([1], d=d, products=expected_products())
+    low = predict_costs([999], d=d, products=expected_products())
+    assert choose_path(high).path == "closed_form"
+    assert choose_path(low).path == "gauss_newton"
+    # a budget too small for the factor moves the choice even when the factor is cheapest
+    mid = predict_costs([10], d=d, products=expected_products())
+    assert choose_path(mid).path == "closed_form"
+    assert choose_path(mid, max_memory=mid["closed_form"].memory - 1).path == "gauss_newton"
+
+
+def test_no_fit_returns_smallest_memory_and_no_correct_raises():
+    preds = {
+        "exact": PathCost("exact", 1.0, 100, True),
+        "closed_form": PathCost("closed_form", 0.5, 50, False),
+    }
+    assert choose_path(preds, max_memory=10).path == "exact"
+    with pytest.raises(ValueError, match="correct"):
+        choose_path({"closed_form": PathCost("closed_form", 0.5, 50, False)})
+
+
+@given(
+    ranks=st.lists(st.integers(0, 999), min_size=1, max_size=8),
+    products=st.integers(0, 200),
+    budget=st.one_of(st.none(), st.integers(1, 10**10)),
+    smooth=st.booleans(),
+)
+def test_choice_is_never_predicted_slower_than_a_correct_fitting_path(ranks, products, budget, smooth):
+    pc = predict_costs(ranks, d=1000, products=products, piecewise_linear=not smooth)
+    chosen = choose_path(pc, budget)
+    assert chosen.correct
+    for p in pc.values():
+        if p.correct and (budget is None or p.memory <= budget):
+            assert chosen.time <= p.time
+            assert budget is None or chosen.memory <= budget
+
+
+def test_invalid_inputs():
+    with pytest.raises(ValueError, match="jvp"):
+        PassCosts(jvp=0.0)
+    with pytest.raises(ValueError, match="ranks"):
+        predict_costs([], d=3, products=1)
+    with pytest.raises(ValueError, match="products"):
+        predict_costs([1], d=3, products=-1)
+
+
+def test_default_max_memory_is_positive_and_bounded():
+    m = default_max_memory("cpu")
+    assert 0 < m <= 8 * 2**30
+
+
+def test_calibration_returns_positive_relative_costs():
+    graph = build_loss_graph(relu_cnn(c=5), (torch.randn(2, 2, 6, 6, dtype=torch.float64),))
+    costs = calibrate_pass_costs(graph)
+    assert costs.backward == 1.0 and costs.jvp > 0 and costs.double_backward > 0
