@@ -20,7 +20,7 @@ def test_linear_model_matches_lognormal_mean():
     x = torch.randn(12, 5, dtype=DT)
     y = torch.arange(12) % 3
     sigmas = [0.1, 0.5, 1.0]
-    curve = density_ratio_curve(lin, x, y, sigmas, n_samples=4000, batch_size=5)
+    curve = density_ratio_curve(lin, x, sigmas, target=y, n_samples=4000, max_examples_per_batch=5)
     wnorm2 = lin.weight.detach().pow(2).sum(1)[y]
     for k, s in enumerate(sigmas):
         expected = float(torch.exp(0.5 * s**2 * wnorm2).mean())
@@ -39,7 +39,7 @@ def test_constant_logits_give_ratio_one():
         def forward(self, x):
             return torch.tensor([[1.0, 2.0]], dtype=x.dtype).expand(x.shape[0], 2)
 
-    curve = density_ratio_curve(Const(), torch.randn(7, 3), 1, torch.tensor([1e-3, 10.0]))
+    curve = density_ratio_curve(Const(), torch.randn(7, 3), torch.tensor([1e-3, 10.0]), target=1)
     assert torch.equal(curve.mean_ratio, torch.ones(2, dtype=DT))
     assert torch.equal(curve.sem, torch.zeros(2, dtype=DT))
     assert torch.equal(curve.mean_log_ratio, torch.zeros(2, dtype=DT))
@@ -53,7 +53,7 @@ def test_quadratic_logit_gives_exact_ratio_growth_direction():
             v = -x.pow(2).sum(1, keepdim=True)
             return torch.cat([v, -v], 1)
 
-    curve = density_ratio_curve(Bowl(), torch.zeros(4, 6), 0, [0.01, 0.1, 1.0], n_samples=50)
+    curve = density_ratio_curve(Bowl(), torch.zeros(4, 6), [0.01, 0.1, 1.0], target=0, n_samples=50)
     assert bool((curve.mean_ratio < 1).all())
     assert bool((curve.mean_ratio[1:] < curve.mean_ratio[:-1]).all())
     # at x = 0 the log ratio is −‖η‖², whose mean is −dσ²
@@ -67,14 +67,14 @@ def test_deterministic_given_seed_and_model_untouched(untouched):
     net[0].weight.grad = torch.ones_like(net[0].weight)
     x = torch.randn(9, 4)
     with untouched(net):
-        a = density_ratio_curve(net, x, [0, 1, 2] * 3, [0.1, 1.0], n_samples=3, seed=5)
-        b = density_ratio_curve(net, x, [0, 1, 2] * 3, [0.1, 1.0], n_samples=3, seed=5)
-        c = density_ratio_curve(net, x, [0, 1, 2] * 3, [0.1, 1.0], n_samples=3, seed=6)
+        a = density_ratio_curve(net, x, [0.1, 1.0], target=[0, 1, 2] * 3, n_samples=3, seed=5)
+        b = density_ratio_curve(net, x, [0.1, 1.0], target=[0, 1, 2] * 3, n_samples=3, seed=5)
+        c = density_ratio_curve(net, x, [0.1, 1.0], target=[0, 1, 2] * 3, n_samples=3, seed=6)
     assert torch.equal(a.mean_ratio, b.mean_ratio)
     assert not torch.equal(a.mean_ratio, c.mean_ratio)
     net.train()
-    with pytest.warns(UserWarning, match="training mode"):
-        density_ratio_curve(net, x, 0, [0.1])
+    with untouched(net), pytest.raises(ValueError, match="training mode"):
+        density_ratio_curve(net, x, [0.1], target=0)
 
 
 class TwoInputs(nn.Module):
@@ -86,7 +86,13 @@ def test_tuple_inputs_and_additional_args():
     a, b = torch.randn(5, 3, dtype=DT), torch.randn(5, 2, dtype=DT)
     scale = torch.arange(5, dtype=DT) / 2
     curve = density_ratio_curve(
-        TwoInputs(), (a, b), 0, [0.3], n_samples=4000, batch_size=2, additional_forward_args=(scale,)
+        TwoInputs(),
+        (a, b),
+        [0.3],
+        target=0,
+        n_samples=4000,
+        max_examples_per_batch=2,
+        additional_forward_args=(scale,),
     )
     # class 0 logit = scale·Σa: log ratio ~ N(0, 3σ²scale²), mean ratio exp(1.5σ²scale²)
     expected = float(torch.exp(1.5 * 0.09 * scale**2).mean())
@@ -100,18 +106,16 @@ def test_validation_and_plot():
     lin = nn.Linear(3, 2)
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="sigmas"):
-        density_ratio_curve(lin, x, 0, [])
+        density_ratio_curve(lin, x, [], target=0)
     with pytest.raises(ValueError, match="sigmas"):
-        density_ratio_curve(lin, x, 0, [0.1, -1.0])
+        density_ratio_curve(lin, x, [0.1, -1.0], target=0)
     with pytest.raises(ValueError, match="n_samples"):
-        density_ratio_curve(lin, x, 0, [0.1], n_samples=0)
-    with pytest.raises(ValueError, match="labels are required"):
-        density_ratio_curve(lin, x, None, [0.1])
-    with pytest.raises(ValueError, match="target has"):
-        density_ratio_curve(lin, x, [0, 1], [0.1])
-    curve = density_ratio_curve(lin, x, 1, [0.01, 0.1, 1.0])
+        density_ratio_curve(lin, x, [0.1], target=0, n_samples=0)
+    with pytest.raises(ValueError, match="entries"):
+        density_ratio_curve(lin, x, [0.1], target=[0, 1])
+    curve = density_ratio_curve(lin, x, [0.01, 0.1, 1.0], target=1)
     assert isinstance(curve, DensityRatioCurve)
-    d = curve.as_dict()
+    d = curve.to_dict()
     assert len(d["sigmas"]) == 3 and d["n_examples"] == 4
     import matplotlib
 
@@ -126,5 +130,5 @@ def test_validation_and_plot():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_density_on_cuda():
     lin = nn.Linear(3, 2).cuda()
-    curve = density_ratio_curve(lin, torch.randn(6, 3, device="cuda"), 0, [0.1, 1.0])
+    curve = density_ratio_curve(lin, torch.randn(6, 3, device="cuda"), [0.1, 1.0], target=0)
     assert curve.mean_ratio.device.type == "cpu" and bool(torch.isfinite(curve.mean_ratio).all())

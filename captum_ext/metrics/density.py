@@ -11,30 +11,37 @@ is better: a good density model does not assign *higher* density to noisy inputs
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor
 
 from .._format import (
-    TargetType,
     TensorOrTuple,
-    expand_target,
     format_additional_args,
     format_inputs,
     run_forward,
     select_additional_args,
 )
-from .._model_state import has_stochastic_or_batch_layers
+from ._common import (
+    NOT_IN_DICT,
+    MetricResult,
+    TargetLike,
+    check_batch_size,
+    check_eval_mode,
+    check_finite,
+    check_labels,
+    check_not_empty,
+)
 
 __all__ = ["DensityRatioCurve", "density_ratio_curve"]
 
 
-@dataclass(frozen=True)
-class DensityRatioCurve:
+@dataclass(frozen=True, eq=False)
+class DensityRatioCurve(MetricResult):
     """Mean density ratio per noise level.
 
     Attributes:
@@ -45,6 +52,8 @@ class DensityRatioCurve:
         mean_log_ratio: ``mean (f_y(x+η) − f_y(x))``, shape ``(S,)`` (never overflows).
         n_examples: number of examples averaged.
         n_samples: noise samples per example and σ.
+        ratios: ``(S, N)`` per-example ratio, averaged over the noise samples.
+        log_ratios: ``(S, N)`` per-example log ratio, averaged over the noise samples.
     """
 
     sigmas: Tensor
@@ -53,24 +62,12 @@ class DensityRatioCurve:
     mean_log_ratio: Tensor
     n_examples: int
     n_samples: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain Python lists, for JSON."""
-        return {
-            "sigmas": self.sigmas.tolist(),
-            "mean_ratio": self.mean_ratio.tolist(),
-            "sem": self.sem.tolist(),
-            "mean_log_ratio": self.mean_log_ratio.tolist(),
-            "n_examples": self.n_examples,
-            "n_samples": self.n_samples,
-        }
+    ratios: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    log_ratios: Tensor = field(repr=False, metadata=NOT_IN_DICT)
 
     def plot(self, ax: Any = None, label: str | None = None, log_y: bool = True) -> Any:
         """Plot the curve (matplotlib imported lazily); returns the Axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4, 3))
+        ax = self._axes(ax, (4, 3))
         s = self.sigmas.numpy()
         m = self.mean_ratio.numpy()
         e = self.sem.numpy()
@@ -86,15 +83,16 @@ class DensityRatioCurve:
         return ax
 
 
+@log_usage()
 def density_ratio_curve(
-    model: Any,
+    forward_func: Callable[..., Tensor],
     inputs: TensorOrTuple,
-    labels: TargetType,
     sigmas: Sequence[float] | Tensor,
     *,
-    n_samples: int = 1,
-    batch_size: int = 256,
+    target: TargetLike = None,
     additional_forward_args: Any = None,
+    max_examples_per_batch: int | None = None,
+    n_samples: int = 1,
     seed: int = 0,
     show_progress: bool = False,
 ) -> DensityRatioCurve:
@@ -103,17 +101,19 @@ def density_ratio_curve(
     The same standard-normal directions ``z`` are reused for every σ (``η = σ·z``, common random
     numbers), so the curve is a cross-section along fixed random directions and is smooth in σ.
     Noise is added to every input tensor. The model is only evaluated (under ``torch.no_grad``): its
-    mode, parameters and buffers are not touched; put it in eval mode first (a warning is raised for
-    BatchNorm/Dropout in training mode).
+    mode, parameters and buffers are not touched; a model with BatchNorm/Dropout in training mode is
+    refused with a ``ValueError`` (call ``.eval()`` first).
 
     Args:
-        model: classifier returning ``(batch, classes)`` logits.
+        forward_func: classifier returning ``(batch, classes)`` logits.
         inputs: tensor or tuple of tensors, batch first.
-        labels: the class ``y`` per example in any Captum target form (the paper uses the true label).
         sigmas: noise standard deviations (positive).
-        n_samples: noise samples per example and σ.
-        batch_size: examples per forward pass (each pass holds ``batch_size · n_samples`` rows).
+        target: the class ``y`` per example in any Captum form for a classifier (the paper uses the
+            true label); ``None`` uses the predicted class of the clean input.
         additional_forward_args: extra model arguments (Captum convention).
+        max_examples_per_batch: examples per forward pass (each pass holds
+            ``max_examples_per_batch · n_samples`` rows); ``None``: all at once.
+        n_samples: noise samples per example and σ.
         seed: seed of the noise generator (created on the inputs' device).
         show_progress: tqdm progress bar over batches.
 
@@ -122,49 +122,46 @@ def density_ratio_curve(
 
     Examples:
         >>> net = torch.nn.Linear(4, 3)
-        >>> curve = density_ratio_curve(net, torch.randn(8, 4), 0, [0.01, 0.1])
-        >>> curve.mean_ratio.shape
-        torch.Size([2])
+        >>> curve = density_ratio_curve(net, torch.randn(8, 4), [0.01, 0.1], target=0)
+        >>> curve.mean_ratio.shape, curve.ratios.shape
+        (torch.Size([2]), torch.Size([2, 8]))
     """
+    check_eval_mode(forward_func)
     xs, _ = format_inputs(inputs)
+    n = check_not_empty(xs)
+    check_finite(xs, "inputs")
     args = format_additional_args(additional_forward_args)
     sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
     if sig.numel() == 0 or bool((sig <= 0).any()) or not bool(torch.isfinite(sig).all()):
         raise ValueError(f"sigmas must be a non-empty sequence of positive numbers, got {sigmas!r}")
-    if int(n_samples) != n_samples or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    if isinstance(model, torch.nn.Module) and has_stochastic_or_batch_layers(model):
-        warnings.warn(
-            "the model has BatchNorm/Dropout layers in training mode; call model.eval() first for "
-            "deterministic density ratios",
-            UserWarning,
-            stacklevel=2,
-        )
-    n = xs[0].shape[0]
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    check_batch_size(max_examples_per_batch)
+    bs = n if max_examples_per_batch is None else max_examples_per_batch
     device = xs[0].device
     gen = torch.Generator(device=device).manual_seed(int(seed))
-    sums = torch.zeros(sig.numel(), dtype=torch.float64)
-    sq_sums = torch.zeros_like(sums)
-    log_sums = torch.zeros_like(sums)
-    starts = range(0, n, int(batch_size))
+    ratios = torch.zeros(sig.numel(), n, dtype=torch.float64)
+    log_ratios = torch.zeros_like(ratios)
+    starts = range(0, n, bs)
     if show_progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="density ratios")
+        starts = tqdm(starts, desc="density ratios", leave=False)
     y_all: Tensor | None = None
     with torch.no_grad():
         for start in starts:
-            idx = torch.arange(start, min(start + int(batch_size), n), device=device)
+            idx = torch.arange(start, min(start + bs, n), device=device)
             chunk = tuple(x.index_select(0, idx) for x in xs)
             chunk_args = select_additional_args(args, n, idx)
-            base = run_forward(model, chunk, chunk_args)
+            base = run_forward(forward_func, chunk, chunk_args)
             if y_all is None:
-                y_all = expand_target(labels, n, base.shape[1], device)
-                if y_all is None:
-                    raise ValueError("labels are required (the class y of every example)")
-            y = y_all.index_select(0, idx)
+                if target is None:
+                    y_all = torch.empty(n, dtype=torch.long, device=device)
+                else:
+                    y_all = check_labels(target, n, base.shape[1]).to(device)
+            if target is None:
+                y_all[idx] = base.argmax(dim=1).to(device)
+            y = y_all.index_select(0, idx).to(base.device)
             fy = base.gather(1, y.unsqueeze(1)).squeeze(1).double()
             b = idx.numel()
             z = tuple(
@@ -182,20 +179,20 @@ def density_ratio_curve(
                     (x.unsqueeze(0) + s * zz).reshape(n_samples * b, *x.shape[1:])
                     for x, zz in zip(chunk, z, strict=True)
                 )
-                out = run_forward(model, noisy, rep_args)
+                out = run_forward(forward_func, noisy, rep_args)
                 f_noisy = out.gather(1, y_rep.unsqueeze(1)).squeeze(1).double()
                 diff = (f_noisy.reshape(n_samples, b) - fy.unsqueeze(0)).cpu()
-                per_example = diff.exp().mean(0)
-                sums[k] += per_example.sum()
-                sq_sums[k] += per_example.pow(2).sum()
-                log_sums[k] += diff.mean(0).sum()
-    mean = sums / n
-    var = (sq_sums / n - mean.pow(2)).clamp_min(0) * (n / max(n - 1, 1))
+                ratios[k, idx.cpu()] = diff.exp().mean(0)
+                log_ratios[k, idx.cpu()] = diff.mean(0)
+    mean = ratios.mean(dim=1)
+    var = (ratios.pow(2).mean(dim=1) - mean.pow(2)).clamp_min(0) * (n / max(n - 1, 1))
     return DensityRatioCurve(
         sigmas=sig,
         mean_ratio=mean,
         sem=var.sqrt() / n**0.5,
-        mean_log_ratio=log_sums / n,
+        mean_log_ratio=log_ratios.mean(dim=1),
         n_examples=int(n),
         n_samples=int(n_samples),
+        ratios=ratios,
+        log_ratios=log_ratios,
     )
