@@ -54,7 +54,9 @@ def test_taylor_trace_has_no_taylor_error_on_a_quadratic(seed, d, sigma, n_sampl
     """For a quadratic, every sample equals (2/σ²)(∇fᵀv + ½vᵀAv) exactly: no higher-order error."""
     f, A, b = quadratic(d, seed)
     x = torch.randn(n, d, dtype=DT, generator=torch.Generator().manual_seed(seed + 1))
-    est = taylor_trace(f, x, sigma, n_samples, generator=torch.Generator().manual_seed(seed))
+    est = taylor_trace(
+        f, x, sigma, n_samples, estimator="one_sided", generator=torch.Generator().manual_seed(seed)
+    )
     v = sigma * torch.randn((n_samples, n, d), generator=torch.Generator().manual_seed(seed), dtype=DT)
     g = x @ A + b
     per_sample = (2 / sigma**2) * ((g * v).sum(-1) + 0.5 * ((v @ A) * v).sum(-1))
@@ -65,7 +67,7 @@ def test_taylor_trace_has_no_taylor_error_on_a_quadratic(seed, d, sigma, n_sampl
 def test_taylor_trace_is_unbiased_on_a_quadratic(seed, sigma):
     f, A, _ = quadratic(4, seed)
     x = torch.randn(1, 4, dtype=DT).expand(4000, 4)
-    est = taylor_trace(f, x, sigma, n_samples=10)  # 40 000 samples in total
+    est = taylor_trace(f, x, sigma, n_samples=10, estimator="one_sided")  # 40 000 samples in total
     sem = est.std() / est.numel() ** 0.5
     assert abs(float(est.mean() - torch.trace(A))) < 4 * float(sem)
     # the estimator's variance has the documented extra term of at most 4σ⁻²‖∇f‖² (App. B)
@@ -105,11 +107,111 @@ def test_taylor_trace_converges_to_exact_hessian_trace_of_softplus_net():
     gen = torch.Generator().manual_seed(0)
     errors = []
     for sigma, n in [(1.0, 1_000), (0.3, 10_000), (0.1, 100_000), (0.03, 300_000)]:
-        est = taylor_trace(f, x0.expand(n, 5), sigma, 1, generator=gen)
-        errors.append(abs(float(est.mean()) - exact))
+        est = taylor_trace(f, x0.expand(n, 5), sigma, 1, estimator="one_sided", generator=gen)
+        errors.append(abs(float(est.detach().mean()) - exact))
     assert errors == sorted(errors, reverse=True), errors
     assert errors[0] > 0.1 * abs(exact)  # large sigma: visible Taylor (bias) error
     assert errors[-1] < 0.02 * abs(exact), (exact, errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# the antithetic (noise-reduced) estimator
+# ---------------------------------------------------------------------------------------------
+@settings(max_examples=15)
+@given(
+    seed=st.integers(0, 1000),
+    d=st.integers(1, 6),
+    sigma=st.floats(0.01, 3.0),
+    n_samples=st.integers(1, 5),
+    n=st.integers(1, 4),
+)
+def test_antithetic_sample_is_hutchinson_sample_on_a_quadratic(seed, d, sigma, n_samples, n):
+    """For a quadratic each ±v pair gives exactly vᵀAv/σ²: the gradient term cancels per sample."""
+    f, A, b = quadratic(d, seed)
+    x = torch.randn(n, d, dtype=DT, generator=torch.Generator().manual_seed(seed + 1))
+    est = taylor_trace(f, x, sigma, n_samples, generator=torch.Generator().manual_seed(seed))
+    v = sigma * torch.randn((n_samples, n, d), generator=torch.Generator().manual_seed(seed), dtype=DT)
+    per_sample = ((v @ A) * v).sum(-1) / sigma**2
+    # float64 rounding of f(x±v) - f(x), divided by σ² >= 1e-4, stays far below 1e-7
+    assert torch.allclose(est, per_sample.mean(0), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed,sigma", [(0, 0.01), (1, 0.5)])
+def test_antithetic_is_unbiased_and_its_variance_ignores_the_gradient(seed, sigma):
+    f, A, b = quadratic(4, seed)
+    x = torch.randn(1, 4, dtype=DT).expand(4000, 4)
+
+    def steep(z):  # same Hessian, gradient 1000 times larger
+        return f(z) + 1000.0 * (z @ b)
+
+    gen = torch.Generator().manual_seed(seed)
+    est = taylor_trace(f, x, sigma, n_samples=5, generator=gen)
+    est_steep = taylor_trace(steep, x, sigma, n_samples=5, generator=torch.Generator().manual_seed(seed))
+    one_sided = taylor_trace(steep, x, sigma, n_samples=5, estimator="one_sided", generator=gen)
+    sem = est.std() / est.numel() ** 0.5
+    assert abs(float(est.mean() - torch.trace(A))) < 4 * float(sem)
+    # variance of a mean of 5 Gaussian-Hutchinson samples: 2‖A‖_F² / 5, whatever σ and ‖∇f‖
+    hutch_var = 2 * float((A**2).sum()) / 5
+    assert 0.85 * hutch_var < float(est.var()) < 1.15 * hutch_var
+    assert torch.allclose(est_steep, est, rtol=1e-6, atol=1e-6 / sigma**2)
+    # the one-sided estimator carries the 4‖∇f‖²/σ² term (App. B): orders of magnitude larger here
+    grad_sq = float((x[0] @ A + 1001.0 * b).pow(2).sum())
+    expected = (4 * grad_sq / sigma**2) / 5 + hutch_var
+    assert 0.85 * expected < float(one_sided.var()) < 1.15 * expected
+
+
+def dense_trace_and_grad(net: nn.Module, x0: torch.Tensor, cls: int) -> tuple[float, float, float]:
+    """Exact tr∇²f, ‖∇²f‖_F² and ‖∇f‖² of the logit ``cls`` at one point (dense autograd Hessian)."""
+
+    def f(z):
+        return net(z.unsqueeze(0))[0, cls]
+
+    hess = torch.autograd.functional.hessian(f, x0)
+    g = torch.autograd.functional.jacobian(f, x0)
+    return float(torch.trace(hess)), float((hess**2).sum()), float(g.pow(2).sum())
+
+
+def test_antithetic_matches_dense_hessian_trace_and_variance_does_not_scale_with_grad_over_sigma():
+    """Tiny float64 Softplus net: unbiased up to O(σ²) and variance ≈ Hutchinson's at every σ.
+
+    The one-sided estimator's variance grows like 4‖∇f‖²/σ² (App. B) as σ shrinks; the antithetic
+    one stays at Hutchinson's 2‖∇²f‖_F² (Gaussian probes).
+    """
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(5, 16), nn.Softplus(beta=1.0), nn.Linear(16, 3)).to(DT)
+    with torch.no_grad():  # larger weights: a clear gradient and curvature
+        net[0].weight.mul_(3)
+        net[2].weight.mul_(3)
+    x0 = torch.randn(5, dtype=DT, generator=torch.Generator().manual_seed(4))
+    trace, frob_sq, grad_sq = dense_trace_and_grad(net, x0, 1)
+    assert grad_sq > 1 and abs(trace) > 0.5  # a non-trivial target with a gradient
+
+    def f(z):
+        return net(z)[:, 1].detach()
+
+    n = 20_000
+    hutch_var = 2 * frob_sq
+    for sigma in (0.1, 0.03, 0.01):
+        gen = torch.Generator().manual_seed(int(1 / sigma))
+        est = taylor_trace(f, x0.expand(n, 5), sigma, 1, generator=gen)
+        sem = float(est.std()) / n**0.5
+        assert abs(float(est.mean()) - trace) < 4 * sem + 0.02 * abs(trace), (sigma, float(est.mean()), trace)
+        assert 0.8 * hutch_var < float(est.var()) < 1.25 * hutch_var, (sigma, float(est.var()), hutch_var)
+        one = taylor_trace(f, x0.expand(n, 5), sigma, 1, estimator="one_sided", generator=gen)
+        theory = 4 * grad_sq / sigma**2 + hutch_var
+        assert 0.8 * theory < float(one.var()) < 1.25 * theory, (sigma, float(one.var()), theory)
+
+
+def test_antithetic_float32_rounding_is_small_at_the_default_sigma():
+    """Float32 nets: at σ = 0.01 the rounding error of one ±v pair is ~|f|·1e-7/σ², far below 1."""
+    net = softplus_net(seed=5)
+    x = torch.rand(64, 5, dtype=DT)
+    gen64, gen32 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    h64 = taylor_trace(lambda z: net(z)[:, 0], x, 0.01, 4, generator=gen64)
+    net32 = net.float()
+    h32 = taylor_trace(lambda z: net32(z)[:, 0], x.float(), 0.01, 4, generator=gen32)
+    # same noise up to float32 rounding of the draws; differences come from float32 arithmetic
+    assert float((h32.double() - h64).abs().max()) < 0.5
 
 
 def test_taylor_trace_validation():
@@ -180,7 +282,7 @@ def test_gradient_norm_penalty_equals_explicit_double_backward():
 def test_score_matching_loss_equals_eq4():
     net = softplus_net()
     lam, sigma, mu, ns = 0.3, 0.05, 0.01, 3
-    sm = ScoreMatching(net, lam=lam, sigma=sigma, n_samples=ns, mu=mu)
+    sm = ScoreMatching(net, lam=lam, sigma=sigma, n_samples=ns, mu=mu, estimator="one_sided")
     x = torch.rand(4, 5, dtype=DT)
     y = torch.tensor([2, 0, 1, 1])
     torch.manual_seed(11)
@@ -214,11 +316,13 @@ def test_anti_score_matching_clamps_the_trace():
     torch.manual_seed(2)
     loss = free.loss(x, y)
     torch.manual_seed(2)
-    h = taylor_trace(lambda z: net(z).gather(1, y[:, None]).squeeze(1), x, 0.05, 1)
+    h = taylor_trace(  # the default (antithetic) estimator evaluates 2 * 5 noisy inputs
+        lambda z: net(z).gather(1, y.repeat(z.shape[0] // 5)[:, None]).squeeze(1), x, 0.05, 1
+    )
     assert float(loss.detach()) == pytest.approx(ce - 0.5 * float(h.mean()), rel=1e-10)
     # a threshold below every trace: the penalty is the constant -lam*tau, its gradient is zero
     tau = float(h.min()) - 1.0
-    clamped = AntiScoreMatching(net, lam=0.5, sigma=0.05, clamp=tau)
+    clamped = AntiScoreMatching(net, lam=0.5, sigma=0.05, clamp=tau, estimator="antithetic")
     torch.manual_seed(2)
     loss = clamped.loss(x, y)
     assert float(loss.detach()) == pytest.approx(ce - 0.5 * tau, rel=1e-10)
@@ -231,14 +335,48 @@ def test_anti_score_matching_clamps_the_trace():
 def test_score_matching_defaults_follow_paper_and_code():
     net = softplus_net()
     sm = ScoreMatching(net)
-    assert (sm.lam, sm.sigma, sm.n_samples, sm.mu) == (1e-3, 0.01, 1, 1e-4)
+    assert (sm.lam, sm.sigma, sm.n_samples, sm.mu, sm.estimator) == (1e-3, 0.01, 1, 1e-4, "antithetic")
     asm = AntiScoreMatching(net)
-    assert (asm.lam, asm.sigma, asm.clamp) == (1e-4, 1e-3, 1000.0)
+    assert (asm.lam, asm.sigma, asm.clamp, asm.n_samples, asm.estimator) == (
+        1e-4,
+        0.01,
+        1000.0,
+        1,
+        "antithetic",
+    )
     assert GradientNormRegularizer(net).lam == 1e-3
+    # the authors' code, one argument away
+    paper = ScoreMatching.paper_defaults(net)
+    assert (paper.lam, paper.sigma, paper.n_samples, paper.mu, paper.estimator) == (
+        1e-3,
+        0.01,
+        1,
+        1e-3,
+        "one_sided",
+    )
+    assert paper.model is net
+    anti = AntiScoreMatching.paper_defaults(net, lam=2e-4)
+    assert (anti.lam, anti.sigma, anti.clamp, anti.n_samples, anti.estimator) == (
+        2e-4,
+        1e-3,
+        1e4,
+        1,
+        "one_sided",
+    )
+    relu = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    smooth = AntiScoreMatching.paper_defaults(relu, smooth=True).model
+    assert smooth is not relu and [m.beta for m in smooth.modules() if isinstance(m, nn.Softplus)] == [10.0]
+    assert "estimator='one_sided'" in repr(anti)
     with pytest.raises(ValueError):
         ScoreMatching(net, sigma=0)
     with pytest.raises(ValueError):
         GradientNormRegularizer(net, lam=-1)
+    with pytest.raises(ValueError, match="estimator"):
+        ScoreMatching(net, estimator="authors")
+    with pytest.raises(ValueError, match="estimator"):
+        taylor_trace(lambda z: z.sum(1), torch.zeros(2, 2), estimator="two_sided")
+    with pytest.raises(ValueError, match="n_samples"):
+        AntiScoreMatching(net, n_samples=0)
 
 
 def test_wrappers_work_under_no_grad_and_with_float32():
