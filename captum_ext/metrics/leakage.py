@@ -10,16 +10,29 @@ features that lie outside it. 0 is perfect, 1 means nothing lands on the signal.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor
 
 from .._format import format_inputs
-from ._attribution import call_attribution, check_like
-from ._masking import count_for_fraction, rank_units
+from ._attribution import check_like
+from ._common import (
+    MetricResult,
+    TargetLike,
+    check_batch_size,
+    check_finite,
+    check_not_empty,
+    compute_attributions,
+    format_target,
+)
+from ._masking import UnitLayout, counts_for_fractions, rank_units
 
-__all__ = ["feature_leakage", "leakage_from_scores"]
+__all__ = ["LeakageResult", "feature_leakage", "leakage_from_scores"]
+
+_ABSOLUTE = ("abs", "abs_sum", "abs_max", "l2")
 
 
 def leakage_from_scores(
@@ -57,92 +70,142 @@ def leakage_from_scores(
     return (top & outside).sum(dim=1).to(torch.float64) / top_k
 
 
+@dataclass(frozen=True, eq=False)
+class LeakageResult(MetricResult):
+    """Outcome of :func:`feature_leakage`.
+
+    Attributes:
+        leakage: ``(N,)`` float64 per-example share in ``[0, 1]`` (``nan`` for an all-zero
+            attribution in mass mode).
+        top_k: the number of top units scored, or ``None`` for the mass share.
+        units: units per example.
+    """
+
+    leakage: Tensor
+    top_k: int | None
+    units: int
+
+    def mean(self) -> float:
+        """Mean leakage over the examples (``nan`` examples ignored)."""
+        return float(torch.nanmean(self.leakage))
+
+    def plot(self, ax: Any = None, label: str | None = None, bins: int = 20) -> Any:
+        """Histogram of the per-example leakage; returns the Axes."""
+        ax = self._axes(ax, (4, 3))
+        vals = self.leakage[~torch.isnan(self.leakage)].numpy()
+        ax.hist(vals, bins=bins, range=(0.0, 1.0), alpha=0.7, label=label)
+        ax.set_xlabel(
+            "top-k share outside the signal" if self.top_k else "attribution share outside the signal"
+        )
+        ax.set_ylabel("examples")
+        if label is not None:
+            ax.legend(fontsize="small")
+        return ax
+
+
+@log_usage()
 def feature_leakage(
+    inputs: Tensor | tuple[Tensor, ...],
     attributions: Tensor | tuple[Tensor, ...] | Callable[..., Any],
     signal_masks: Tensor | tuple[Tensor, ...],
     *,
+    target: TargetLike = None,
+    additional_forward_args: Any = None,
+    max_examples_per_batch: int | None = None,
     top_k: int | float | None = None,
-    inputs: Tensor | tuple[Tensor, ...] | None = None,
-    target: Any = None,
-    batch_size: int = 256,
+    aggregate: str = "abs",
+    channel_dim: int = 1,
     seed: int = 0,
-) -> Tensor:
+) -> LeakageResult:
     """Per-example share of attribution outside the instance's ground-truth signal.
 
-    The relevance of a feature is ``|attribution|`` (every coordinate on its own). With
-    ``top_k=None`` the result is ``sum(|a| outside signal) / sum(|a|)``; with ``top_k`` (a count,
-    or a fraction in ``(0, 1]`` of the features, rounded half up) it is the share of the top-k
-    features that lie outside the signal. For tuples of inputs every tensor is included.
+    The relevance of a unit comes from the masking engine's ``aggregate`` (``"abs"``: every
+    coordinate's ``|attribution|``, the default; ``"abs_sum"``, ``"abs_max"``, ``"l2"``: a pixel over
+    ``channel_dim``, which is signal when any of its channels is). With ``top_k=None`` the result is
+    ``sum(relevance outside signal) / sum(relevance)``; with ``top_k`` (a count, or a fraction in
+    ``(0, 1]`` of the units, rounded half up and at least one unit) it is the share of the top-k
+    units that lie outside the signal. For tuples of inputs every tensor is included.
 
     Args:
-        attributions: tensors ``(N, ...)``, or a callable ``(inputs, target) -> attributions``
-            (then ``inputs`` and ``target`` are required).
-        signal_masks: boolean (or 0/1) masks of the signal, broadcastable to each attribution
-            tensor (e.g. ``(N, 1, H, W)`` masks for ``(N, C, H, W)`` attributions).
-        top_k: ``None`` (mass share), an ``int`` count, or a ``float`` fraction of the features.
-        inputs: inputs for a callable attribution.
+        inputs: the inputs, batch first (the attributions must be shaped like them).
+        attributions: tensors shaped like ``inputs``, or a callable ``(inputs, target=...) ->
+            attributions`` (e.g. ``Saliency(model).attribute``), called in batches with ``target``
+            and ``additional_forward_args``.
+        signal_masks: boolean (or 0/1) masks of the signal, broadcastable to each input
+            (e.g. ``(N, 1, H, W)`` masks for ``(N, C, H, W)`` inputs).
         target: Captum-style target for a callable attribution.
-        batch_size: batch size for a callable attribution.
+        additional_forward_args: passed to a callable attribution.
+        max_examples_per_batch: examples per attribution call (``None``: all at once).
+        top_k: ``None`` (mass share), an ``int`` count, or a ``float`` fraction of the units.
+        aggregate: ``"abs"``, ``"abs_sum"``, ``"abs_max"`` or ``"l2"`` (non-negative relevances).
+        channel_dim: the channel dimension for per-pixel aggregates.
         seed: seed of the random tie-breaking for ``top_k``.
 
     Returns:
-        ``(N,)`` float64 tensor of shares in ``[0, 1]`` (``nan`` for an all-zero attribution in
-        mass mode).
+        :class:`LeakageResult` with the per-example ``leakage`` ``(N,)`` and ``mean()``.
 
     Raises:
-        ValueError: empty input, masks that do not broadcast, ``top_k`` out of range.
+        ValueError: empty or NaN input, masks that do not broadcast, ``top_k`` out of range.
 
     Examples:
         >>> from captum_ext.datasets import SignedBasisToy
         >>> x, y, mask = SignedBasisToy(4, d=6).tensors()
-        >>> feature_leakage(x.abs(), mask)
+        >>> feature_leakage(x, x.abs(), mask).leakage
         tensor([0., 0., 0., 0.], dtype=torch.float64)
     """
+    if aggregate not in _ABSOLUTE:
+        raise ValueError(f"aggregate must be one of {_ABSOLUTE} (non-negative relevance), got {aggregate!r}")
+    check_batch_size(max_examples_per_batch)
+    xs, _ = format_inputs(inputs)
+    n = check_not_empty(xs)
     if callable(attributions):
-        if inputs is None:
-            raise ValueError("a callable attribution needs inputs=... (and target=...)")
-        xs, is_tuple = format_inputs(inputs)
         t = None
         if target is not None:
-            t = torch.as_tensor(target) if not isinstance(target, Tensor) else target
-            t = t.reshape(-1).expand(xs[0].shape[0]) if t.numel() == 1 else t.reshape(-1)
-        attrs = call_attribution(attributions, xs, is_tuple, t, batch_size)
-        check_like(attrs, xs, "feature_leakage")
+            t = format_target(target, n, (n, 2**62))
+            t = t[:, 0] if t.shape[1] == 1 else t  # type: ignore[union-attr]
+        attrs = compute_attributions(
+            attributions,
+            inputs,
+            t,
+            additional_forward_args=additional_forward_args,
+            max_examples_per_batch=max_examples_per_batch,
+        )
     else:
-        attrs, _ = format_inputs(attributions)
+        attrs = attributions
+    attrs_t = attrs if isinstance(attrs, tuple) else (attrs,)
+    check_like(attrs_t, xs, "feature_leakage")
+    check_finite(attrs_t, "attributions")
     masks = signal_masks if isinstance(signal_masks, tuple) else (signal_masks,)
-    if len(masks) != len(attrs):
-        raise ValueError(f"got {len(masks)} signal mask(s) for {len(attrs)} attribution tensor(s)")
-    n = attrs[0].shape[0]
-    if n == 0:
-        raise ValueError("attributions are empty: need at least one example")
-    flat_scores, flat_masks = [], []
-    for i, (a, m) in enumerate(zip(attrs, masks, strict=True)):
+    if len(masks) != len(attrs_t):
+        raise ValueError(f"got {len(masks)} signal mask(s) for {len(attrs_t)} attribution tensor(s)")
+    full = []
+    for i, (a, m) in enumerate(zip(attrs_t, masks, strict=True)):
         if not isinstance(m, Tensor):
             raise TypeError(f"signal mask {i} must be a tensor, got {type(m).__name__}")
-        if m.shape[0] != n:
-            raise ValueError(f"signal mask {i} has {m.shape[0]} examples, attributions have {n}")
+        if m.dim() == 0 or m.shape[0] != n:
+            raise ValueError(
+                f"signal mask {i} has {m.shape[0] if m.dim() else 0} examples, attributions have {n}"
+            )
         try:
-            m_full = m.to(device=a.device).to(torch.bool).expand_as(a)
+            full.append(m.to(device=a.device).to(torch.bool).expand_as(a).to(torch.float64))
         except RuntimeError as err:
             raise ValueError(
                 f"signal mask {i} of shape {tuple(m.shape)} does not broadcast to attributions "
                 f"of shape {tuple(a.shape)}"
             ) from err
-        if not torch.isfinite(a).all():
-            raise ValueError("attributions contain NaN or infinite values")
-        flat_scores.append(a.detach().abs().reshape(n, -1))
-        flat_masks.append(m_full.reshape(n, -1))
-    scores = torch.cat(flat_scores, dim=1).cpu()
-    signal = torch.cat(flat_masks, dim=1).cpu()
+    layout = UnitLayout.of(xs, aggregate, channel_dim)
+    scores = layout.scores(attrs_t)
+    mask_layout = UnitLayout.of(xs, "abs" if aggregate == "abs" else "abs_max", channel_dim)
+    signal = mask_layout.scores(tuple(full)) > 0
     k = None
     if top_k is not None:
-        if isinstance(top_k, bool):
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)):
             raise TypeError("top_k must be an int, a float fraction or None")
         if isinstance(top_k, float):
             if not 0.0 < top_k <= 1.0:
                 raise ValueError(f"a fractional top_k must lie in (0, 1], got {top_k}")
-            k = max(1, count_for_fraction(top_k, scores.shape[1]))
+            k = counts_for_fractions((top_k,), scores.shape[1], "scored")[0]
         else:
             k = int(top_k)
-    return leakage_from_scores(scores, signal, k, torch.Generator().manual_seed(seed))
+    leak = leakage_from_scores(scores, signal, k, torch.Generator().manual_seed(seed))
+    return LeakageResult(leakage=leak, top_k=k, units=layout.total)
