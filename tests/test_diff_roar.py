@@ -1,5 +1,12 @@
+import concurrent.futures as cf
+import dataclasses
 import json
-import multiprocessing
+import os
+import pickle
+import socket
+import threading
+import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -9,11 +16,12 @@ from captum.attr import Saliency
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from captum_ext.datasets import BlockMNIST, SignedBasisToy
 from captum_ext.metrics import DiffROARResult, count_for_fraction, diff_roar, unmask
+from captum_ext.metrics._cells import _mp_context
 from captum_ext.metrics._masking import keep_mask_from_rank, rank_units
-from captum_ext.metrics.diff_roar import _atomic_write_json
 from captum_ext.training import MLPFactory, Trainer, evaluate, fit
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -33,10 +41,11 @@ def toy():
 
 
 def _toy_run(toy, **kw):
+    """DiffROAR on the toy set with the oracle signal mask (no mask control unless asked)."""
     (x, y, m), (xt, yt, mt) = toy
-    opts = dict(fractions=TOY_FRACTIONS, seeds=(0, 1), trainer=TOY_TRAINER, progress=False)
+    opts = dict(fractions=TOY_FRACTIONS, seeds=(0, 1), trainer=TOY_TRAINER, mask_control=False)
     opts.update(kw)
-    return diff_roar(TOY_FACTORY, (x, y), (xt, yt), (m.float(), mt.float()), **opts)
+    return diff_roar(None, (x, y), (xt, yt), (m.float(), mt.float()), model_factory=TOY_FACTORY, **opts)
 
 
 @dataclass
@@ -83,15 +92,17 @@ BLOCK_TRAINER = Trainer(epochs=3, lr=3e-3, batch_size=32)
 def test_oracle_signal_mask_gives_large_positive_diff_roar(block):
     (x, y, m), (xt, yt, mt) = block
     res = diff_roar(
-        BLOCK_FACTORY,
+        None,
         (x, y),
         (xt, yt),
         (m.float(), mt.float()),
+        model_factory=BLOCK_FACTORY,
         fractions=(0.1, 0.2, 0.5),
         seeds=(0, 1),
         trainer=BLOCK_TRAINER,
-        progress=False,
     )
+    # the kept block's position does not depend on the label: the mask-only control is at chance
+    assert res.control is not None and not res.leakage, res.control
     # bottom-k keeps only null-block pixels: chance level; top-k keeps signal pixels
     assert bool((res.bottom < 0.65).all())
     assert bool((res.top > 0.8).all())
@@ -103,14 +114,15 @@ def test_random_attribution_gives_diff_roar_near_zero(block):
     g = torch.Generator().manual_seed(0)
     rand = (torch.rand(x.shape, generator=g), torch.rand(xt.shape, generator=g))
     res = diff_roar(
-        BLOCK_FACTORY,
+        None,
         (x, y),
         (xt, yt),
         rand,
+        model_factory=BLOCK_FACTORY,
         fractions=(0.1, 0.3, 0.5),
         seeds=(0, 1, 2),
         trainer=BLOCK_TRAINER,
-        progress=False,
+        mask_control=False,
     )
     assert abs(float(res.diff.mean())) < 0.08, res.diff
     assert bool((res.diff.abs() < 0.15).all()), res.diff
@@ -128,8 +140,8 @@ def test_toy_oracle_and_full_fraction(toy):
 def test_datasets_are_accepted_directly(toy):
     tr, te = SignedBasisToy(160, d=10, seed=1), SignedBasisToy(80, d=10, seed=2)
     attr = (tr.signal_masks.float(), te.signal_masks.float())
-    kw = dict(fractions=TOY_FRACTIONS, seeds=(0, 1), trainer=TOY_TRAINER, progress=False)
-    from_datasets = diff_roar(TOY_FACTORY, tr, te, attr, **kw)
+    kw = dict(fractions=TOY_FRACTIONS, seeds=(0, 1), trainer=TOY_TRAINER, mask_control=False)
+    from_datasets = diff_roar(None, tr, te, attr, model_factory=TOY_FACTORY, **kw)
     assert torch.equal(from_datasets.accuracies, _toy_run(toy).accuracies)
 
 
@@ -173,15 +185,16 @@ def test_diff_roar_unmasks_the_exact_number_of_coordinates(toy):
     attr = (torch.randn(x.shape, generator=g), torch.randn(xt.shape, generator=g))
     rec = RecordingTrainer(epochs=1)
     res = diff_roar(
-        TOY_FACTORY,
+        None,
         (x + 2.0, y),  # no input equals the fill value
         (xt + 2.0, yt),
         attr,
+        model_factory=TOY_FACTORY,
         fractions=(0.05, 0.3, 0.35, 0.5),
         seeds=(0,),
         trainer=rec,
-        fill=-1.0,
-        progress=False,
+        baselines=-1.0,
+        mask_control=False,
     )
     assert res.counts == (1, 3, 4, 5)
     # cells run seed-major, then fraction, then top before bottom
@@ -205,15 +218,16 @@ def test_per_pixel_aggregation_keeps_whole_pixels():
     attr = torch.randn(x.shape, generator=g)
     rec = RecordingTrainer(epochs=1)
     diff_roar(
-        MLPFactory((3, 4, 4), hidden=(4,)),
+        None,
         (x, y),
         (x, y),
         (attr, attr),
+        model_factory=MLPFactory((3, 4, 4), hidden=(4,)),
         fractions=(0.25,),
         seeds=(0,),
         trainer=rec,
         aggregate="abs_sum",
-        progress=False,
+        mask_control=False,
     )
     kept = rec.seen[0] != 0.0
     assert bool((kept.all(dim=1) == kept.any(dim=1)).all())  # channels kept together
@@ -235,6 +249,10 @@ def test_unmask_fill_options():
 
 
 # ----------------------------------------------------------------------------- cache and resumption
+# CountingTrainer / RecordingTrainer keep bookkeeping in their fields, which the content key would
+# see: runs that must share cells name the trainer with cache_key (the documented escape hatch).
+
+KEY = "toy-trainer"
 
 
 def test_resume_after_crash_recomputes_nothing_cached(toy, tmp_path):
@@ -243,21 +261,22 @@ def test_resume_after_crash_recomputes_nothing_cached(toy, tmp_path):
 
     crashing = CountingTrainer(**vars(TOY_TRAINER), fail_after=5)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _toy_run(toy, trainer=crashing, cache_dir=tmp_path)
-    files = sorted(tmp_path.glob("*/*_seed*.json"))
+        _toy_run(toy, trainer=crashing, cache_dir=tmp_path, cache_key=KEY)
+    files = sorted(tmp_path.glob("*/cell-*.json"))
     assert len(files) == 5
-    assert not list(tmp_path.glob("*/.tmp-*"))  # atomic writes leave no partial files
+    assert not list(tmp_path.glob("*/*.part"))  # atomic writes leave no partial files
 
     resumed = CountingTrainer(**vars(TOY_TRAINER))
-    res = _toy_run(toy, trainer=resumed, cache_dir=tmp_path)
+    res = _toy_run(toy, trainer=resumed, cache_dir=tmp_path, cache_key=KEY)
     assert len(resumed.calls) == total - 5  # only the missing cells were trained
     assert torch.equal(res.accuracies, reference.accuracies)
+    assert res.timings["cached"] == 5 and res.timings["computed"] == total - 5
 
     again = CountingTrainer(**vars(TOY_TRAINER))
-    res2 = _toy_run(toy, trainer=again, cache_dir=tmp_path)
+    res2 = _toy_run(toy, trainer=again, cache_dir=tmp_path, cache_key=KEY)
     assert again.calls == [] and torch.equal(res2.accuracies, reference.accuracies)
     manifest = json.loads(next(tmp_path.glob("*/run.json")).read_text())
-    assert "CountingTrainer" in manifest["trainer"]
+    assert "CountingTrainer" in manifest["trainer"] and manifest["cache_key"] == KEY
 
 
 def test_cache_is_keyed_by_data_attribution_and_config(toy, tmp_path):
@@ -266,108 +285,191 @@ def test_cache_is_keyed_by_data_attribution_and_config(toy, tmp_path):
 
     def calls(**kw):
         trainer = kw.pop("trainer", None) or CountingTrainer(**vars(TOY_TRAINER))
+        kw.setdefault("cache_key", KEY)
         _toy_run(toy, trainer=trainer, cache_dir=tmp_path, **kw)
         return len(trainer.calls)
 
     assert calls() == cells
     assert calls() == 0  # same run: everything cached
-    assert calls(fill=0.5) == cells  # another fill value
-    assert calls(trainer=CountingTrainer(epochs=3, lr=3e-2, batch_size=64)) == cells
+    assert calls(baselines=0.5) == cells  # another fill value
+    assert calls(tie_seed=3) == cells  # another ranking (ties broken otherwise)
     other = CountingTrainer(**vars(TOY_TRAINER))
     diff_roar(  # another attribution
-        TOY_FACTORY,
+        None,
         (x, y),
         (xt, yt),
         (torch.rand(x.shape), torch.rand(xt.shape)),
+        model_factory=TOY_FACTORY,
         fractions=TOY_FRACTIONS,
         seeds=(0, 1),
         trainer=other,
         cache_dir=tmp_path,
-        progress=False,
+        cache_key=KEY,
+        mask_control=False,
     )
     assert len(other.calls) == cells
     assert calls(cache_key="v2") == cells
     assert len(list(tmp_path.glob("*/run.json"))) == 5
 
 
-def test_corrupt_cache_file_is_recomputed(toy, tmp_path):
-    reference = _toy_run(toy, trainer=CountingTrainer(**vars(TOY_TRAINER)), cache_dir=tmp_path)
-    victim = sorted(tmp_path.glob("*/*_seed*.json"))[0]
-    victim.write_text("{not json")
-    counting = CountingTrainer(**vars(TOY_TRAINER))
-    with pytest.warns(UserWarning, match="cache file"):
-        res = _toy_run(toy, trainer=counting, cache_dir=tmp_path)
-    assert len(counting.calls) == 1
+def _make_trainer(epochs):
+    """A closure over ``epochs``: the old cache described it by name only."""
+
+    def train(model, data, seed):
+        return fit(model, data, epochs=epochs, lr=3e-2, batch_size=32, seed=seed, progress=False)
+
+    return train
+
+
+def test_cache_tells_closures_apart_by_their_values(toy, tmp_path):
+    """Finding 1: make_trainer(1) then make_trainer(8) on one cache returned the 1-epoch numbers."""
+    short = _toy_run(toy, trainer=_make_trainer(1), cache_dir=tmp_path)
+    long = _toy_run(toy, trainer=_make_trainer(8), cache_dir=tmp_path)
+    fresh = _toy_run(toy, trainer=_make_trainer(8))
+    assert torch.equal(long.accuracies, fresh.accuracies)
+    assert not torch.equal(long.accuracies, short.accuracies)
+    assert long.timings["computed"] == long.accuracies.numel()
+    again = _toy_run(toy, trainer=_make_trainer(8), cache_dir=tmp_path)  # equal content: cached
+    assert again.timings["cached"] == again.accuracies.numel()
+    assert torch.equal(again.accuracies, fresh.accuracies)
+
+
+def test_cache_tells_lambdas_apart_by_their_code(toy, tmp_path):
+    """Finding 1: Trainer(loss_fn=lambda ...) variants shared one cache entry."""
+    plain = Trainer(epochs=4, lr=3e-2, batch_size=32, loss_fn=lambda out, t: F.cross_entropy(out, t))
+    ascent = Trainer(epochs=4, lr=3e-2, batch_size=32, loss_fn=lambda out, t: -F.cross_entropy(out, t))
+    a = _toy_run(toy, trainer=plain, cache_dir=tmp_path)
+    b = _toy_run(toy, trainer=ascent, cache_dir=tmp_path)
+    assert b.timings["computed"] == b.accuracies.numel()
+    assert torch.equal(b.accuracies, _toy_run(toy, trainer=ascent).accuracies)
+    assert not torch.equal(a.accuracies, b.accuracies)
+    assert len(list(tmp_path.glob("*/run.json"))) == 2
+
+
+@dataclass
+class _LockedTrainer(Trainer):
+    guard: object = field(default_factory=threading.Lock)
+
+
+def test_unfingerprintable_trainer_asks_for_cache_key(toy, tmp_path):
+    with pytest.raises(TypeError, match="cache_key"):
+        _toy_run(toy, trainer=_LockedTrainer(**vars(TOY_TRAINER)), cache_dir=tmp_path)
+    res = _toy_run(toy, trainer=_LockedTrainer(**vars(TOY_TRAINER)), cache_dir=tmp_path, cache_key="locked/1")
+    assert torch.equal(res.accuracies, _toy_run(toy).accuracies)
+    _toy_run(toy, trainer=_LockedTrainer(**vars(TOY_TRAINER)))  # no cache: no key needed
+
+
+def test_hand_edited_and_corrupt_cells_are_detected_and_recomputed(toy, tmp_path):
+    reference = _toy_run(toy, cache_dir=tmp_path)
+    victims = sorted(tmp_path.glob("*/cell-*.json"))[:2]
+    rec = json.loads(victims[0].read_text())
+    rec["value"] = 0.123  # a plausible hand edit, checksum left as it was
+    victims[0].write_text(json.dumps(rec))
+    victims[1].write_text("{not json")
+    with pytest.warns(UserWarning, match="cache file") as record:
+        res = _toy_run(toy, cache_dir=tmp_path)
+    assert any("checksum" in str(w.message) for w in record)
     assert torch.equal(res.accuracies, reference.accuracies)
-    json.loads(victim.read_text())  # rewritten whole
+    assert res.timings["computed"] == 2
+    for v in victims:  # rewritten whole and valid
+        assert json.loads(v.read_text())["value"] in reference.accuracies.flatten().tolist()
 
 
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    path = tmp_path / "cell.json"
-    _atomic_write_json(path, {"a": 1})
-    with pytest.raises(TypeError):
-        _atomic_write_json(path, {"a": object()})
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["cell.json"]
+def test_stale_part_files_are_cleaned(toy, tmp_path):
+    _toy_run(toy, cache_dir=tmp_path)
+    folder = next(tmp_path.glob("*/run.json")).parent
+    dead = folder / f".tmp-{socket.gethostname()}-999999999-abcd1234.part"  # a pid that cannot exist
+    old = folder / ".tmp-oldformat.part"
+    alive = folder / f".tmp-{socket.gethostname()}-{os.getpid()}-feedbeef.part"  # a writer at work
+    for p in (dead, old, alive):
+        p.write_text("{")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    res = _toy_run(toy, cache_dir=tmp_path)
+    assert res.timings["cached"] == res.accuracies.numel()
+    assert not dead.exists() and not old.exists() and alive.exists()
 
 
 # ------------------------------------------------------------------------------------------ executors
 
 
-PRELOAD = ["torch", "captum_ext.metrics.diff_roar"]
-try:  # the fork server also serves the dask workers below
-    import distributed  # noqa: F401
+class _SpyExecutor(cf.Executor):
+    """Runs tasks on a process pool and records the pickled size of each submission."""
 
-    PRELOAD.insert(0, "distributed")
-except ImportError:  # pragma: no cover
-    pass
+    def __init__(self):
+        self.inner = ProcessPoolExecutor(2, mp_context=_mp_context())
+        self.sizes, self.in_flight, self.peak = [], 0, 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.sizes.append(len(pickle.dumps((fn, args, kwargs))))
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        fut = self.inner.submit(fn, *args, **kwargs)
+        fut.add_done_callback(self._done)
+        return fut
+
+    def _done(self, _):
+        with self.lock:
+            self.in_flight -= 1
+
+    def shutdown(self, wait=True, **kw):
+        self.inner.shutdown(wait=wait)
 
 
-def _process_context():
-    """Worker processes forked from a single-threaded fork server that imported torch once.
+def test_data_is_not_sent_with_every_cell(toy):
+    """Finding 6: every pickled cell carried the whole train and test tensors."""
+    (x, y, m), (xt, yt, mt) = toy
+    big_x = x.repeat(1, 30)  # 160 x 300 floats: ~190 kB of data
+    big_xt = xt.repeat(1, 30)
+    attr = (m.float().repeat(1, 30), mt.float().repeat(1, 30))
+    spy = _SpyExecutor()
+    kw = dict(
+        model_factory=MLPFactory((300,), hidden=(4,)), fractions=(0.1, 1.0), seeds=(0,), trainer=TOY_TRAINER
+    )
+    res = diff_roar(None, (big_x, y), (big_xt, yt), attr, executor=spy, max_in_flight=3, **kw)
+    spy.shutdown()
+    serial = diff_roar(None, (big_x, y), (big_xt, yt), attr, **kw)
+    assert torch.equal(res.accuracies, serial.accuracies) and torch.equal(res.control, serial.control)
+    assert len(spy.sizes) == 8 and max(spy.sizes) < 4096, spy.sizes  # a handle, not the data
+    assert spy.peak <= 3
 
-    Forking straight from the (multi-threaded) test process can deadlock on locks held by other
-    threads, and spawned workers would each import torch anew.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
 
-
-def test_process_pool_gives_the_same_numbers(toy, tmp_path):
+def test_process_pools_give_the_same_numbers(toy, tmp_path):
     serial = _toy_run(toy)
-    with ProcessPoolExecutor(max_workers=2, mp_context=_process_context()) as pool:
-        parallel = _toy_run(toy, executor=pool, cache_dir=tmp_path)
-    assert torch.equal(serial.accuracies, parallel.accuracies)
-    assert len(list(tmp_path.glob("*/*_seed*.json"))) == serial.accuracies.numel()
-
-
-def _dask_forkserver(dask, distributed):
-    """Dask worker processes from the fork server (see ``_process_context``)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return dask.config.set({})
-    config = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
-    distributed.utils.get_mp_context()  # dask sets its own preload list on first use ...
-    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    return config
+    own = _toy_run(toy, executor=2, cache_dir=tmp_path)  # pool created here, data via initializer
+    assert torch.equal(serial.accuracies, own.accuracies)
+    assert len(list(tmp_path.glob("*/cell-*.json"))) == serial.accuracies.numel()
+    with ProcessPoolExecutor(max_workers=2, mp_context=_mp_context()) as pool:
+        given = _toy_run(toy, executor=pool)  # any executor: data through a file read once
+    assert torch.equal(serial.accuracies, given.accuracies)
 
 
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_numbers(toy):
-    """A real local Dask cluster with two worker processes, through ``client.get_executor()``."""
+    """A real local Dask cluster with two worker processes: the Client and its get_executor()."""
     dask = pytest.importorskip("dask")
     distributed = pytest.importorskip("distributed")
     serial = _toy_run(toy)
-    with _dask_forkserver(dask, distributed):
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         )
     with cluster, distributed.Client(cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
-        parallel = _toy_run(toy, executor=client.get_executor())
-    assert torch.equal(serial.accuracies, parallel.accuracies)
+        via_client = _toy_run(toy, executor=client)
+        via_executor = _toy_run(toy, executor=client.get_executor())
+    assert torch.equal(serial.accuracies, via_client.accuracies)
+    assert torch.equal(serial.accuracies, via_executor.accuracies)
+
+
+def test_bad_executor_is_refused(toy):
+    with pytest.raises(TypeError, match="executor"):
+        _toy_run(toy, executor="dask")
+    with cf.ThreadPoolExecutor(2) as threads, pytest.raises(TypeError, match="thread"):
+        _toy_run(toy, executor=threads)  # cells seed torch's global RNG: threads would race
+    with pytest.raises(ValueError, match="executor"):
+        _toy_run(toy, executor=0)
 
 
 # ----------------------------------------------------------------------------- attribution callables
@@ -378,19 +480,73 @@ def test_callable_attribution_matches_precomputed_and_leaves_model_untouched(toy
     torch.manual_seed(0)
     net = fit(TOY_FACTORY(), (x, y), epochs=5, lr=1e-2, progress=False)
     sal = Saliency(net)
-    pre = (sal.attribute(x, target=y).detach(), sal.attribute(xt, target=yt).detach())
-    kw = dict(fractions=(0.2, 0.5), seeds=(0,), trainer=TOY_TRAINER, progress=False, model=net)
-    with untouched(net):
-        a = diff_roar(TOY_FACTORY, (x, y), (xt, yt), sal.attribute, batch_size=7, **kw)
-    b = diff_roar(TOY_FACTORY, (x, y), (xt, yt), pre, **kw)
-    assert torch.equal(a.accuracies, b.accuracies)
+    kw = dict(
+        model_factory=TOY_FACTORY, fractions=(0.2, 0.5), seeds=(0,), trainer=TOY_TRAINER, mask_control=False
+    )
+    for target in ("label", "prediction"):
+        labels = (y, yt) if target == "label" else (net(x).argmax(1), net(xt).argmax(1))
+        pre = (sal.attribute(x, target=labels[0]).detach(), sal.attribute(xt, target=labels[1]).detach())
+        with untouched(net):
+            a = diff_roar(
+                net,
+                (x, y),
+                (xt, yt),
+                sal.attribute,
+                attribution_target=target,
+                max_examples_per_batch=7,
+                **kw,
+            )
+        b = diff_roar(net, (x, y), (xt, yt), pre, **kw)
+        assert torch.equal(a.accuracies, b.accuracies)
+        assert a.attribution_target == target and b.attribution_target == "given"
 
     def plain(inputs, labels):  # any (inputs, target) -> tensor function, positional target
         return inputs * (2 * labels[:, None] - 1)
 
-    c = diff_roar(TOY_FACTORY, (x, y), (xt, yt), plain, **kw)
-    d = diff_roar(TOY_FACTORY, (x, y), (xt, yt), (plain(x, y), plain(xt, yt)), **kw)
+    c = diff_roar(None, (x, y), (xt, yt), plain, attribution_target="label", **kw)
+    d = diff_roar(None, (x, y), (xt, yt), (plain(x, y), plain(xt, yt)), **kw)
     assert torch.equal(c.accuracies, d.accuracies)
+    with pytest.raises(ValueError, match="forward_func"):
+        diff_roar(None, (x, y), (xt, yt), plain, **kw)  # 'prediction' needs the model
+    with pytest.raises(ValueError, match="attribution_target"):
+        diff_roar(net, (x, y), (xt, yt), plain, attribution_target="truth", **kw)
+
+
+class _Scaled(nn.Module):
+    """A model with an extra forward argument (Captum's additional_forward_args)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, scale):
+        return self.net(x) * scale
+
+
+def test_additional_forward_args_reach_model_and_attribution(toy):
+    (x, y, _), (xt, yt, _) = toy
+    torch.manual_seed(0)
+    net = fit(TOY_FACTORY(), (x, y), epochs=5, lr=1e-2, progress=False)
+    wrapped = _Scaled(net).eval()
+    seen = []
+
+    def attribute(inputs, target=None, additional_forward_args=None):
+        seen.append(additional_forward_args)
+        return Saliency(wrapped).attribute(
+            inputs, target=target, additional_forward_args=additional_forward_args
+        )
+
+    kw = dict(fractions=(0.2, 0.5), retrain=False)
+    res = diff_roar(wrapped, None, (xt, yt), attribute, additional_forward_args=(-1.0,), **kw)
+    assert seen and all(a == (-1.0,) for a in seen)
+    # the maps were taken at wrapped(x, -1)'s predictions ...
+    flipped_pred = wrapped(xt, -1.0).argmax(1)
+    pre = Saliency(wrapped).attribute(xt, target=flipped_pred, additional_forward_args=(-1.0,)).detach()
+    same = diff_roar(wrapped, None, (xt, yt), (None, pre), additional_forward_args=(-1.0,), **kw)
+    assert torch.equal(res.accuracies, same.accuracies)
+    # ... and scored with the argument: scale -1 flips every binary decision
+    plain = diff_roar(net, None, (xt, yt), (None, pre), **kw)
+    assert torch.allclose(res.accuracies, 1 - plain.accuracies)
 
 
 def test_no_retrain_variant_scores_the_given_model(toy, untouched):
@@ -398,17 +554,8 @@ def test_no_retrain_variant_scores_the_given_model(toy, untouched):
     torch.manual_seed(0)
     net = fit(TOY_FACTORY(), (x, y), epochs=30, lr=1e-2, progress=False)
     with untouched(net):
-        res = diff_roar(
-            None,
-            None,
-            (xt, yt),
-            (None, mt.float()),
-            fractions=(0.1, 0.5),
-            retrain=False,
-            model=net,
-            progress=False,
-        )
-    assert res.seeds == (0,) and not res.retrain and bool((res.std == 0).all())
+        res = diff_roar(net, None, (xt, yt), (None, mt.float()), fractions=(0.1, 0.5), retrain=False)
+    assert res.seeds == (0,) and not res.retrain and bool((res.std == 0).all()) and res.control is None
     rank = rank_units(mt.float().reshape(len(xt), -1), torch.Generator().manual_seed(0))
     for j, k in enumerate(res.counts):
         for i, scheme in enumerate(("top", "bottom")):
@@ -416,6 +563,37 @@ def test_no_retrain_variant_scores_the_given_model(toy, untouched):
             expected = evaluate(net, (unmask(xt, keep, (10,), 0.0), yt))
             assert res.accuracies[i, j, 0].item() == expected
     assert res.diff[0] > 0.2
+
+
+# ------------------------------------------------------------------------------------ label leakage
+
+
+def test_saliency_of_an_untrained_net_is_not_silent(block):
+    """Finding 2: maps at the true label of an UNTRAINED net gave top-5% PredPower 1.0, silently."""
+    (x, y, _), (xt, yt, _) = block
+    torch.manual_seed(0)
+    untrained = BLOCK_FACTORY().eval()
+    kw = dict(model_factory=BLOCK_FACTORY, fractions=(0.05,), seeds=(0,), trainer=BLOCK_TRAINER)
+    with pytest.warns(UserWarning, match="leakage") as record:
+        res = diff_roar(
+            untrained, (x, y), (xt, yt), Saliency(untrained).attribute, attribution_target="label", **kw
+        )
+    assert "attribution_target='prediction'" in str(record[0].message)
+    assert res.leakage and float(res.control.max()) > res.leakage_threshold
+    assert res.chance == pytest.approx(max(int((yt == 0).sum()), int((yt == 1).sum())) / len(yt))
+    # at the predicted label: either the curve is no longer ~1.0 or the control flags it again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred = diff_roar(untrained, (x, y), (xt, yt), Saliency(untrained).attribute, **kw)
+    assert float(pred.top[0]) < 0.9 or (pred.leakage and caught)
+
+
+def test_leakage_threshold_counts_sampling_noise():
+    from captum_ext.metrics.diff_roar import leakage_threshold, majority_rate
+
+    assert majority_rate(torch.tensor([1, 1, 0, 2])) == 0.5
+    assert leakage_threshold(0.5, 10_000, 0.1) == pytest.approx(0.6)
+    assert leakage_threshold(0.5, 16, 0.1) == pytest.approx(0.5 + 3 * 0.125)
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -436,41 +614,108 @@ class _Growing:
 def test_wrong_factory_errors(toy):
     (x, y, m), (xt, yt, mt) = toy
     attr = (m.float(), mt.float())
-    kw = dict(fractions=(0.5,), seeds=(0,), trainer=TOY_TRAINER, progress=False)
+    kw = dict(fractions=(0.5,), seeds=(0,), trainer=TOY_TRAINER)
     with pytest.raises(ValueError, match="another architecture"):
-        diff_roar(_Growing(1), (x, y), (xt, yt), attr, **kw)
+        diff_roar(None, (x, y), (xt, yt), attr, model_factory=_Growing(1), **kw)
     with pytest.raises(ValueError, match="another architecture"):
-        diff_roar(_Growing(2), (x, y), (xt, yt), attr, **kw)  # detected inside the cell
+        diff_roar(None, (x, y), (xt, yt), attr, model_factory=_Growing(2), **kw)  # detected inside the cell
     reference = MLPFactory((10,), hidden=(5,))()
     with pytest.raises(ValueError, match="another architecture"):
-        diff_roar(TOY_FACTORY, (x, y), (xt, yt), attr, model=reference, **kw)
+        diff_roar(reference, (x, y), (xt, yt), attr, model_factory=TOY_FACTORY, **kw)
     with pytest.raises(ValueError, match="NEW model"):
-        diff_roar(lambda: reference, (x, y), (xt, yt), attr, model=reference, **kw)
+        diff_roar(reference, (x, y), (xt, yt), attr, model_factory=lambda: reference, **kw)
     with pytest.raises(TypeError, match="nn.Module"):
-        diff_roar(lambda: "not a model", (x, y), (xt, yt), attr, **kw)
+        diff_roar(None, (x, y), (xt, yt), attr, model_factory=lambda: "not a model", **kw)
+    with pytest.raises(TypeError, match="model_factory"):
+        diff_roar(None, (x, y), (xt, yt), attr, **kw)
 
 
 def test_bad_inputs_errors(toy):
     (x, y, m), (xt, yt, mt) = toy
     attr = (m.float(), mt.float())
-    kw = dict(seeds=(0,), trainer=TOY_TRAINER, progress=False)
+    kw = dict(model_factory=TOY_FACTORY, seeds=(0,), trainer=TOY_TRAINER)
     for bad in ((0.0, 0.5), (0.5, 1.5), (), (0.5, 0.5), (float("nan"),)):
         with pytest.raises(ValueError, match="fractions"):
-            diff_roar(TOY_FACTORY, (x, y), (xt, yt), attr, fractions=bad, **kw)
+            diff_roar(None, (x, y), (xt, yt), attr, fractions=bad, **kw)
     with pytest.raises(ValueError, match="empty"):
-        diff_roar(TOY_FACTORY, (x[:0], y[:0]), (xt, yt), attr, **kw)
+        diff_roar(None, (x[:0], y[:0]), (xt, yt), attr, **kw)
     with pytest.raises(ValueError, match="shaped like the inputs"):
-        diff_roar(TOY_FACTORY, (x, y), (xt, yt), (m.float(), mt[:, :5].float()), **kw)
+        diff_roar(None, (x, y), (xt, yt), (m.float(), mt[:, :5].float()), **kw)
     with pytest.raises(ValueError, match="differ in length"):
-        diff_roar(TOY_FACTORY, (x, y[:3]), (xt, yt), attr, **kw)
-    with pytest.raises(TypeError, match="attribution must be"):
-        diff_roar(TOY_FACTORY, (x, y), (xt, yt), m.float(), **kw)
-    with pytest.raises(ValueError, match="model="):
-        diff_roar(None, None, (xt, yt), attr, retrain=False, progress=False)
+        diff_roar(None, (x, y[:3]), (xt, yt), attr, **kw)
+    with pytest.raises(TypeError, match="attributions must be"):
+        diff_roar(None, (x, y), (xt, yt), m.float(), **kw)
+    with pytest.raises(ValueError, match="forward_func"):
+        diff_roar(None, None, (xt, yt), attr, retrain=False)
     with pytest.raises(ValueError, match="seed"):
-        diff_roar(TOY_FACTORY, (x, y), (xt, yt), attr, seeds=(), progress=False)
+        diff_roar(None, (x, y), (xt, yt), attr, model_factory=TOY_FACTORY, seeds=())
     with pytest.raises(ValueError, match="aggregate"):
-        diff_roar(TOY_FACTORY, (x, y), (xt, yt), attr, aggregate="mean", **kw)
+        diff_roar(None, (x, y), (xt, yt), attr, aggregate="mean", **kw)
+    with pytest.raises(ValueError, match="max_examples_per_batch"):
+        diff_roar(None, (x, y), (xt, yt), attr, max_examples_per_batch=0, **kw)
+
+
+def test_labels_out_of_range_are_refused(toy):
+    """Finding 4: out-of-range test labels gave accuracy 0.0; train labels failed inside a cell."""
+    (x, y, m), (xt, yt, mt) = toy
+    attr = (m.float(), mt.float())
+    kw = dict(model_factory=TOY_FACTORY, fractions=(0.5,), seeds=(0,), trainer=TOY_TRAINER)
+    with pytest.raises(ValueError, match="test labels"):
+        diff_roar(None, (x, y), (xt, yt + 2), attr, **kw)
+    with pytest.raises(ValueError, match="train labels"):
+        diff_roar(None, (x, y - 1), (xt, yt), attr, **kw)
+    with pytest.raises(TypeError, match="train labels"):
+        diff_roar(None, (x, y.float()), (xt, yt), attr, **kw)
+    net = TOY_FACTORY().eval()
+    with pytest.raises(ValueError, match="test labels"):
+        diff_roar(net, None, (xt, yt + 2), attr, retrain=False, fractions=(0.5,))
+
+
+def test_fractions_that_keep_no_unit_are_refused(toy):
+    """Finding 4: fractions=(1e-6,) kept k = 0 units and scored empty inputs."""
+    (x, y, m), (xt, yt, mt) = toy
+    with pytest.raises(ValueError, match="keep 0 of the 10 units"):
+        diff_roar(
+            None, (x, y), (xt, yt), (m.float(), mt.float()), model_factory=TOY_FACTORY, fractions=(1e-6, 0.5)
+        )
+
+
+def test_channel_mean_fill_follows_channel_dim():
+    """Finding 4: fill='channel_mean' with channel_dim=-1 averaged over dim 1, not the channels."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 4, 4, 3, generator=g)  # channels last
+    x[..., 1] += 5.0
+    y = torch.arange(12) % 2
+    attr = torch.randn(x.shape, generator=g)
+    rec = RecordingTrainer(epochs=1)
+    diff_roar(
+        None,
+        (x, y),
+        (x, y),
+        (attr, attr),
+        model_factory=MLPFactory((4, 4, 3), hidden=(4,)),
+        fractions=(0.25,),
+        seeds=(0,),
+        trainer=rec,
+        baselines="channel_mean",
+        aggregate="abs_sum",
+        channel_dim=-1,
+        mask_control=False,
+    )
+    seen = rec.seen[0]
+    kept = (seen == x).all(dim=-1)  # (12, 4, 4) whole pixels kept
+    assert bool((kept.flatten(1).sum(1) == 4).all())
+    means = x.mean(dim=(1, 2))  # (12, 3) per example and channel
+    filled = seen[~kept]  # (pixels, 3)
+    expected = means[:, None, None, :].expand_as(x)[~kept]
+    assert torch.allclose(filled, expected)
+
+
+def test_train_mode_forward_func_is_refused_untouched(toy, untouched):
+    (x, y, m), (xt, yt, mt) = toy
+    net = nn.Sequential(nn.Linear(10, 8), nn.Dropout(0.5), nn.Linear(8, 2)).train()
+    with untouched(net), pytest.raises(ValueError, match="training mode"):
+        diff_roar(net, None, (xt, yt), (None, mt.float()), retrain=False, fractions=(0.5,))
 
 
 # ------------------------------------------------------------------------------------------- result
@@ -480,14 +725,24 @@ def test_result_object_and_plot(toy):
     import matplotlib
 
     matplotlib.use("Agg")
-    res = _toy_run(toy)
+    res = _toy_run(toy, mask_control=True)
     acc = res.accuracies
     assert acc.shape == (2, 3, 2) and res.fractions == TOY_FRACTIONS and res.seeds == (0, 1)
     assert torch.allclose(res.diff, res.top - res.bottom)
     assert torch.allclose(res.std, (acc[0] - acc[1]).std(dim=1))
     assert res.cells[("bottom", 0.5, 1)] == acc[1, 1, 1].item()
-    json.dumps(res.to_dict())
-    ax = res.plot(show_parts=True)
-    assert len(ax.lines) >= 3
+    assert res.control.shape == (2, 3) and res.chance == pytest.approx(majority_of(toy))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.units = 3
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["diff"] == res.diff.tolist() and d["control"]["top"] == res.control[0].tolist()
+    assert "timings" not in d and d["leakage"] is False
+    ax = res.plot(show_parts=True, show_control=True)
+    assert len(ax.lines) >= 6
     single = _toy_run(toy, seeds=(3,))
     assert bool((single.std == 0).all())
+
+
+def majority_of(toy):
+    yt = toy[1][1]
+    return float(torch.bincount(yt).max()) / len(yt)

@@ -2,29 +2,28 @@
 
 ``DiffROAR(A, k) = PredPower(A_k^top) - PredPower(A_k^bot)``: keep (*unmask*) the ``k`` most, or the
 ``k`` least, relevant coordinates of every train and test example according to the attribution
-``A``, fill the rest with 0, retrain a fresh model of the same architecture on each unmasked train
-set and report the difference of the test accuracies. A random attribution gives 0 in expectation;
-an attribution that ranks the discriminative coordinates first gives a large positive value.
+``A``, fill the rest with the baseline (0), retrain a fresh model of the same architecture on each
+unmasked train set and report the difference of the test accuracies. A random attribution gives 0
+in expectation; an attribution that ranks the discriminative coordinates first gives a large
+positive value.
 
-Plumbing (this module) is separate from the tensor maths (:mod:`._masking`): a run is a grid of
-independent *cells* ``(scheme, k, seed) -> accuracy``. Cells are plain picklable tasks, run in
-order or through any ``concurrent.futures.Executor`` (a process pool, a Dask client's
-``get_executor()``), and each finished cell is written atomically to an optional on-disk cache
-keyed by a fingerprint of the data, the attribution and the configuration, so that a killed run
-resumes where it stopped and a finished run is never recomputed.
+**Leakage control.** The masks themselves can carry the label: an attribution computed at the
+true label may put its top-k pixels in label-dependent places (Saliency of an *untrained* net
+gives top-5 % PredPower 1.0 on BlockMNIST), or the kept-pixel shape may draw the digit. DiffROAR
+then measures the mask, not the kept values. :func:`diff_roar` therefore also retrains, for the
+first seed, on the binary kept-unit masks *alone* (``mask_control=True``) and warns when that
+control beats the majority-class rate by more than ``max(leakage_tolerance, 3 standard errors)``.
+
+Plumbing lives in :mod:`._cells` (content-keyed verified cache, file locks, executors that send
+the data once); the tensor maths in :mod:`._masking`. This module defines the cells and the result.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import functools
-import hashlib
-import inspect
-import itertools
-import json
+import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor, nn
 
-from ..training import Trainer, as_tensors, evaluate
-from ._attribution import call_attribution, check_like
+from .._format import format_additional_args
+from ..training import Trainer, as_tensors
+from ._cells import CellCache, fingerprint, run_cells
+from ._common import (
+    NOT_IN_DICT,
+    MetricResult,
+    check_batch_size,
+    check_eval_mode,
+    check_labels,
+    compute_attributions,
+    forward_batched,
+)
 from ._masking import (
     DIFF_ROAR_FRACTIONS,
     apply_fill,
@@ -51,7 +61,8 @@ from ._masking import (
 __all__ = ["DiffROARResult", "diff_roar", "unmask"]
 
 SCHEMES = ("top", "bottom")
-_CACHE_VERSION = "captum_ext.diff_roar/1"
+ATTRIBUTION_TARGETS = ("prediction", "label")
+_FORMAT = "captum_ext.diff_roar/3"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +70,7 @@ _CACHE_VERSION = "captum_ext.diff_roar/1"
 
 
 @dataclass(frozen=True, eq=False)
-class DiffROARResult:
+class DiffROARResult(MetricResult):
     """Outcome of :func:`diff_roar`.
 
     Attributes:
@@ -69,12 +80,21 @@ class DiffROARResult:
         counts: units kept at each fraction (rounded half up, see
             :func:`~captum_ext.metrics._masking.count_for_fraction`).
         units: units per example.
-        retrain: whether models were retrained (``False``: the given model was scored).
+        retrain: whether models were retrained (``False``: ``forward_func`` was scored).
+        control: ``(2, F)`` test accuracies of the mask-only control (models retrained, with the
+            first seed, on the binary kept-unit masks alone), or ``None`` when not computed.
+        chance: the majority-class rate of the test labels (what a constant guess scores).
+        leakage_threshold: the control accuracy above which :attr:`leakage` is flagged:
+            ``chance + max(leakage_tolerance, 3 * sqrt(chance * (1 - chance) / N_test))``.
+        attribution_target: ``"prediction"`` or ``"label"`` for a callable attribution,
+            ``"given"`` for precomputed attributions.
+        timings: cells computed / read from the cache and their seconds (not in ``to_dict``).
 
     Examples:
-        >>> res = diff_roar(...)  # doctest: +SKIP
-        >>> res.diff, res.std  # doctest: +SKIP
-        >>> res.plot()  # doctest: +SKIP
+        >>> res = DiffROARResult((0.5, 1.0), (0,), torch.tensor([[[0.9], [0.5]], [[0.6], [0.5]]]),
+        ...                      (1, 2), 2, control=torch.tensor([[0.5, 0.5], [0.5, 0.5]]), chance=0.5)
+        >>> res.diff, res.leakage
+        (tensor([0.3000, 0.0000]), False)
     """
 
     fractions: tuple[float, ...]
@@ -83,6 +103,11 @@ class DiffROARResult:
     counts: tuple[int, ...]
     units: int
     retrain: bool = True
+    control: Tensor | None = None
+    chance: float = float("nan")
+    leakage_threshold: float = float("nan")
+    attribution_target: str = "given"
+    timings: dict[str, Any] = field(default_factory=dict, metadata=NOT_IN_DICT)
 
     @property
     def top(self) -> Tensor:
@@ -124,6 +149,13 @@ class DiffROARResult:
         return a.std(dim=1) if a.shape[1] > 1 else torch.zeros(a.shape[0], dtype=a.dtype)
 
     @property
+    def leakage(self) -> bool:
+        """Whether the mask-only control beats :attr:`leakage_threshold` at some fraction."""
+        if self.control is None or math.isnan(self.leakage_threshold):
+            return False
+        return bool((self.control > self.leakage_threshold).any())
+
+    @property
     def cells(self) -> dict[tuple[str, float, int], float]:
         """Every cell's accuracy keyed by ``(scheme, fraction, seed)``."""
         return {
@@ -134,38 +166,35 @@ class DiffROARResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly summary (curves and per-cell accuracies)."""
-        return {
-            "fractions": list(self.fractions),
-            "seeds": list(self.seeds),
-            "counts": list(self.counts),
-            "units": self.units,
-            "retrain": self.retrain,
-            "top": self.top.tolist(),
-            "bottom": self.bottom.tolist(),
-            "diff": self.diff.tolist(),
-            "std": self.std.tolist(),
-            "accuracies": {
-                "top": self.accuracies[0].tolist(),
-                "bottom": self.accuracies[1].tolist(),
-            },
-        }
+        """A JSON-friendly summary: the fields plus the curves (``top``, ``bottom``, ``diff``, ``std``)."""
+        out = super().to_dict()
+        out["accuracies"] = {"top": self.accuracies[0].tolist(), "bottom": self.accuracies[1].tolist()}
+        if self.control is not None:
+            out["control"] = {"top": self.control[0].tolist(), "bottom": self.control[1].tolist()}
+        out.update(
+            top=self.top.tolist(),
+            bottom=self.bottom.tolist(),
+            diff=self.diff.tolist(),
+            std=self.std.tolist(),
+            leakage=self.leakage,
+        )
+        return out
 
-    def plot(self, ax: Any = None, label: str | None = None, show_parts: bool = False) -> Any:
+    def plot(
+        self, ax: Any = None, label: str | None = None, show_parts: bool = False, show_control: bool = False
+    ) -> Any:
         """Plot DiffROAR against the unmasking fraction (mean +- std over seeds).
 
         Args:
             ax: matplotlib ``Axes`` to draw on (a new figure when ``None``).
             label: legend label of the curve.
             show_parts: also draw the top-k and bottom-k accuracy curves.
+            show_control: also draw the mask-only control accuracies and the leakage threshold.
 
         Returns:
             The matplotlib ``Axes``.
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
+        ax = self._axes(ax)
         x = [100 * f for f in self.fractions]
         mean, std = self.diff.numpy(), self.std.numpy()
         (line,) = ax.plot(x, mean, marker="o", label=label or "DiffROAR")
@@ -173,9 +202,13 @@ class DiffROARResult:
         if show_parts:
             ax.plot(x, self.top.numpy(), ls="--", label="top-k accuracy")
             ax.plot(x, self.bottom.numpy(), ls=":", label="bottom-k accuracy")
+        if show_control and self.control is not None:
+            ax.plot(x, self.control[0].numpy(), ls="-.", label="mask-only control (top-k)")
+            ax.plot(x, self.control[1].numpy(), ls="-.", label="mask-only control (bottom-k)")
+            ax.axhline(self.leakage_threshold, color="red", lw=0.8, ls="--", label="leakage threshold")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("unmasked fraction k (%)")
-        ax.set_ylabel("DiffROAR" if not show_parts else "accuracy / DiffROAR")
+        ax.set_ylabel("DiffROAR" if not (show_parts or show_control) else "accuracy / DiffROAR")
         ax.legend(loc="best", fontsize="small")
         return ax
 
@@ -184,7 +217,13 @@ class DiffROARResult:
 # pure helpers
 
 
-def unmask(inputs: Tensor, keep_units: Tensor, units: Sequence[int], fill: float | str | Tensor) -> Tensor:
+def unmask(
+    inputs: Tensor,
+    keep_units: Tensor,
+    units: Sequence[int],
+    fill: float | str | Tensor,
+    channel_dim: int = 1,
+) -> Tensor:
     """Unmasked inputs ``x^S``: keep the units in ``keep_units`` (``(N, P)`` bool), fill the rest.
 
     Args:
@@ -192,6 +231,7 @@ def unmask(inputs: Tensor, keep_units: Tensor, units: Sequence[int], fill: float
         keep_units: ``(N, P)`` boolean mask over units.
         units: the per-example unit grid (see :func:`~captum_ext.metrics._masking.unit_shape`).
         fill: fill value (see :func:`~captum_ext.metrics._masking.apply_fill`).
+        channel_dim: the channel dimension of ``fill="channel_mean"``.
 
     Returns:
         A tensor like ``inputs``.
@@ -201,7 +241,29 @@ def unmask(inputs: Tensor, keep_units: Tensor, units: Sequence[int], fill: float
         tensor([[0., 2.]])
     """
     keep = unit_mask_to_input(keep_units.to(inputs.device), inputs.shape, units)
-    return apply_fill(inputs, keep, fill)
+    return apply_fill(inputs, keep, fill, channel_dim=channel_dim)
+
+
+def majority_rate(labels: Tensor) -> float:
+    """Accuracy of always guessing the most frequent label.
+
+    Examples:
+        >>> majority_rate(torch.tensor([0, 1, 1, 2]))
+        0.5
+    """
+    return float(torch.bincount(labels.reshape(-1).long()).max()) / labels.numel()
+
+
+def leakage_threshold(chance: float, n: int, tolerance: float) -> float:
+    """``chance + max(tolerance, 3 * sqrt(chance * (1 - chance) / n))``: "well above chance".
+
+    Three binomial standard errors keep a small test set's noise from raising the alarm.
+
+    Examples:
+        >>> round(leakage_threshold(0.5, 100, 0.1), 3)
+        0.65
+    """
+    return chance + max(tolerance, 3.0 * math.sqrt(chance * (1.0 - chance) / max(n, 1)))
 
 
 def _architecture(model: nn.Module) -> tuple[Any, ...]:
@@ -235,69 +297,13 @@ def _check_architecture(model: nn.Module, expected: tuple[Any, ...], where: str)
         )
 
 
-def _describe(obj: Any) -> str:
-    """A stable, process-independent description of a callable or config object for the cache key.
-
-    Functions and classes are described by their qualified name, dataclasses by their type and
-    the fields they show in their ``repr``, partials by function and arguments; objects whose
-    ``repr`` holds a memory address by their type only.
-    """
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.dtype, torch.device)):
-        return repr(obj)
-    if isinstance(obj, (tuple, list)):
-        return f"{type(obj).__name__}({', '.join(_describe(o) for o in obj)})"
-    if isinstance(obj, dict):
-        return "dict(" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in sorted(obj.items())) + ")"
-    if isinstance(obj, Tensor):
-        return f"tensor{tuple(obj.shape)}"
-    if isinstance(obj, functools.partial):
-        kw = ", ".join(f"{k}={_describe(v)}" for k, v in sorted(obj.keywords.items()))
-        return f"partial({_describe(obj.func)}, {_describe(obj.args)}, {kw})"
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        shown = ", ".join(
-            f"{f.name}={_describe(getattr(obj, f.name))}" for f in dataclasses.fields(obj) if f.repr
-        )
-        return f"{type(obj).__module__}.{type(obj).__qualname__}({shown})"
-    if isinstance(obj, type) or inspect.isroutine(obj):
-        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-    text = repr(obj)
-    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
-    return kind if " at 0x" in text else f"{kind}:{text}"
-
-
-def _digest(h: Any, t: Tensor) -> None:
-    t = t.detach().to("cpu").contiguous()
-    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    if t.dtype == torch.bool:
-        t = t.to(torch.uint8)
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def _atomic_write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write JSON to ``path`` atomically: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # --------------------------------------------------------------------------------------------------
 # cells
 
 
 @dataclass(frozen=True)
-class _CellData:
-    """What every cell of a run shares (sent to workers with each task)."""
+class _Shared:
+    """What every cell of a run reads: sent to each worker once (see :func:`._cells.run_cells`)."""
 
     factory: Callable[[], nn.Module]
     trainer: Callable[..., nn.Module]
@@ -306,22 +312,13 @@ class _CellData:
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
+    train_rank: Tensor
+    test_rank: Tensor
     units: tuple[int, ...]
-    fill: float | str | Tensor
+    baselines: float | str | Tensor
+    channel_dim: int
     threads: int | None
     eval_batch_size: int
-
-
-@dataclass(frozen=True)
-class _CellTask:
-    """One cell: a fresh model trained on unmasked train data, scored on unmasked test data."""
-
-    scheme: str
-    fraction: float
-    seed: int
-    train_keep: Tensor
-    test_keep: Tensor
-    data: _CellData = field(repr=False)
 
 
 def _rng_devices() -> list[int]:
@@ -330,93 +327,65 @@ def _rng_devices() -> list[int]:
     return []
 
 
-def run_cell(task: _CellTask) -> float:
-    """Run one DiffROAR cell (a top-level function so that it pickles for worker processes).
+def _accuracy(
+    model: Callable[..., Tensor], x: Tensor, y: Tensor, batch: int, args: tuple[Any, ...] = ()
+) -> float:
+    out = forward_batched(model, (x,), args, batch)
+    return float((out.argmax(dim=1) == y.to(out.device)).double().mean())
 
-    The model is built by the factory under ``torch.manual_seed(task.seed)`` (top and bottom cells
-    of a seed share their initialisation), trained with ``trainer(model, data, seed)``, and scored
-    on the unmasked test set. Torch's intra-op thread count is set to ``data.threads`` for the
-    cell, so the numbers do not depend on where the cell runs.
+
+def _cell_inputs(d: _Shared, cell: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The train and test inputs of a cell: unmasked data, or the masks alone for the control."""
+    k, scheme = cell["k"], cell["scheme"]
+    keep_train = keep_mask_from_rank(d.train_rank, k, scheme)
+    keep_test = keep_mask_from_rank(d.test_rank, k, scheme)
+    if cell["control"]:
+        return tuple(  # type: ignore[return-value]
+            unit_mask_to_input(keep, x.shape, d.units).to(x.dtype)
+            for keep, x in ((keep_train, d.train_x), (keep_test, d.test_x))
+        )
+    return (
+        unmask(d.train_x, keep_train, d.units, d.baselines, d.channel_dim),
+        unmask(d.test_x, keep_test, d.units, d.baselines, d.channel_dim),
+    )
+
+
+def run_cell(d: _Shared, cell: dict[str, Any]) -> float:
+    """One DiffROAR cell: a fresh model trained on the cell's train inputs, scored on its test inputs.
+
+    The model is built by the factory under ``torch.manual_seed(cell["seed"])`` (top and bottom
+    cells of a seed share their initialisation), trained with ``trainer(model, data, seed)``, and
+    scored in eval mode. Torch's intra-op thread count is ``d.threads`` inside the cell, so the
+    number does not depend on where the cell runs.
     """
-    d = task.data
     old_threads = torch.get_num_threads()
     if d.threads is not None:
         torch.set_num_threads(d.threads)
     try:
-        train_x = unmask(d.train_x, task.train_keep, d.units, d.fill)
-        test_x = unmask(d.test_x, task.test_keep, d.units, d.fill)
+        train_x, test_x = _cell_inputs(d, cell)
         with torch.random.fork_rng(devices=_rng_devices()):
-            torch.manual_seed(task.seed)
+            torch.manual_seed(cell["seed"])
             model = d.factory()
             _check_architecture(model, d.architecture, "model_factory")
-            trained = d.trainer(model, (train_x, d.train_y), task.seed)
-        if trained is None:
-            trained = model
-        return float(evaluate(trained, (test_x, d.test_y), batch_size=d.eval_batch_size))
+            trained = d.trainer(model, (train_x, d.train_y), cell["seed"])
+        trained = model if trained is None else trained
+        if isinstance(trained, nn.Module):
+            trained.eval()
+        return _accuracy(trained, test_x, d.test_y, d.eval_batch_size)
     finally:
         if d.threads is not None:
             torch.set_num_threads(old_threads)
 
 
-# --------------------------------------------------------------------------------------------------
-# cache
-
-
-class _CellCache:
-    """One JSON file per finished cell under ``cache_dir/<fingerprint[:20]>/``."""
-
-    def __init__(self, cache_dir: str | os.PathLike[str] | None, fingerprint: str) -> None:
-        self.fingerprint = fingerprint
-        self.folder = None if cache_dir is None else Path(cache_dir) / fingerprint[:20]
-
-    def _path(self, scheme: str, fraction: float, seed: int) -> Path:
-        assert self.folder is not None
-        return self.folder / f"{scheme}_k{fraction!r}_seed{seed}.json"
-
-    def get(self, scheme: str, fraction: float, seed: int) -> float | None:
-        if self.folder is None:
-            return None
-        path = self._path(scheme, fraction, seed)
-        if not path.exists():
-            return None
-        try:
-            rec = json.loads(path.read_text())
-            ok = (
-                rec["fingerprint"] == self.fingerprint
-                and rec["scheme"] == scheme
-                and rec["fraction"] == fraction
-                and rec["seed"] == seed
-            )
-            value = float(rec["accuracy"])
-        except (OSError, ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:
-            warnings.warn(f"ignoring unreadable or foreign DiffROAR cache file {path}", stacklevel=3)
-            return None
-        return value
-
-    def put(self, scheme: str, fraction: float, seed: int, accuracy: float) -> None:
-        if self.folder is None:
-            return
-        rec = {
-            "fingerprint": self.fingerprint,
-            "scheme": scheme,
-            "fraction": fraction,
-            "seed": seed,
-            "accuracy": accuracy,
-        }
-        _atomic_write_json(self._path(scheme, fraction, seed), rec)
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        if self.folder is None:
-            return
-        path = self.folder / "run.json"
-        if not path.exists():
-            _atomic_write_json(path, {"fingerprint": self.fingerprint, **manifest})
+def _compact_rank(rank: Tensor) -> Tensor:
+    """Ranks in the smallest integer type that holds them (they travel to every worker)."""
+    p = rank.shape[1]
+    dtype = torch.int16 if p <= 2**15 else torch.int32 if p <= 2**31 else torch.int64
+    return rank.to(dtype)
 
 
 # --------------------------------------------------------------------------------------------------
-# public entry point
+# input checks
 
 
 def _as_pair(data: Any, name: str) -> tuple[Tensor, Tensor]:
@@ -428,131 +397,239 @@ def _as_pair(data: Any, name: str) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{name}: {err}") from err
     if x.dim() < 2:
         raise ValueError(f"{name} inputs must be (N, ...) with at least one feature dimension")
-    return x, y
+    return x.detach(), y.detach()
 
 
-def _resolve(
-    attribution: Any,
-    train: tuple[Tensor, Tensor] | None,
-    test: tuple[Tensor, Tensor],
-    batch_size: int,
-) -> tuple[Tensor | None, Tensor]:
-    if callable(attribution):
-        tr = None
-        if train is not None:
-            tr = call_attribution(attribution, (train[0],), False, train[1], batch_size)[0]
-        te = call_attribution(attribution, (test[0],), False, test[1], batch_size)[0]
-    elif isinstance(attribution, (tuple, list)) and len(attribution) == 2:
-        tr, te = attribution
-        if train is None:
-            tr = None
-    else:
+def _num_classes(model: Callable[..., Tensor], x: Tensor, args: tuple[Any, ...], what: str) -> int:
+    with torch.no_grad():
+        out = forward_batched(model, (x[:2],), args)
+    if out.dim() != 2:
+        raise ValueError(f"{what} must return (batch, classes) scores, got shape {tuple(out.shape)}")
+    return int(out.shape[1])
+
+
+def _attributions(
+    attributions: Any,
+    forward_func: Callable[..., Tensor] | None,
+    sets: dict[str, tuple[Tensor, Tensor]],
+    attribution_target: str,
+    args: Any,
+    batch: int | None,
+) -> dict[str, Tensor]:
+    if callable(attributions):
+        if attribution_target not in ATTRIBUTION_TARGETS:
+            raise ValueError(
+                f"attribution_target must be one of {ATTRIBUTION_TARGETS}, got {attribution_target!r}"
+            )
+        if attribution_target == "prediction" and forward_func is None:
+            raise ValueError(
+                "attribution_target='prediction' needs forward_func (the explained model) to predict the "
+                "labels the attributions are taken at; pass it, or attribution_target='label'"
+            )
+        out = {}
+        for name, (x, y) in sets.items():
+            if attribution_target == "prediction":
+                target = forward_batched(forward_func, (x,), format_additional_args(args), batch).argmax(1)  # type: ignore[arg-type]
+            else:
+                target = y
+            out[name] = compute_attributions(
+                attributions, x, target, additional_forward_args=args, max_examples_per_batch=batch
+            )  # type: ignore[assignment]
+        return out
+    if not (isinstance(attributions, (tuple, list)) and len(attributions) == 2):
         raise TypeError(
-            "attribution must be a (train_attributions, test_attributions) pair of tensors or a "
+            "attributions must be a (train_attributions, test_attributions) pair of tensors or a "
             "callable (inputs, target) -> tensor such as a Captum attribution's .attribute"
         )
-    if tr is not None:
-        check_like((tr,), (train[0],), "train attributions")  # type: ignore[index]
-    check_like((te,), (test[0],), "test attributions")
-    return tr, te
+    pair = dict(zip(("train", "test"), attributions, strict=True))
+    out = {}
+    for name, (x, _) in sets.items():
+        a = pair[name]
+        if not isinstance(a, Tensor):
+            raise TypeError(f"{name} attributions must be a tensor, got {type(a).__name__}")
+        if a.shape != x.shape:
+            raise ValueError(
+                f"{name} attributions have shape {tuple(a.shape)} but the {name} inputs {tuple(x.shape)}; "
+                "attributions must be shaped like the inputs"
+            )
+        out[name] = a.detach()
+    return out
 
 
+def _check_counts(fracs: tuple[float, ...], counts: tuple[int, ...], n_units: int) -> None:
+    empty = [f for f, k in zip(fracs, counts, strict=True) if k == 0]
+    if empty:
+        raise ValueError(
+            f"fractions {empty} keep 0 of the {n_units} units per example (round half up): the cells "
+            f"would score empty inputs; use fractions >= {0.5 / n_units:.3g}"
+        )
+
+
+def _cache(
+    cache_dir: str | os.PathLike[str] | None, cache_key: str | None, shared: _Shared, manifest: dict[str, Any]
+) -> CellCache | None:
+    if cache_dir is None:
+        return None
+    if cache_key is not None and not isinstance(cache_key, str):
+        raise TypeError(f"cache_key must be a string, got {type(cache_key).__name__}")
+    content = {f.name: getattr(shared, f.name) for f in dataclasses.fields(shared)}
+    content["architecture"] = repr(shared.architecture)
+    if cache_key is not None:  # the user vouches for the factory and the trainer
+        content["factory"] = content["trainer"] = None
+    key = fingerprint({"format": _FORMAT, "cache_key": cache_key, **content}, "the model_factory or trainer")
+    return CellCache(Path(cache_dir) / key[:24], key, manifest)
+
+
+# --------------------------------------------------------------------------------------------------
+# public entry point
+
+
+@log_usage()
 def diff_roar(
-    model_factory: Callable[[], nn.Module] | None,
+    forward_func: Callable[..., Tensor] | None,
     train: Any,
     test: Any,
-    attribution: Any,
+    attributions: Any,
+    *,
+    model_factory: Callable[[], nn.Module] | None = None,
     fractions: Iterable[float] = DIFF_ROAR_FRACTIONS,
     seeds: Iterable[int] = (0, 1, 2, 3, 4),
-    *,
     retrain: bool = True,
     trainer: Callable[..., nn.Module] | None = None,
-    executor: cf.Executor | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    model: nn.Module | None = None,
-    fill: float | str | Tensor = 0.0,
+    attribution_target: str = "prediction",
+    additional_forward_args: Any = None,
+    baselines: float | str | Tensor = 0.0,
     aggregate: str = "abs",
     channel_dim: int = 1,
-    batch_size: int = 256,
+    max_examples_per_batch: int | None = None,
     tie_seed: int = 0,
     threads: int | None = 1,
+    mask_control: bool = True,
+    leakage_tolerance: float = 0.1,
+    executor: Any = None,
+    max_in_flight: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     cache_key: str | None = None,
-    progress: bool = True,
+    show_progress: bool = False,
 ) -> DiffROARResult:
     """DiffROAR curve of an attribution: top-k minus bottom-k predictive power, retrained.
 
     For every fraction ``k`` and seed, two cells are computed: a fresh model from ``model_factory``
     (initialised under ``torch.manual_seed(seed)``) is trained with ``trainer`` on the train set in
     which only the top-k (respectively bottom-k) units of each example are kept and the others set
-    to ``fill``, and its accuracy on the equally unmasked test set is that cell's *PredPower*.
+    to ``baselines``, and its accuracy on the equally unmasked test set is that cell's *PredPower*.
     ``diff = mean over seeds of (top - bottom)``. The defaults follow the paper: every coordinate
     ranked on its own by ``|attribution|``, masked coordinates set to 0, ``k`` in
-    {5, 10, 20, ..., 100}%, five seeds. Ties in the ranking are broken at random (seeded with
-    ``tie_seed``), the same way for every seed, so that a mask-like attribution picks a random
-    subset of its equally ranked coordinates rather than the first rows of the image.
+    {5, 10, 20, ..., 100}%, five seeds, attributions taken at the *predicted* label. Ties in the
+    ranking are broken at random (seeded with ``tie_seed``), the same way for every seed.
 
-    With ``retrain=False`` (the paper's App. C variant) nothing is trained: ``model`` (the model
-    that was explained) is scored on the unmasked test sets; ``train`` may be ``None`` and there is
-    one deterministic cell per ``(scheme, k)``.
+    **Mask-only control** (``mask_control=True``, ``2 F`` extra cells for the first seed): the same
+    retraining on the binary kept-unit masks alone. If the masks predict the labels, PredPower
+    measures where the attribution put its top-k units, not what the kept values say. A
+    ``UserWarning`` is raised when a control accuracy exceeds ``leakage_threshold = chance +
+    max(leakage_tolerance, 3 * sqrt(chance * (1 - chance) / N_test))``, ``chance`` being the
+    majority-class rate of the test labels; the control is in ``result.control``.
+
+    With ``retrain=False`` (the paper's App. C variant) nothing is trained: ``forward_func`` is
+    scored on the unmasked test sets; ``train`` may be ``None`` and there is one deterministic cell
+    per ``(scheme, k)``.
+
+    **Scale-out.** Cells run in this process (``executor=None``), in a process pool created here
+    (``executor=2``: the data reach each worker once, through the pool's initializer), on a Dask
+    cluster (``executor=client``: the data are scattered to every worker once with
+    ``client.scatter(..., broadcast=True)``), or on any ``concurrent.futures`` executor (the data
+    are written once to a temporary file that each worker reads once). At most ``max_in_flight``
+    cells are queued. Recipe for several machines::
+
+        # on each machine:  dask worker tcp://scheduler:8786 --nworkers 2 --nthreads 1
+        # (one thread per worker: each cell uses ``threads`` torch threads)
+        from dask.distributed import Client
+        client = Client("tcp://scheduler:8786")
+        res = diff_roar(model, train, test, Saliency(model).attribute, model_factory=MyFactory(),
+                        executor=client, cache_dir="/shared/cache")  # cache_dir optional
+
+    ``model_factory`` and ``trainer`` must be importable on the workers (install the package that
+    defines them there, or ``client.upload_file("my_module.py")``). ``cache_dir`` is written by
+    this (the coordinating) process only; on a network file system its lock files need working
+    POSIX locks for two coordinators to share work.
+
+    **Cache.** With ``cache_dir`` every finished cell is written at once (atomically, with its key
+    and a checksum, verified on read), so a killed run resumes where it stopped, a finished run is
+    read back, and concurrent runs on one cache compute each cell once. The key digests by content
+    the data, the attributions' ranking, every option, ``model_factory`` and ``trainer`` (code,
+    closure values, defaults, referenced globals, fields). What cannot be digested raises a
+    ``TypeError`` asking for ``cache_key``: a string that then stands for ``model_factory`` and
+    ``trainer`` (change it whenever they change).
 
     Args:
-        model_factory: zero-argument callable returning a fresh, untrained model of the
-            architecture under study (must pickle when an executor with worker processes is used:
-            a top-level function, class or ``functools.partial``; see
-            :class:`~captum_ext.training.MLPFactory`). Unused when ``retrain=False``.
+        forward_func: the explained model, returning ``(batch, classes)`` scores. Needed for
+            ``attribution_target="prediction"`` with a callable ``attributions`` and for
+            ``retrain=False``; when it is an ``nn.Module`` its architecture is checked against the
+            factory's models. It must be in eval mode (BatchNorm/Dropout in training mode raise)
+            and is never modified. ``None`` with precomputed attributions.
         train: ``(inputs, labels)`` tensors or a ``Dataset`` (see
             :func:`~captum_ext.training.as_tensors`).
         test: the same for the test set.
-        attribution: a ``(train_attributions, test_attributions)`` pair of tensors shaped like the
+        attributions: a ``(train_attributions, test_attributions)`` pair of tensors shaped like the
             inputs, or a callable ``(inputs, target) -> attributions`` (a Captum attribution's
-            ``attribute``, called with ``target=`` the labels, in batches of ``batch_size``).
+            ``attribute``), called in batches of ``max_examples_per_batch``.
+        model_factory: zero-argument callable returning a fresh, untrained model of the
+            architecture under study (picklable for worker processes: a top-level function, class
+            or ``functools.partial``; see :class:`~captum_ext.training.MLPFactory`). Required
+            when ``retrain=True``.
         fractions: unmasking levels in ``(0, 1]``; the number of kept units is
-            ``round_half_up(k * P)`` (see :func:`~captum_ext.metrics._masking.count_for_fraction`).
+            ``round_half_up(k * P)``, which must be at least 1.
         seeds: retraining seeds.
-        retrain: retrain per cell (default) or score ``model`` without retraining.
+        retrain: retrain per cell (default) or score ``forward_func`` without retraining.
         trainer: ``trainer(model, (inputs, labels), seed) -> model``; default
-            :class:`~captum_ext.training.Trainer` ``()`` (Adam, 5 epochs).
-        executor: any ``concurrent.futures.Executor`` to run cells in parallel, e.g.
-            ``ProcessPoolExecutor(2)`` or ``dask.distributed.Client(...).get_executor()``.
-            ``None`` runs cells one after another in this process.
-        cache_dir: folder for the per-cell cache. Each finished cell is written atomically as
-            soon as it is known; a rerun with the same data, attribution and configuration reads
-            the cached cells and computes only the missing ones.
-        model: the model that was explained. Its architecture is checked against the factory's
-            models; required when ``retrain=False``. It is never modified.
-        fill: value of masked units: a number (default 0), ``"mean"``, ``"channel_mean"`` or a
-            tensor broadcastable to the inputs.
+            :class:`~captum_ext.training.Trainer` ``()`` (Adam, 5 epochs). Retrained models are
+            called as ``model(inputs)`` (``additional_forward_args`` are not passed to them).
+        attribution_target: for a callable ``attributions``: the class the maps are taken at,
+            ``"prediction"`` (``forward_func``'s arg-max, the paper's choice, default) or
+            ``"label"`` (the true label: the mask may then encode the label, see the control).
+        additional_forward_args: extra arguments of ``forward_func`` and of the attribution
+            callable (Captum's convention; tensors with the set's batch size are split per batch).
+        baselines: value of masked units: a number (default 0), ``"mean"``, ``"channel_mean"``
+            (per example and channel along ``channel_dim``) or a tensor broadcastable to the inputs.
         aggregate: ``"abs"`` (default: |a| per coordinate), ``"signed"``, or a per-pixel reduction
             over ``channel_dim`` (``"abs_sum"``, ``"sum"``, ``"abs_max"``, ``"l2"``), in which case
             whole pixels are kept or masked.
-        channel_dim: channel dimension for per-pixel aggregation.
-        batch_size: batch size of callable attributions and of evaluation.
+        channel_dim: channel dimension for per-pixel aggregation and ``"channel_mean"``.
+        max_examples_per_batch: batch size of attribution calls and of evaluation (``None``: all
+            at once for attributions, 1024 for evaluation).
         tie_seed: seed of the random tie-breaking in the ranking.
         threads: torch intra-op threads inside each cell (default 1: parallelism comes from the
             executor and results do not depend on the machine's thread count); ``None`` leaves it.
-        cache_key: extra text mixed into the cache fingerprint (e.g. to tell apart two trainers
-            whose descriptions coincide).
-        progress: a tqdm progress bar over cells.
+        mask_control: compute the mask-only control (see above).
+        leakage_tolerance: the smallest margin over chance that counts as leakage.
+        executor: ``None``, a number of worker processes, a Dask ``Client`` (or its
+            ``get_executor()``), or any ``concurrent.futures.Executor``.
+        max_in_flight: most cells queued on the executor at a time (default twice its workers).
+        cache_dir: folder of the per-cell cache (see above).
+        cache_key: a string standing for ``model_factory`` and ``trainer`` in the cache key.
+        show_progress: a tqdm progress bar over cells.
 
     Returns:
         A :class:`DiffROARResult` with ``.fractions``, ``.top``, ``.bottom``, ``.diff``, ``.std``,
-        per-cell ``.accuracies`` / ``.cells`` and ``.plot()``.
+        per-cell ``.accuracies`` / ``.cells``, ``.control``, ``.leakage``, ``.to_dict()`` and
+        ``.plot()``.
 
     Raises:
-        ValueError: empty data, attributions not shaped like the inputs, fractions outside
-            ``(0, 1]``, no seeds, a factory returning another architecture (or the same object
-            twice), ``retrain=False`` without ``model``.
+        ValueError: empty data, labels outside the model's classes, attributions not shaped like
+            the inputs, fractions outside ``(0, 1]`` or keeping no unit, no seeds, a factory
+            returning another architecture (or the same object twice), ``forward_func`` in
+            training mode, ``retrain=False`` without ``forward_func``.
+        TypeError: a cache key that cannot be computed (pass ``cache_key``), bad argument types.
 
     Examples:
-        >>> from captum.attr import Saliency
-        >>> from captum_ext.datasets import BlockMNIST
-        >>> from captum_ext.training import MLPFactory, Trainer, fit
-        >>> train, test = BlockMNIST("train"), BlockMNIST("test")
-        >>> factory = MLPFactory((1, 56, 28), hidden=(64,))
-        >>> net = fit(factory(), train, epochs=3, progress=False)
-        >>> res = diff_roar(factory, train, test, Saliency(net).attribute, model=net,
-        ...                 trainer=Trainer(epochs=3))  # doctest: +SKIP
-        >>> res.diff  # doctest: +SKIP
+        >>> from captum_ext.datasets import SignedBasisToy
+        >>> from captum_ext.training import MLPFactory, Trainer
+        >>> train, test = SignedBasisToy(64, d=10, seed=1), SignedBasisToy(32, d=10, seed=2)
+        >>> oracle = (train.signal_masks.float(), test.signal_masks.float())
+        >>> res = diff_roar(None, train, test, oracle, model_factory=MLPFactory((10,), hidden=(8,)),
+        ...                 fractions=(0.1, 1.0), seeds=(0,), trainer=Trainer(epochs=1))
+        >>> res.accuracies.shape, res.counts, res.control.shape
+        (torch.Size([2, 2, 1]), (1, 10), torch.Size([2, 2]))
     """
     fracs = check_fractions(fractions)
     seed_list = tuple(int(s) for s in seeds) if retrain else (0,)
@@ -560,194 +637,164 @@ def diff_roar(
         raise ValueError("seeds must contain at least one seed")
     if len(set(seed_list)) != len(seed_list):
         raise ValueError(f"seeds must be distinct, got {seed_list}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    test_x, test_y = _as_pair(test, "test")
-    train_pair = _as_pair(train, "train") if retrain else None
-    if train_pair is not None and train_pair[0].shape[1:] != test_x.shape[1:]:
-        raise ValueError(
-            f"train inputs {tuple(train_pair[0].shape[1:])} and test inputs "
-            f"{tuple(test_x.shape[1:])} differ in shape"
+    check_batch_size(max_examples_per_batch)
+    if not (isinstance(leakage_tolerance, (int, float)) and 0 <= leakage_tolerance <= 1):
+        raise ValueError(f"leakage_tolerance must lie in [0, 1], got {leakage_tolerance!r}")
+    eval_batch = max_examples_per_batch or 1024
+    if isinstance(executor, cf.ThreadPoolExecutor):
+        raise TypeError(
+            "executor: a ThreadPoolExecutor cannot run DiffROAR cells (each cell seeds torch's global RNG, "
+            "which threads share); use a number of worker processes, a ProcessPoolExecutor or Dask"
         )
-    if not retrain and model is None:
-        raise ValueError("retrain=False scores the explained model: pass it as model=...")
+    args = format_additional_args(additional_forward_args)
+    if forward_func is not None:
+        check_eval_mode(forward_func)
+    test_x, test_y = _as_pair(test, "test")
+    if not retrain:
+        if forward_func is None:
+            raise ValueError("retrain=False scores the explained model: pass it as forward_func")
+        sets = {"test": (test_x, test_y)}
+    else:
+        if model_factory is None or not callable(model_factory):
+            raise TypeError("model_factory must be a zero-argument callable returning a fresh model")
+        train_x, train_y = _as_pair(train, "train")
+        if train_x.shape[1:] != test_x.shape[1:]:
+            raise ValueError(
+                f"train inputs {tuple(train_x.shape[1:])} and test inputs {tuple(test_x.shape[1:])} "
+                "differ in shape"
+            )
+        sets = {"train": (train_x, train_y), "test": (test_x, test_y)}
 
-    train_attr, test_attr = _resolve(attribution, train_pair, (test_x, test_y), batch_size)
+    # classes: from the explained model, else from the factory's model; labels must lie in range
+    if retrain:
+        with torch.random.fork_rng(devices=_rng_devices()):
+            probe_a, probe_b = model_factory(), model_factory()  # type: ignore[misc]
+        architecture = _architecture(probe_a)
+        if probe_a is probe_b or (forward_func is not None and forward_func in (probe_a, probe_b)):
+            raise ValueError(
+                "model_factory must build a NEW model on every call (retraining must not touch the "
+                "explained model); e.g. lambda: MyNet() rather than lambda: net"
+            )
+        _check_architecture(probe_b, architecture, "model_factory (second call)")
+        if isinstance(forward_func, nn.Module):
+            _check_architecture(forward_func, architecture, "model_factory (compared with forward_func)")
+        classes = _num_classes(probe_a.eval(), test_x, (), "model_factory's model")
+        del probe_a, probe_b
+    else:
+        classes = _num_classes(forward_func, test_x, args, "forward_func")  # type: ignore[arg-type]
+    sets = {
+        name: (x, check_labels(y, x.shape[0], classes, f"{name} labels").to(y.device))
+        for name, (x, y) in sets.items()
+    }
+    test_y = sets["test"][1]
+
+    attr = _attributions(
+        attributions, forward_func, sets, attribution_target, additional_forward_args, max_examples_per_batch
+    )
     units = unit_shape(test_x.shape, aggregate, channel_dim)
     gen = torch.Generator().manual_seed(tie_seed)
-    test_rank = rank_units(relevance_scores(test_attr, aggregate, channel_dim), gen)
+    test_rank = rank_units(relevance_scores(attr["test"], aggregate, channel_dim), gen)
     n_units = test_rank.shape[1]
     counts = tuple(count_for_fraction(f, n_units) for f in fracs)
+    _check_counts(fracs, counts, n_units)
+    target_used = attribution_target if callable(attributions) else "given"
 
     if not retrain:
-        return _no_retrain(model, test_x, test_y, test_rank, units, fill, fracs, counts, batch_size)
-
-    assert train_pair is not None and train_attr is not None
-    if model_factory is None or not callable(model_factory):
-        raise TypeError("model_factory must be a zero-argument callable returning a fresh model")
-    with torch.random.fork_rng(devices=_rng_devices()):
-        probe_a, probe_b = model_factory(), model_factory()
-    architecture = _architecture(probe_a)
-    if probe_a is probe_b or (model is not None and (probe_a is model or probe_b is model)):
-        raise ValueError(
-            "model_factory must build a NEW model on every call (retraining must not touch the "
-            "explained model); e.g. lambda: MyNet() rather than lambda: net"
-        )
-    _check_architecture(probe_b, architecture, "model_factory (second call)")
-    if model is not None:
-        _check_architecture(model, architecture, "model_factory (compared with `model`)")
-    del probe_a, probe_b
-    train_rank = rank_units(relevance_scores(train_attr, aggregate, channel_dim), gen)
-    trainer = Trainer() if trainer is None else trainer
-
-    data = _CellData(
-        factory=model_factory,
-        trainer=trainer,
-        architecture=architecture,
-        train_x=train_pair[0].detach(),
-        train_y=train_pair[1].detach(),
-        test_x=test_x.detach(),
-        test_y=test_y.detach(),
-        units=units,
-        fill=fill,
-        threads=threads,
-        eval_batch_size=batch_size,
-    )
-    fingerprint = _fingerprint(data, train_rank, test_rank, aggregate, channel_dim, cache_key)
-    cache = _CellCache(cache_dir, fingerprint)
-    cache.write_manifest(
-        {
-            "factory": _describe(model_factory),
-            "trainer": _describe(trainer),
-            "fill": _describe(fill) if not isinstance(fill, Tensor) else "tensor",
-            "aggregate": aggregate,
-            "train_shape": list(train_pair[0].shape),
-            "test_shape": list(test_x.shape),
-        }
-    )
-
-    acc = torch.full((2, len(fracs), len(seed_list)), float("nan"), dtype=torch.float64)
-    todo: list[tuple[tuple[int, int, int], Callable[[], _CellTask]]] = []
-    for m, seed in enumerate(seed_list):
-        for j, (f, k) in enumerate(zip(fracs, counts, strict=True)):
+        acc = torch.empty(2, len(fracs), 1, dtype=torch.float64)
+        for j, k in enumerate(counts):
             for i, scheme in enumerate(SCHEMES):
-                hit = cache.get(scheme, f, seed)
-                if hit is not None:
-                    acc[i, j, m] = hit
-                    continue
-                make = _task_maker(scheme, f, k, seed, train_rank, test_rank, data)
-                todo.append(((i, j, m), make))
-
-    _run_cells(todo, acc, cache, fracs, seed_list, executor, progress)
-    return DiffROARResult(fracs, seed_list, acc, counts, n_units, retrain=True)
-
-
-def _task_maker(
-    scheme: str, f: float, k: int, seed: int, train_rank: Tensor, test_rank: Tensor, data: _CellData
-) -> Callable[[], _CellTask]:
-    def make() -> _CellTask:
-        return _CellTask(
-            scheme=scheme,
-            fraction=f,
-            seed=seed,
-            train_keep=keep_mask_from_rank(train_rank, k, scheme),
-            test_keep=keep_mask_from_rank(test_rank, k, scheme),
-            data=data,
+                x = unmask(test_x, keep_mask_from_rank(test_rank, k, scheme), units, baselines, channel_dim)
+                acc[i, j, 0] = _accuracy(forward_func, x, test_y, eval_batch, args)  # type: ignore[arg-type]
+        return DiffROARResult(
+            fracs, (0,), acc, counts, n_units, retrain=False, attribution_target=target_used
         )
 
-    return make
-
-
-def _run_cells(
-    todo: list[tuple[tuple[int, int, int], Callable[[], _CellTask]]],
-    acc: Tensor,
-    cache: _CellCache,
-    fracs: tuple[float, ...],
-    seeds: tuple[int, ...],
-    executor: cf.Executor | None,
-    progress: bool,
-    max_in_flight: int = 32,
-) -> None:
-    from tqdm.auto import tqdm
-
-    total = acc.numel()
-    bar = tqdm(total=total, initial=total - len(todo), desc="DiffROAR cells", disable=not progress)
-
-    def record(where: tuple[int, int, int], value: float) -> None:
-        i, j, m = where
-        acc[i, j, m] = value
-        cache.put(SCHEMES[i], fracs[j], seeds[m], value)
-        bar.update(1)
-
-    try:
-        if executor is None:
-            for where, make in todo:
-                record(where, run_cell(make()))
-            return
-        pending: dict[cf.Future[float], tuple[int, int, int]] = {}
-        queue = iter(todo)
-        try:
-            for where, make in itertools.islice(queue, max_in_flight):
-                pending[executor.submit(run_cell, make())] = where
-            while pending:
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    where = pending.pop(fut)
-                    record(where, float(fut.result()))
-                for where, make in itertools.islice(queue, len(done)):
-                    pending[executor.submit(run_cell, make())] = where
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-    finally:
-        bar.close()
-
-
-def _fingerprint(
-    data: _CellData,
-    train_rank: Tensor,
-    test_rank: Tensor,
-    aggregate: str,
-    channel_dim: int,
-    cache_key: str | None,
-) -> str:
-    h = hashlib.sha256()
-    h.update(_CACHE_VERSION.encode())
-    for t in (data.train_x, data.train_y, data.test_x, data.test_y, train_rank, test_rank):
-        _digest(h, t)
-    if isinstance(data.fill, Tensor):
-        _digest(h, data.fill)
-    else:
-        h.update(f"fill={data.fill!r}".encode())
-    parts = (
-        _describe(data.factory),
-        repr(data.architecture),
-        _describe(data.trainer),
-        f"units={data.units}",
-        f"aggregate={aggregate}",
-        f"channel_dim={channel_dim}",
-        f"threads={data.threads}",
-        f"key={cache_key}",
+    train_rank = rank_units(relevance_scores(attr["train"], aggregate, channel_dim), gen)
+    shared = _Shared(
+        factory=model_factory,  # type: ignore[arg-type]
+        trainer=Trainer() if trainer is None else trainer,
+        architecture=architecture,
+        train_x=sets["train"][0],
+        train_y=sets["train"][1],
+        test_x=test_x,
+        test_y=test_y,
+        train_rank=_compact_rank(train_rank),
+        test_rank=_compact_rank(test_rank),
+        units=units,
+        baselines=baselines,
+        channel_dim=channel_dim,
+        threads=threads,
+        eval_batch_size=eval_batch,
     )
-    h.update("|".join(parts).encode())
-    return h.hexdigest()
+    manifest = {
+        "train_shape": list(train_x.shape),
+        "test_shape": list(test_x.shape),
+        "aggregate": aggregate,
+        "cache_key": cache_key,
+        "trainer": repr(shared.trainer)[:500],
+    }
+    cache = _cache(cache_dir, cache_key, shared, manifest)
 
-
-def _no_retrain(
-    model: nn.Module,
-    test_x: Tensor,
-    test_y: Tensor,
-    test_rank: Tensor,
-    units: tuple[int, ...],
-    fill: float | str | Tensor,
-    fracs: tuple[float, ...],
-    counts: tuple[int, ...],
-    batch_size: int,
-) -> DiffROARResult:
-    acc = torch.empty(2, len(fracs), 1, dtype=torch.float64)
-    for j, k in enumerate(counts):
-        for i, scheme in enumerate(SCHEMES):
-            x = unmask(test_x, keep_mask_from_rank(test_rank, k, scheme), units, fill)
-            acc[i, j, 0] = evaluate(model, (x, test_y), batch_size=batch_size)
-    return DiffROARResult(fracs, (0,), acc, counts, test_rank.shape[1], retrain=False)
+    cells = [
+        {"scheme": scheme, "fraction": f, "k": k, "seed": seed, "control": False}
+        for seed in seed_list
+        for f, k in zip(fracs, counts, strict=True)
+        for scheme in SCHEMES
+    ]
+    if mask_control:
+        cells += [
+            {"scheme": scheme, "fraction": f, "k": k, "seed": seed_list[0], "control": True}
+            for f, k in zip(fracs, counts, strict=True)
+            for scheme in SCHEMES
+        ]
+    values, stats = run_cells(
+        run_cell,
+        shared,
+        cells,
+        executor=executor,
+        cache=cache,
+        max_in_flight=max_in_flight,
+        show_progress=show_progress,
+        desc="DiffROAR cells",
+    )
+    n_main = 2 * len(fracs) * len(seed_list)
+    acc = (
+        torch.tensor(values[:n_main], dtype=torch.float64)
+        .reshape(len(seed_list), len(fracs), 2)
+        .permute(2, 1, 0)
+    )
+    control = None
+    if mask_control:
+        control = torch.tensor(values[n_main:], dtype=torch.float64).reshape(len(fracs), 2).T.contiguous()
+    chance = majority_rate(test_y)
+    threshold = leakage_threshold(chance, test_x.shape[0], float(leakage_tolerance))
+    result = DiffROARResult(
+        fracs,
+        seed_list,
+        acc.contiguous(),
+        counts,
+        n_units,
+        retrain=True,
+        control=control,
+        chance=chance,
+        leakage_threshold=threshold,
+        attribution_target=target_used,
+        timings=dataclasses.asdict(stats),
+    )
+    if result.leakage:
+        assert control is not None
+        i, j = divmod(int(control.argmax()), len(fracs))
+        warnings.warn(
+            f"DiffROAR label leakage: the kept-unit masks ALONE predict the test labels with accuracy "
+            f"{float(control[i, j]):.3f} ({SCHEMES[i]}-k, k={fracs[j]:g}) against a majority-class rate of "
+            f"{chance:.3f} (threshold {threshold:.3f}). PredPower then measures where the attribution "
+            "put its kept units (their position or shape), not what the kept values say; see result.control. "
+            + (
+                "The attributions were taken at the true labels: try attribution_target='prediction'."
+                if target_used == "label"
+                else ""
+            ),
+            UserWarning,
+            stacklevel=3,
+        )
+    return result
