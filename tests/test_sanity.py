@@ -42,10 +42,8 @@ def trained(digits):
 def test_identity_randomization_gives_similarity_one(untouched):
     net, x = _cnn(), torch.rand(6, 1, 12, 12)
     with untouched(net):
-        res = model_randomization(
-            net, x, Saliency, init=lambda m: None, progress=False, ssim_kwargs=SMALL_SSIM
-        )
-    assert res.stages == ["3", "0"]  # from the output towards the input
+        res = model_randomization(net, x, Saliency, init=lambda m: None, ssim_kwargs=SMALL_SSIM)
+    assert res.stages == ("3", "0")  # from the output towards the input
     for metric in ("ssim", "spearman", "topk"):
         assert res.scores[metric].shape == (2, 6)
         assert torch.allclose(res.scores[metric], torch.ones(2, 6), atol=1e-6), metric
@@ -54,15 +52,12 @@ def test_identity_randomization_gives_similarity_one(untouched):
 def test_cascading_accumulates_and_independent_does_not(untouched):
     net, x = _cnn(), torch.rand(5, 1, 12, 12)
     with untouched(net):
-        cas = model_randomization(
-            net, x, Saliency, return_attributions=True, progress=False, metrics=("spearman",)
-        )
+        cas = model_randomization(net, x, Saliency, return_attributions=True, metrics=("spearman",))
         ind = model_randomization(
             net,
             x,
             Saliency,
             mode="independent",
-            progress=False,
             return_attributions=True,
             metrics=("spearman",),
         )
@@ -73,17 +68,17 @@ def test_cascading_accumulates_and_independent_does_not(untouched):
     assert not torch.allclose(cas.attributions[2], ind.attributions[2])
     # independent stage 1 == a model with only layer '0' re-initialised (same per-layer seed)
     only_first = model_randomization(
-        net, x, Saliency, layers=["0"], return_attributions=True, progress=False, metrics=("spearman",)
+        net, x, Saliency, layers=["0"], return_attributions=True, metrics=("spearman",)
     )
     assert torch.equal(only_first.attributions[1], ind.attributions[2])
 
 
 def test_randomization_is_seeded():
     net, x = _cnn(), torch.rand(4, 1, 12, 12)
-    a = model_randomization(net, x, Saliency, seed=3, progress=False, metrics=("spearman",))
+    a = model_randomization(net, x, Saliency, seed=3, metrics=("spearman",))
     torch.manual_seed(123)  # the global RNG must not matter
-    b = model_randomization(net, x, Saliency, seed=3, progress=False, metrics=("spearman",))
-    c = model_randomization(net, x, Saliency, seed=4, progress=False, metrics=("spearman",))
+    b = model_randomization(net, x, Saliency, seed=3, metrics=("spearman",))
+    c = model_randomization(net, x, Saliency, seed=4, metrics=("spearman",))
     assert torch.equal(a.scores["spearman"], b.scores["spearman"])
     assert not torch.equal(a.scores["spearman"], c.scores["spearman"])
 
@@ -91,10 +86,8 @@ def test_randomization_is_seeded():
 def test_fully_randomised_model_has_near_zero_rank_correlation(trained, digits, untouched):
     _, _, xte, yte = digits
     with untouched(trained):
-        res = model_randomization(
-            trained, xte[:64], Saliency, yte[:64], progress=False, ssim_kwargs=SMALL_SSIM
-        )
-    assert res.stages == ["3", "1"]
+        res = model_randomization(trained, xte[:64], Saliency, target=yte[:64], ssim_kwargs=SMALL_SSIM)
+    assert res.stages == ("3", "1")
     means = res.mean()
     assert set(means) == {"ssim", "spearman", "topk"}
     assert abs(means["spearman"][-1].item()) < 0.15  # every layer random: no rank agreement
@@ -107,15 +100,14 @@ def test_fully_randomised_model_has_near_zero_rank_correlation(trained, digits, 
 
 def test_callable_explainer_kwargs_and_batches(untouched):
     net, x = _cnn(), torch.rand(5, 1, 12, 12)
-    full = model_randomization(net, x, InputXGradient, target=1, progress=False, metrics=("topk",))
+    full = model_randomization(net, x, InputXGradient, target=1, metrics=("topk",))
     batched = model_randomization(
         net,
         x,
         lambda m: InputXGradient(m).attribute,
         target=1,
-        progress=False,
         metrics=("topk",),
-        batch_size=2,
+        max_examples_per_batch=2,
     )
     assert torch.allclose(full.scores["topk"], batched.scores["topk"])
     # attribute_kwargs reach the attribution method
@@ -124,7 +116,6 @@ def test_callable_explainer_kwargs_and_batches(untouched):
         x,
         Saliency,
         target=[0, 1, 2, 3, 0],
-        progress=False,
         attribute_kwargs={"abs": False},
         absolute=False,
         metrics=("spearman",),
@@ -136,10 +127,10 @@ def test_callable_explainer_kwargs_and_batches(untouched):
 def test_non_image_inputs_skip_ssim_by_default():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    res = model_randomization(net, torch.randn(4, 10), Saliency, progress=False)
+    res = model_randomization(net, torch.randn(4, 10), Saliency)
     assert set(res.scores) == {"spearman", "topk"}
     with pytest.raises(ValueError, match="SSIM needs image"):
-        model_randomization(net, torch.randn(4, 10), Saliency, progress=False, metrics=("ssim",))
+        model_randomization(net, torch.randn(4, 10), Saliency, metrics=("ssim",))
 
 
 class _NoReset(nn.Module):
@@ -158,29 +149,27 @@ class _NoReset(nn.Module):
         ({"layers": ["nope"]}, ValueError, "unknown layer"),
         ({"layers": []}, ValueError, "empty"),
         ({"metrics": ("ssim", "pearson")}, ValueError, "metrics"),
-        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch"),
         ({"init": "zeros"}, ValueError, "init"),
     ],
 )
 def test_model_randomization_errors(kwargs, err, match):
     net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
     with pytest.raises(err, match=match):
-        model_randomization(net, torch.randn(3, 6), Saliency, progress=False, **kwargs)
+        model_randomization(net, torch.randn(3, 6), Saliency, **kwargs)
 
 
 def test_model_randomization_more_errors():
     x = torch.randn(3, 6)
     with pytest.raises(ValueError, match="reset_parameters"):
-        model_randomization(_NoReset(), x, Saliency, progress=False)
+        model_randomization(_NoReset(), x, Saliency)
     with pytest.raises(TypeError, match="Attribution"):
-        model_randomization(_NoReset(), x, dict, progress=False)
+        model_randomization(_NoReset(), x, dict)
     bn = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
     with pytest.raises(ValueError, match="eval"):
-        model_randomization(bn, x, Saliency, progress=False)
+        model_randomization(bn, x, Saliency)
     with pytest.raises(ValueError, match="shaped like the inputs"):
-        model_randomization(
-            _NoReset(), x, lambda m: lambda inp, target: inp[:, :2], init=lambda m: None, progress=False
-        )
+        model_randomization(_NoReset(), x, lambda m: lambda inp, target: inp[:, :2], init=lambda m: None)
 
 
 def test_data_randomization_calls_the_trainer_with_permuted_labels(digits, untouched):
@@ -195,7 +184,7 @@ def test_data_randomization_calls_the_trainer_with_permuted_labels(digits, untou
 
     with untouched(net):
         res = data_randomization(
-            net, (xtr, ytr), xte[:8], Saliency, trainer=trainer, seed=7, ssim_kwargs=SMALL_SSIM
+            net, xte[:8], Saliency, train_data=(xtr, ytr), trainer=trainer, seed=7, ssim_kwargs=SMALL_SSIM
         )
     ((model, (x_seen, y_seen), seed),) = calls
     assert seed == 7 and model is not net and res.model is model
@@ -203,10 +192,12 @@ def test_data_randomization_calls_the_trainer_with_permuted_labels(digits, untou
     assert torch.equal(y_seen.sort().values, ytr.sort().values) and not torch.equal(y_seen, ytr)
     # the copy was re-initialised before training
     assert not torch.equal(model[1].weight, net[1].weight)
-    assert res.mode == "data" and res.stages == ["permuted labels"]
+    assert res.mode == "data" and res.stages == ("permuted labels",)
     assert res.scores["spearman"].shape == (1, 8)
     # same seed -> same permutation
-    data_randomization(net, (xtr, ytr), xte[:8], Saliency, trainer=trainer, seed=7, metrics=("topk",))
+    data_randomization(
+        net, xte[:8], Saliency, train_data=(xtr, ytr), trainer=trainer, seed=7, metrics=("topk",)
+    )
     assert torch.equal(calls[1][1][1], y_seen)
 
 
@@ -215,10 +206,10 @@ def test_data_randomization_end_to_end(trained, digits, untouched):
     with untouched(trained):
         res = data_randomization(
             trained,
-            (xtr, ytr),
             xte[:64],
             Saliency,
-            yte[:64],
+            train_data=(xtr, ytr),
+            target=yte[:64],
             trainer=Trainer(epochs=6, lr=1e-2, batch_size=128),
             ssim_kwargs=SMALL_SSIM,
         )
@@ -238,8 +229,10 @@ def test_data_randomization_errors(digits):
     xtr, ytr, xte, _ = digits
     net = MLPFactory((1, 8, 8), hidden=(8,), num_classes=10)().eval()
     with pytest.raises(TypeError, match="trainer"):
-        data_randomization(net, (xtr, ytr), xte[:4], Saliency, trainer=3)
+        data_randomization(net, xte[:4], Saliency, train_data=(xtr, ytr), trainer=3)
     with pytest.raises(ValueError, match="differ in length"):
-        data_randomization(net, (xtr, ytr[:10]), xte[:4], Saliency)
+        data_randomization(net, xte[:4], Saliency, train_data=(xtr, ytr[:10]))
     with pytest.raises(TypeError, match="nn.Module"):
-        data_randomization(net, (xtr[:20], ytr[:20]), xte[:4], Saliency, trainer=lambda m, d, s: None)
+        data_randomization(
+            net, xte[:4], Saliency, train_data=(xtr[:20], ytr[:20]), trainer=lambda m, d, s: None
+        )

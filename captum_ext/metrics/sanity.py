@@ -24,15 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_ext._format import (
-    TargetType,
     TensorOrTuple,
     format_additional_args,
     format_inputs,
 )
 from captum_ext.metrics._common import (
+    NOT_IN_DICT,
+    MetricResult,
+    TargetLike,
     check_batch_size,
     check_eval_mode,
     compute_attributions,
@@ -56,8 +59,8 @@ InitLike = str | Callable[[nn.Module], None]
 # Result
 
 
-@dataclass
-class RandomizationResult:
+@dataclass(frozen=True, eq=False)
+class RandomizationResult(MetricResult):
     """Similarity of attributions after each randomisation stage to the original attributions.
 
     Attributes:
@@ -71,16 +74,16 @@ class RandomizationResult:
         model: for data randomisation, the model retrained on permuted labels.
 
     Examples:
-        >>> result.mean()["spearman"]  # doctest: +SKIP
-        tensor([0.41, 0.12, 0.03])
-        >>> result.plot()  # doctest: +SKIP
+        >>> res = RandomizationResult("data", ("permuted labels",), {"topk": torch.tensor([[0.5, 1.0]])})
+        >>> res.mean()["topk"], res.to_dict()["scores"]
+        (tensor([0.7500]), {'topk': [[0.5, 1.0]]})
     """
 
     mode: str
-    stages: list[str]
+    stages: tuple[str, ...]
     scores: dict[str, Tensor]
-    attributions: list[AttrLike] | None = None
-    model: nn.Module | None = field(default=None, repr=False)
+    attributions: tuple[AttrLike, ...] | None = field(default=None, repr=False, metadata=NOT_IN_DICT)
+    model: nn.Module | None = field(default=None, repr=False, metadata=NOT_IN_DICT)
 
     def mean(self) -> dict[str, Tensor]:
         """Mean similarity per stage (NaN examples ignored): metric -> ``(stages,)``."""
@@ -107,10 +110,7 @@ class RandomizationResult:
         Returns:
             The matplotlib Axes.
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(self.stages) + 2.0), 3.5))
+        ax = self._axes(ax, (max(4.0, 0.6 * len(self.stages) + 2.0), 3.5))
         names = list(metrics) if metrics is not None else list(self.scores)
         unknown = [m for m in names if m not in self.scores]
         if unknown:
@@ -216,12 +216,13 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]
 # Public checks
 
 
+@log_usage()
 def model_randomization(
-    model: nn.Module,
+    forward_func: nn.Module,
     inputs: TensorOrTuple,
     explainer: ExplainerLike,
-    target: TargetType = None,
     *,
+    target: TargetLike = None,
     mode: str = "cascading",
     layers: Sequence[str] | None = None,
     init: InitLike = "reset",
@@ -232,9 +233,9 @@ def model_randomization(
     absolute: bool = True,
     topk_fraction: float = 0.4,
     ssim_kwargs: dict[str, Any] | None = None,
-    batch_size: int | None = None,
+    max_examples_per_batch: int | None = None,
     return_attributions: bool = False,
-    progress: bool = True,
+    show_progress: bool = False,
 ) -> RandomizationResult:
     """Model parameter randomisation test (cascading or independent).
 
@@ -252,7 +253,8 @@ def model_randomization(
     non-zero features).
 
     Args:
-        model: the trained model (never modified; randomisation works on deep copies).
+        forward_func: the trained model, an ``nn.Module`` (never modified; randomisation works on
+            deep copies; BatchNorm/Dropout in training mode is refused).
         inputs: tensor or tuple of tensors, batch first.
         explainer: a Captum Attribution class (e.g. ``Saliency``) or a factory
             ``model -> attribute_fn`` with ``attribute_fn(inputs, target=..., **kw)``.
@@ -273,24 +275,29 @@ def model_randomization(
         topk_fraction: fraction of non-zero features in the top-k set.
         ssim_kwargs: keyword arguments for :func:`~captum_ext.metrics.similarity.ssim` (e.g.
             ``window_size=7`` for small maps).
-        batch_size: examples per attribution call.
+        max_examples_per_batch: examples per attribution call (``None``: all at once).
         return_attributions: keep the original and every stage's attributions in the result.
-        progress: tqdm progress bar over stages.
+        show_progress: tqdm progress bar over stages.
 
     Returns:
         :class:`RandomizationResult` with ``scores[metric]`` of shape ``(stages, N)``.
 
     Examples:
         >>> from captum.attr import Saliency
-        >>> res = model_randomization(net, images, Saliency, labels)  # doctest: +SKIP
-        >>> res.mean()["ssim"], res.plot()  # doctest: +SKIP
+        >>> net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+        >>> res = model_randomization(net, torch.rand(6, 5), Saliency, target=0)
+        >>> res.stages, res.scores["spearman"].shape
+        (('2', '0'), torch.Size([2, 6]))
     """
+    model = forward_func
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
+    check_eval_mode(model)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
     mets = check_metrics(metrics)
-    check_batch_size(batch_size, "batch_size")
+    check_batch_size(max_examples_per_batch)
+    batch_size = max_examples_per_batch
     tup, _ = format_inputs(inputs)
     args = format_additional_args(additional_forward_args)
     names = _resolve_layers(model, layers)
@@ -298,7 +305,6 @@ def model_randomization(
     order = list(reversed(names))  # output -> input
 
     work = copy.deepcopy(model)
-    check_eval_mode(work)
     tgt = resolve_target(work, tup, target, args, batch_size)
 
     def attribute(m: nn.Module) -> AttrLike:
@@ -318,7 +324,7 @@ def model_randomization(
 
     from tqdm.auto import tqdm
 
-    for name in tqdm(order, desc=f"{mode} randomisation", disable=not progress, leave=False):
+    for name in tqdm(order, desc=f"{mode} randomisation", disable=not show_progress, leave=False):
         if mode == "independent":
             work = copy.deepcopy(model)
         modules = dict(work.named_modules())
@@ -333,17 +339,21 @@ def model_randomization(
             kept.append(attr)
     scores = {m: torch.stack([s[m] for s in per_stage]) for m in mets}
     return RandomizationResult(
-        mode=mode, stages=order, scores=scores, attributions=kept if return_attributions else None
+        mode=mode,
+        stages=tuple(order),
+        scores=scores,
+        attributions=tuple(kept) if return_attributions else None,
     )
 
 
+@log_usage()
 def data_randomization(
-    model: nn.Module,
-    train_data: Any,
+    forward_func: nn.Module,
     inputs: TensorOrTuple,
     explainer: ExplainerLike,
-    target: TargetType = None,
     *,
+    train_data: Any,
+    target: TargetLike = None,
     trainer: Callable[[nn.Module, Any, int], nn.Module] | None = None,
     seed: int = 0,
     reinitialize: bool = True,
@@ -354,7 +364,7 @@ def data_randomization(
     absolute: bool = True,
     topk_fraction: float = 0.4,
     ssim_kwargs: dict[str, Any] | None = None,
-    batch_size: int | None = None,
+    max_examples_per_batch: int | None = None,
     return_attributions: bool = False,
 ) -> RandomizationResult:
     """Data randomisation test: retrain on permuted labels and compare attributions.
@@ -366,11 +376,11 @@ def data_randomization(
     permutation do not depend on the relation between inputs and labels.
 
     Args:
-        model: the model trained on the true labels (never modified).
-        train_data: ``(inputs, labels)`` tensors or a Dataset (see
-            :func:`captum_ext.training.as_tensors`).
+        forward_func: the model trained on the true labels, an ``nn.Module`` (never modified).
         inputs: the examples to explain, batch first.
         explainer: a Captum Attribution class or a factory ``model -> attribute_fn``.
+        train_data: ``(inputs, labels)`` tensors or a Dataset (see
+            :func:`captum_ext.training.as_tensors`).
         target: classes to explain; ``None`` uses the original model's predictions.
         trainer: ``trainer(model, (inputs, labels), seed) -> model``; default
             ``captum_ext.training.Trainer()``.
@@ -386,7 +396,7 @@ def data_randomization(
         absolute: compare absolute attributions.
         topk_fraction: fraction of non-zero features in the top-k set.
         ssim_kwargs: keyword arguments for the SSIM.
-        batch_size: examples per attribution call.
+        max_examples_per_batch: examples per attribution call (``None``: all at once).
         return_attributions: keep both attribution batches in the result.
 
     Returns:
@@ -394,16 +404,23 @@ def data_randomization(
         random-label model in ``.model``.
 
     Examples:
-        >>> res = data_randomization(
-        ...     net, (x_train, y_train), x_test[:64], Saliency)  # doctest: +SKIP
-        >>> res.mean()["spearman"]  # doctest: +SKIP
+        >>> from captum.attr import Saliency
+        >>> from captum_ext.training import Trainer
+        >>> net = torch.nn.Linear(5, 3)
+        >>> x, y = torch.rand(12, 5), torch.randint(0, 3, (12,))
+        >>> res = data_randomization(net, x[:4], Saliency, train_data=(x, y), trainer=Trainer(epochs=1))
+        >>> res.scores["spearman"].shape
+        torch.Size([1, 4])
     """
     from captum_ext.training import Trainer, as_tensors
 
+    model = forward_func
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
+    check_eval_mode(model)
     mets = check_metrics(metrics)
-    check_batch_size(batch_size, "batch_size")
+    check_batch_size(max_examples_per_batch)
+    batch_size = max_examples_per_batch
     if trainer is None:
         trainer = Trainer()
     elif not callable(trainer):
@@ -413,7 +430,6 @@ def data_randomization(
     args = format_additional_args(additional_forward_args)
 
     reference = copy.deepcopy(model)
-    check_eval_mode(reference)
     tgt = resolve_target(reference, tup, target, args, batch_size)
 
     gen = torch.Generator().manual_seed(int(seed))
@@ -448,8 +464,8 @@ def data_randomization(
     )
     return RandomizationResult(
         mode="data",
-        stages=["permuted labels"],
+        stages=("permuted labels",),
         scores={m: s.unsqueeze(0) for m, s in scores.items()},
-        attributions=[original, randomized] if return_attributions else None,
+        attributions=(original, randomized) if return_attributions else None,
         model=trained,
     )
