@@ -306,3 +306,31 @@ def spearman(x: Tensor, y: Tensor) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(x.double().numpy(), y.double().numpy()).statistic)
+
+
+# --------------------------------------------------------------------------------------------------
+# markdown rows for REPRODUCTIONS.md
+
+
+def markdown_rows(report: dict[str, Any], key: str = "claims", label: str = "") -> list[str]:
+    """One markdown table row ``| label | where | claim | ours | verdict |`` per claim of a report."""
+
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    rows = []
+    for c in report.get(key, []):
+        verdict = {True: "yes", False: "no"}.get(c["agrees"], str(c["agrees"]))
+        verdict = verdict if verdict != "no" else "**no**"
+        rows.append(f"| {label} | {cell(c['paper'])} | {cell(c['claim'])} | {cell(c['ours'])} | {verdict} |")
+    return rows
+
+
+if __name__ == "__main__":  # python benchmarks/_repro.py results/reproduce_x.json ... -> markdown rows
+    import sys
+
+    for arg in sys.argv[1:]:
+        rep = json.loads(Path(arg).read_text())
+        name = rep["benchmark"].removeprefix("reproduce_").capitalize()
+        print("\n".join(markdown_rows(rep, "claims", name)))
+        print("\n".join(markdown_rows(rep, "consistency_checks", name)))

@@ -30,6 +30,7 @@ instead of 4,000 epochs with lr decay. Writes benchmarks/results/reproduce_botte
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -465,7 +466,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=128, help="hidden width of the MLP")
     p.add_argument("--steps", type=int, default=1000, help="SGD steps per model")
     p.add_argument("--n-train", type=int, default=2000, help="training points")
+    p.add_argument(
+        "--claims-from",
+        type=Path,
+        default=None,
+        help="recompute only the claims from an earlier JSON of this script (no training, no figure)",
+    )
     args = p.parse_args(argv)
+    if args.claims_from is not None:
+        rep = json.loads(args.claims_from.read_text())
+        res = rep["results"]
+        rep["claims"] = make_claims(res["aggregate"], rep["config"]["selected_lambda"], res["combinations"])
+        args.claims_from.write_text(json.dumps(rep, indent=2))
+        print_claims(rep["claims"])
+        return
     if args.quick:
         args.steps, args.n_train = 60, 500
     torch.set_num_threads(args.threads)
