@@ -43,7 +43,7 @@ def test_attack_keeps_prediction_and_stays_in_ball(digits_models, untouched):
     x = x[:24]
     eps = 0.5
     with untouched(net):
-        res = attribution_attack(net, x, epsilon=eps, steps=15, clip=(0.0, 1.0), progress=False)
+        res = attribution_attack(net, x, epsilon=eps, steps=15, clip=(0.0, 1.0))
     with torch.no_grad():
         assert torch.equal(net(res.perturbed).argmax(1), net(x).argmax(1))
     assert res.prediction_kept.all()
@@ -67,7 +67,7 @@ def test_attack_keeps_prediction_and_stays_in_ball(digits_models, untouched):
 def test_attack_needs_a_smooth_surrogate_for_relu_nets(digits_models):
     (net, _), x, _ = digits_models
     # on the ReLU net itself the saliency has zero input-gradient: nothing moves
-    res = attribution_attack(net, x[:8], epsilon=0.5, steps=5, surrogate=net, progress=False)
+    res = attribution_attack(net, x[:8], epsilon=0.5, steps=5, surrogate=net)
     assert torch.equal(res.perturbed, x[:8])
     assert torch.all(res.topk_intersection == 1.0)
 
@@ -76,10 +76,11 @@ def test_attack_batches_and_custom_attribution(untouched):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(12, 16), nn.Softplus(beta=3.0), nn.Linear(16, 3)).double().eval()
     x = torch.randn(6, 12, dtype=torch.float64)
-    kw = {"epsilon": 0.3, "steps": 6, "progress": False}
+    kw = {"epsilon": 0.3, "steps": 6}
     with untouched(net):
         full = attribution_attack(net, x, **kw)
-        batched = attribution_attack(net, x, batch_size=4, **kw)
+        batched = attribution_attack(net, x, max_examples_per_batch=4, **kw)
+    # float64: batching changes only the last bits (the default rtol 1e-5 is far above that)
     assert torch.allclose(full.perturbed, batched.perturbed)
     assert full.perturbed.dtype == torch.float64
     assert (full.delta_norm <= 0.3 + 1e-9).all()
@@ -111,22 +112,29 @@ def test_attack_errors(kwargs, err, match):
     net = nn.Sequential(nn.Linear(4, 3)).eval()
     x = torch.rand(2, 4)
     with pytest.raises(err, match=match):
-        attribution_attack(net, x, progress=False, **kwargs)
+        attribution_attack(net, x, **kwargs)
 
 
 def test_attack_input_errors():
     net = nn.Sequential(nn.Linear(4, 3)).eval()
     with pytest.raises(TypeError, match="single input"):
-        attribution_attack(net, (torch.rand(2, 4),), progress=False)
+        attribution_attack(net, (torch.rand(2, 4),))
     bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).train()
     with pytest.raises(ValueError, match="eval"):
-        attribution_attack(bn, torch.rand(2, 4), progress=False)
+        attribution_attack(bn, torch.rand(2, 4))
 
 
 def test_stability_identical_models_score_one(digits_models, untouched):
     (net, _), x, y = digits_models
     with untouched(net):
-        res = stability(net, net, x[:16], Saliency, y[:16], ssim_kwargs={"window_size": 5, "sigma": 1.0})
+        res = stability(
+            net,
+            x[:16],
+            Saliency,
+            other_forward_func=net,
+            target=y[:16],
+            ssim_kwargs={"window_size": 5, "sigma": 1.0},
+        )
     assert set(res.scores) == {"ssim", "spearman", "topk"}
     for v in res.scores.values():
         assert torch.allclose(v, torch.ones(16), atol=1e-6)
@@ -137,13 +145,13 @@ def test_stability_across_seeds(digits_models, untouched):
     with untouched(a), untouched(b):
         res = stability(
             a,
-            b,
             x[:32],
             Saliency,
-            y[:32],
+            other_forward_func=b,
+            target=y[:32],
             metrics=("topk", "spearman"),
             return_attributions=True,
-            batch_size=10,
+            max_examples_per_batch=10,
         )
     means = res.mean()
     # different initialisations: clearly not identical, clearly above chance (0.4 / 0)
@@ -151,15 +159,19 @@ def test_stability_across_seeds(digits_models, untouched):
     assert 0.1 < means["spearman"] < 0.98
     attr_a, _ = res.attributions
     expected = Saliency(a).attribute(x[:32].clone().requires_grad_(True), target=y[:32])
-    assert torch.allclose(attr_a, expected)
+    # float32 gradients computed in batches of 10 vs one batch of 32 go through different BLAS
+    # kernels, whose summation order differs in the last bits (a default-tolerance allclose failed by
+    # 2.4e-7 on another CPU): compare to float32 precision relative to the maps' scale.
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(attr_a, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_stability_errors():
     net = nn.Sequential(nn.Linear(4, 3)).eval()
-    with pytest.raises(TypeError, match="model_b"):
-        stability(net, "b", torch.rand(2, 4), Saliency)
+    with pytest.raises(TypeError, match="other_forward_func"):
+        stability(net, torch.rand(2, 4), Saliency, other_forward_func="b")
     with pytest.raises(ValueError, match="metrics"):
-        stability(net, net, torch.rand(2, 4), Saliency, metrics=("l2",))
+        stability(net, torch.rand(2, 4), Saliency, other_forward_func=net, metrics=("l2",))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -167,8 +179,8 @@ def test_attack_and_stability_on_cuda():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)).eval().cuda()
     x = torch.rand(4, 12, device="cuda")
-    res = attribution_attack(net, x, epsilon=0.3, steps=4, progress=False)
+    res = attribution_attack(net, x, epsilon=0.3, steps=4)
     assert res.perturbed.device.type == "cuda" and res.prediction_kept.all()
     assert (res.delta_norm <= 0.3 * (1 + 1e-5)).all()
-    sim = stability(net, net, x, Saliency)
+    sim = stability(net, x, Saliency, other_forward_func=net)
     assert torch.allclose(sim.scores["topk"].cpu(), torch.ones(4))

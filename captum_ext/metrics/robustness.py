@@ -18,22 +18,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_ext._format import (
-    TargetType,
     TensorOrTuple,
     format_additional_args,
     format_inputs,
     select_additional_args,
 )
 from captum_ext.metrics._common import (
+    NOT_IN_DICT,
+    MetricResult,
+    TargetLike,
     check_batch_size,
     check_eval_mode,
+    check_finite,
+    check_not_empty,
     compute_attributions,
     explainer_for,
     resolve_target,
 )
+from captum_ext.metrics._masking import relevance_scores
 from captum_ext.metrics.sanity import ExplainerLike
 from captum_ext.metrics.similarity import (
     AttrLike,
@@ -88,15 +94,13 @@ def gradient_saliency(
 
 
 def _pixel_map(s: Tensor) -> Tensor:
-    """Per-example flat map: channels of 4-d inputs summed (pixel level), else flattened."""
-    n = s.shape[0]
-    if s.dim() == 4:
-        s = s.abs().sum(dim=1)
-    return s.reshape(n, -1)
+    """Per-example flat map (differentiable): |s| summed over the channels of 4-d inputs (pixel
+    level), else |s| per coordinate -- the masking engine's ``"abs_sum"`` / ``"abs"``."""
+    return relevance_scores(s, "abs_sum" if s.dim() == 4 else "abs")
 
 
-@dataclass
-class AttackResult:
+@dataclass(frozen=True, eq=False)
+class AttackResult(MetricResult):
     """Outcome of :func:`attribution_attack`.
 
     Attributes:
@@ -112,14 +116,23 @@ class AttackResult:
         target: ``(N,)`` explained classes.
     """
 
-    perturbed: Tensor
+    perturbed: Tensor = field(repr=False, metadata=NOT_IN_DICT)
     delta_norm: Tensor
     topk_intersection: Tensor
     spearman: Tensor
     prediction_kept: Tensor
-    original_maps: Tensor = field(repr=False)
-    attacked_maps: Tensor = field(repr=False)
-    target: Tensor = field(repr=False)
+    original_maps: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    attacked_maps: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+    target: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+
+    def plot(self, ax: Any = None, bins: int = 20) -> Any:
+        """Histogram of the per-example top-k intersection after the attack; returns the Axes."""
+        ax = self._axes(ax, (4, 3))
+        vals = self.topk_intersection[~torch.isnan(self.topk_intersection)].cpu().numpy()
+        ax.hist(vals, bins=bins, range=(0.0, 1.0), alpha=0.7)
+        ax.set_xlabel("top-k intersection after the attack")
+        ax.set_ylabel("examples")
+        return ax
 
     def mean(self) -> dict[str, float]:
         """Mean top-k intersection and Spearman correlation (NaN examples ignored)."""
@@ -129,22 +142,23 @@ class AttackResult:
         }
 
 
+@log_usage()
 def attribution_attack(
-    model: nn.Module,
+    forward_func: nn.Module,
     inputs: Tensor,
-    target: TargetType = None,
+    attribution: str | SaliencyFn = "gradient",
     *,
+    target: TargetLike = None,
     epsilon: float = 0.5,
     steps: int = 50,
     step_size: float | None = None,
-    attribution: str | SaliencyFn = "gradient",
     topk_fraction: float = 0.4,
     surrogate: nn.Module | None = None,
     surrogate_beta: float = 10.0,
     clip: tuple[float, float] | None = None,
     additional_forward_args: Any = None,
-    batch_size: int | None = None,
-    progress: bool = True,
+    max_examples_per_batch: int | None = None,
+    show_progress: bool = False,
 ) -> AttackResult:
     """Top-k attribution attack of Ghorbani et al. (2019) under an L2 budget.
 
@@ -167,32 +181,36 @@ def attribution_attack(
     ``surrogate`` for such models.)
 
     Args:
-        model: the classifier (never modified; the surrogate is a deep copy).
+        forward_func: the classifier, an ``nn.Module`` (never modified; the surrogate is a deep copy).
         inputs: ``(N, ...)`` tensor (e.g. ``(N, C, H, W)`` images).
+        attribution: ``"gradient"`` (simple gradient, as in Gong et al.), ``"gradient_x_input"`` or
+            a differentiable callable ``f(model, x, target) -> attributions`` that builds its graph
+            with ``create_graph=True``.
         target: the explained classes; ``None`` uses the predictions on the clean inputs.
         epsilon: L2 radius of the perturbation, per example.
         steps: attack iterations.
         step_size: L2 length of each step (default ``2.5 * epsilon / steps``).
-        attribution: ``"gradient"`` (simple gradient, as in Gong et al.), ``"gradient_x_input"`` or
-            a differentiable callable ``f(model, x, target) -> attributions`` that builds its graph
-            with ``create_graph=True``.
         topk_fraction: ``k`` as a fraction of the original map's non-zero pixels (B.6: 0.4).
         surrogate: the model used for the attack direction (default: the softplus copy).
         surrogate_beta: softplus sharpness of the default surrogate.
         clip: ``(low, high)`` box for the perturbed inputs (e.g. ``(0, 1)`` for images).
         additional_forward_args: extra forward arguments of the model.
-        batch_size: examples attacked together.
-        progress: tqdm progress bar over steps.
+        max_examples_per_batch: examples attacked together (``None``: all at once).
+        show_progress: tqdm progress bar over steps.
 
     Returns:
         :class:`AttackResult`.
 
     Examples:
-        >>> res = attribution_attack(net.eval(), images, epsilon=0.5, steps=20)  # doctest: +SKIP
-        >>> res.topk_intersection.mean()  # doctest: +SKIP
+        >>> net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> res = attribution_attack(net, torch.rand(4, 6), epsilon=0.1, steps=3)
+        >>> res.topk_intersection.shape, bool((res.delta_norm <= 0.1 + 1e-6).all())
+        (torch.Size([4]), True)
     """
+    model = forward_func
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
+    check_eval_mode(model)
     if isinstance(inputs, tuple) or not isinstance(inputs, Tensor):
         raise TypeError("attribution_attack takes a single input tensor (batch first)")
     if inputs.dim() < 2 or not inputs.is_floating_point():
@@ -229,8 +247,10 @@ def attribution_attack(
             "attribution must be 'gradient', 'gradient_x_input' or a callable "
             f"f(model, x, target); got {attribution!r}"
         )
-    check_batch_size(batch_size, "batch_size")
-    check_eval_mode(model)
+    check_batch_size(max_examples_per_batch)
+    batch_size = max_examples_per_batch
+    check_not_empty((inputs,))
+    check_finite(inputs, "inputs")
     if surrogate is None:
         surrogate = relu_to_softplus(model, beta=surrogate_beta)
     elif not isinstance(surrogate, nn.Module):
@@ -248,7 +268,7 @@ def attribution_attack(
     from tqdm.auto import tqdm
 
     n_chunks = (n + bs - 1) // bs
-    bar = tqdm(total=n_chunks * steps, desc="attribution attack", disable=not progress, leave=False)
+    bar = tqdm(total=n_chunks * steps, desc="attribution attack", disable=not show_progress, leave=False)
     results: list[tuple[Tensor, ...]] = []
     try:
         for start in range(0, n, bs):
@@ -361,8 +381,8 @@ def _attack_chunk(
 # Stability across retrainings
 
 
-@dataclass
-class SimilarityResult:
+@dataclass(frozen=True, eq=False)
+class SimilarityResult(MetricResult):
     """Per-example similarity of two attribution batches.
 
     Attributes:
@@ -371,71 +391,85 @@ class SimilarityResult:
     """
 
     scores: dict[str, Tensor]
-    attributions: tuple[AttrLike, AttrLike] | None = field(default=None, repr=False)
+    attributions: tuple[AttrLike, AttrLike] | None = field(default=None, repr=False, metadata=NOT_IN_DICT)
 
     def mean(self) -> dict[str, float]:
         """Mean of each metric over examples (NaN examples ignored)."""
         return {k: float(torch.nanmean(v.double())) for k, v in self.scores.items()}
 
+    def plot(self, ax: Any = None) -> Any:
+        """Box plot of the per-example similarity for each metric; returns the Axes."""
+        ax = self._axes(ax, (4, 3))
+        names = list(self.scores)
+        data = [v[~torch.isnan(v)].double().cpu().numpy() for v in self.scores.values()]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(names) + 1))
+        ax.set_xticklabels(names)
+        ax.set_ylabel("similarity across trainings")
+        return ax
 
+
+@log_usage()
 def stability(
-    model_a: nn.Module,
-    model_b: nn.Module,
+    forward_func: nn.Module,
     inputs: TensorOrTuple,
     explainer: ExplainerLike,
-    target: TargetType = None,
     *,
+    other_forward_func: nn.Module,
+    target: TargetLike = None,
     metrics: Sequence[str] | None = None,
     absolute: bool = True,
     topk_fraction: float = 0.4,
     ssim_kwargs: dict[str, Any] | None = None,
     additional_forward_args: Any = None,
     attribute_kwargs: dict[str, Any] | None = None,
-    batch_size: int | None = None,
+    max_examples_per_batch: int | None = None,
     return_attributions: bool = False,
 ) -> SimilarityResult:
     """Stability of an attribution method across two trainings (Gong et al., B.7).
 
-    ``model_a`` and ``model_b`` are the same architecture trained with the same recipe but a
+    ``forward_func`` and ``other_forward_func`` are the same architecture trained with the same recipe but a
     different seed (and, in B.7, a slightly different training set: swap some training examples
     for held-out ones). Their attributions on common test ``inputs`` are compared per example with
-    top-k intersection (``k`` = 40% of ``model_a``'s non-zero features), Spearman rank correlation
+    top-k intersection (``k`` = 40% of ``forward_func``'s non-zero features), Spearman rank correlation
     and, for image attributions, SSIM. Identical models score 1.
 
     Args:
-        model_a: first model (the reference for ``k``); never modified.
-        model_b: second model; never modified.
+        forward_func: first model (the reference for ``k``), an ``nn.Module``; never modified.
         inputs: the common test examples, batch first.
         explainer: a Captum Attribution class or a factory ``model -> attribute_fn``.
+        other_forward_func: the second model (another training run); never modified.
         target: classes to explain for both models (e.g. the true labels); ``None`` uses
-            ``model_a``'s predictions.
+            ``forward_func``'s predictions.
         metrics: subset of ``("ssim", "spearman", "topk")`` (``None``: all that apply).
         absolute: compare absolute attributions.
         topk_fraction: fraction of non-zero features in the top-k set.
         ssim_kwargs: keyword arguments for the SSIM.
         additional_forward_args: extra forward arguments.
         attribute_kwargs: extra keyword arguments of the attribution function.
-        batch_size: examples per attribution call.
+        max_examples_per_batch: examples per attribution call (``None``: all at once).
         return_attributions: keep both attribution batches.
 
     Returns:
         :class:`SimilarityResult` with ``scores[metric]`` of shape ``(N,)``.
 
     Examples:
-        >>> res = stability(
-        ...     net_seed0, net_seed1, x_test[:500], Saliency, y_test[:500])  # doctest: +SKIP
-        >>> res.mean()["topk"]  # doctest: +SKIP
+        >>> from captum.attr import Saliency
+        >>> net = torch.nn.Linear(5, 3)
+        >>> res = stability(net, torch.rand(4, 5), Saliency, other_forward_func=net, target=0)
+        >>> res.mean()["topk"]
+        1.0
     """
-    for name, mdl in (("model_a", model_a), ("model_b", model_b)):
+    for name, mdl in (("forward_func", forward_func), ("other_forward_func", other_forward_func)):
         if not isinstance(mdl, nn.Module):
             raise TypeError(f"{name} must be an nn.Module, got {type(mdl).__name__}")
+        check_eval_mode(mdl, name)
     mets = check_metrics(metrics)
-    check_batch_size(batch_size, "batch_size")
+    check_batch_size(max_examples_per_batch)
+    batch_size = max_examples_per_batch
     tup, _ = format_inputs(inputs)
     args = format_additional_args(additional_forward_args)
-    copy_a, copy_b = copy.deepcopy(model_a), copy.deepcopy(model_b)
-    check_eval_mode(copy_a, "model_a")
-    check_eval_mode(copy_b, "model_b")
+    copy_a, copy_b = copy.deepcopy(forward_func), copy.deepcopy(other_forward_func)
     tgt = resolve_target(copy_a, tup, target, args, batch_size)
     attrs = []
     for m in (copy_a, copy_b):
