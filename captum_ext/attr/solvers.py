@@ -362,7 +362,6 @@ def accelerated_prox_gradient(
     lam1, lam2, l_up, l_lo = _broadcast(g, lambda1, lambda2, l_upper, l_lower)
     dtype = g.dtype
     tiny = torch.finfo(dtype).tiny
-    eps = torch.finfo(dtype).eps * 64
     sqrt_eps = math.sqrt(torch.finfo(dtype).eps)
     lsm = (2.0 * lam2 - torch.minimum(l_lo, torch.zeros_like(l_lo))).clamp_min(tiny)
     alpha = 1.0 / lsm
@@ -378,14 +377,10 @@ def accelerated_prox_gradient(
     bound = torch.full_like(lam2, math.inf)
     n_hvp = 0
 
-    def smooth(v: Tensor, hv: Tensor) -> Tensor:
-        return -_dot(g, v) - 0.5 * _dot(v, hv) + lam2 * _dot(v, v)
-
     for _ in range(max_iter):
         if not bool(active.any()):
             break
         grad_y = -g - hy + 2.0 * lam2 * y
-        s_y = smooth(y, hy)
         pending = active.clone()
         z, hz = y, hy
         for _trial in range(60):
@@ -393,15 +388,15 @@ def accelerated_prox_gradient(
             h_cand = hvp(cand)
             n_hvp += 1
             diff = cand - y
-            lin, quad = _dot(grad_y, diff), _dot(diff, diff) / (2.0 * alpha)
-            s_c = smooth(cand, h_cand)
-            ok = s_c <= s_y + lin + quad + eps * (s_y.abs() + lin.abs() + quad)
+            # s is quadratic, so the sufficient-decrease test s(z) <= s(y) + grad.d + |d|^2 / (2 alpha)
+            # is exactly (2 lambda2 - d.Hd / d.d) alpha <= 1: tested on the curvature along the step,
+            # where the step is well above the round-off of H y (function values would cancel)
+            big = _norm(diff) >= sqrt_eps * _norm(cand)
+            rq_step = torch.where(big, _rayleigh(diff, h_cand - hy), -math.inf)
+            ok = ~big | ((2.0 * lam2 - rq_step) * alpha <= 1.0 + 8 * sqrt_eps)
             take = pending & ok
             z = torch.where(take, cand, z)
             hz = torch.where(take, h_cand, hz)
-            # the step's own quotient, only where the step is well above the round-off of H y
-            big = _norm(diff) >= sqrt_eps * _norm(cand)
-            rq_step = torch.where(big, _rayleigh(diff, h_cand - hy), -math.inf)
             rq_max = torch.where(pending, torch.maximum(rq_max, rq_step), rq_max)
             rq_max = torch.where(pending, torch.maximum(rq_max, _rayleigh(cand, h_cand)), rq_max)
             pending = pending & ~ok & (rq_max < 2.0 * lam2)
@@ -409,8 +404,13 @@ def accelerated_prox_gradient(
                 break
             alpha = torch.where(pending, alpha * decay, alpha)
         diff, hdiff = z - y, hz - hy
-        u = -diff / alpha + 2.0 * lam2 * diff - hdiff  # G + grad s(z) - grad s(y), an element of dF(z)
-        est, nc = _certify(_norm(u), z, lam2, l_up, rq_max)
+        # two elements of dF(z): G + grad s(z) - grad s(y), and the minimum-norm one; the first only
+        # where the step is above the round-off of y (else z == y would fake a zero)
+        u_step = _norm(-diff / alpha + 2.0 * lam2 * diff - hdiff)
+        u_min = _norm(_min_norm_subgradient(z, hz, g, lam1, lam2))
+        real_step = _norm(diff) > 16 * torch.finfo(dtype).eps * _norm(y)
+        u_norm = torch.where(real_step, torch.minimum(u_step, u_min), u_min)
+        est, nc = _certify(u_norm, z, lam2, l_up, rq_max)
         iters = iters + active.long()
         nonconcave = nonconcave | (active & nc)
         out = torch.where(active, z, out)
@@ -446,8 +446,12 @@ def certify(
         ``(error_bound, nonconcave, rayleigh)``, each ``(n, m, 1)``.
     """
     lam1, lam2, l_up = _broadcast(g.expand_as(delta), lambda1, lambda2, l_upper)
-    grad = -g - h_delta + 2.0 * lam2 * delta
-    u = torch.where(delta != 0, grad + lam1 * torch.sign(delta), soft_threshold(grad, lam1))
+    u = _min_norm_subgradient(delta, h_delta, g, lam1, lam2)
     rq = _rayleigh(delta, h_delta)
     bound, nonconcave = _certify(_norm(u), delta, lam2, l_up, rq)
     return bound, nonconcave, rq
+
+
+def _min_norm_subgradient(delta: Tensor, h_delta: Tensor, g: Tensor, lam1: Tensor, lam2: Tensor) -> Tensor:
+    grad = -g - h_delta + 2.0 * lam2 * delta
+    return torch.where(delta != 0, grad + lam1 * torch.sign(delta), soft_threshold(grad, lam1))
