@@ -13,6 +13,7 @@ from captum_ext.attr.cost_model import (
     choose_path,
     default_max_memory,
     expected_products,
+    plan_auto,
     predict_costs,
 )
 from captum_ext.attr.hessian import build_loss_graph
@@ -21,24 +22,27 @@ from ._nets import relu_cnn
 
 
 def test_formulas():
-    costs = PassCosts(forward=2.0, backward=1.5, jvp=4.0, double_backward=7.0)
+    costs = PassCosts(forward=2.0, backward=1.5, jvp=4.0, double_backward=7.0, eigh=0.5)
     pc = predict_costs([3, 1], d=10, products=5, costs=costs, itemsize=8, vjp_batch=2)
-    assert pc["closed_form"].time == pytest.approx((3 + 1) * 1.5 + 2 * 1.5)
+    assert pc["closed_form"].time == pytest.approx((3 + 1) * 1.5 + 2 * 1.5 + 2 * 0.5)
     assert pc["closed_form"].memory == 4 * 10 * 8 + 2 * 2 * 10 * 8
     assert pc["gauss_newton"].time == pytest.approx(2 * 2 * 1.5 + 5 * 2 * (4.0 + 1.5))
     assert pc["exact"].time == pytest.approx(2 * 2 * 1.5 + 5 * 2 * 7.0)
     unpacked = predict_costs([3, 1], d=10, products=5, costs=costs, itemsize=8, vjp_batch=2, packed=False)
-    assert unpacked["closed_form"].time == pytest.approx(2 * 3 * 1.5 + 2 * 1.5)
+    assert unpacked["closed_form"].time == pytest.approx(2 * 3 * 1.5 + 2 * 1.5 + 2 * 0.5)
     assert all(pc[p].correct for p in PATHS)
     smooth = predict_costs([3, 1], d=10, products=5, piecewise_linear=False)
     assert [p for p in PATHS if smooth[p].correct] == ["exact"]
 
 
 def test_expected_products():
-    assert expected_products() == 20
-    assert expected_products(lambda1_values=8, n_power_iter=10, n_iter=10, backtracks=1.5) == 130
+    assert expected_products() == 8 + 5
+    assert expected_products(lambda1_values=8, lambda1_zero=False) == 8 + 8 * 30
+    assert expected_products(solver="paper", n_power_iter=10, n_iter=10) == 22
     with pytest.raises(ValueError):
         expected_products(n_iter=-1)
+    with pytest.raises(ValueError, match="solver"):
+        expected_products(solver="fast")
 
 
 def test_choice_at_low_and_high_confidence_1000_classes():
@@ -77,6 +81,19 @@ def test_choice_is_never_predicted_slower_than_a_correct_fitting_path(ranks, pro
         if p.correct and (budget is None or p.memory <= budget):
             assert chosen.time <= p.time
             assert budget is None or chosen.memory <= budget
+
+
+def test_plan_auto_reports_its_choice():
+    confident = torch.softmax(torch.tensor([[30.0, 20.0] + [0.0] * 998], dtype=torch.float64), 1)
+    plan = plan_auto(confident, d=3 * 224 * 224, itemsize=4, piecewise_linear=True, products=13)
+    assert plan.path == "closed_form" and plan.ranks.tolist() == [1]
+    summary = plan.summary()
+    assert summary["choice"] == "closed_form" and set(summary["predicted_cost"]) == set(PATHS)
+    smooth = plan_auto(confident, d=10, itemsize=4, piecewise_linear=False, products=13)
+    assert smooth.path == "exact"
+    # rank 1: the factor needs less memory than the matrix-free iterates, so a budget below it keeps it
+    tight = plan_auto(confident, 150528, 4, True, 13, max_memory=plan.predictions["closed_form"].memory - 1)
+    assert tight.path == "closed_form"
 
 
 def test_invalid_inputs():

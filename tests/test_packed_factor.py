@@ -6,12 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_ext.attr.cost_model import PassCosts
+from captum_ext.attr.cost_model import PassCosts, kept_ranks
 from captum_ext.attr.hessian import build_loss_graph, low_rank_factor
 from captum_ext.attr.packed_factor import (
     factor_memory,
     iter_packed_factors,
-    kept_ranks,
     merge_factors,
     plan_rank_groups,
 )

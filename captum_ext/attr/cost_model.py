@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .hessian import DEFAULT_RANK_TOL, choose_rank, softmax_covariance
+
 #: order also breaks ties: the factor gives exact L and a closed-form lambda1 = 0 solve
 PATHS = ("closed_form", "gauss_newton", "exact")
 
@@ -38,15 +40,18 @@ PATHS = ("closed_form", "gauss_newton", "exact")
 class PassCosts:
     """Cost of one pass per example, in units of one backward pass (VJP) unless ``unit`` says otherwise.
 
-    Defaults are medians measured on CPU (one thread, torch 2.x) for ResNet-50 at 224x224 with one
-    image: forward 1.0, ``J v`` by the double-VJP trick 3.0, one double-backward HVP 5.0 (see
-    ``benchmarks/results/bench_caso_scale.json``). :func:`calibrate_pass_costs` measures them.
+    Defaults are measured on CPU (one thread, torch 2.x) for ResNet-50 at 224x224 with one image
+    (backward ~0.25 s): forward 1.0, ``J v`` by the double-VJP trick 3.0, one double-backward HVP 5.0,
+    the ``1000 x 1000`` eigen-decomposition of ``A`` 1.0 (see
+    ``benchmarks/results/bench_caso_scale.json``). :func:`calibrate_pass_costs` measures them for a
+    given model.
 
     Attributes:
         forward: one forward pass that keeps the graph.
         backward: one VJP (the unit).
         jvp: one Jacobian-vector product ``J v`` (Gauss-Newton path).
         double_backward: one exact Hessian-vector product by double backward.
+        eigh: the eigen-decomposition of one example's ``c x c`` matrix ``A`` (factor path only).
         unit: what 1.0 means (``"backward"`` or ``"seconds"`` after calibration).
     """
 
@@ -54,10 +59,11 @@ class PassCosts:
     backward: float = 1.0
     jvp: float = 3.0
     double_backward: float = 5.0
+    eigh: float = 1.0
     unit: str = "backward"
 
     def __post_init__(self) -> None:
-        for name in ("forward", "backward", "jvp", "double_backward"):
+        for name in ("forward", "backward", "jvp", "double_backward", "eigh"):
             val = getattr(self, name)
             if not math.isfinite(val) or val <= 0:
                 raise ValueError(f"PassCosts.{name} must be a positive number, got {val}")
@@ -106,28 +112,48 @@ def default_max_memory(device: torch.device | str = "cpu") -> int:
 def expected_products(
     lambda1_values: int = 1,
     lambda1_zero: bool = True,
+    solver: str = "certified",
     n_power_iter: int = 10,
     n_iter: int = 10,
-    backtracks: float = 1.0,
 ) -> int:
-    """Hessian-vector products a matrix-free path needs: ``L`` plus the solve of every ``lambda1``.
+    """Hessian-vector products a matrix-free path is expected to need: ``L`` plus every solve.
+
+    ``solver="certified"``: Lanczos to 1e-4 (about 8 products) plus conjugate gradients (about 5 per
+    ``lambda1 = 0`` problem) or accelerated prox-gradient (about 30 per ``lambda1 > 0`` value): medians
+    seen on the benchmark's nets with ``lambda2 = L/2 + c1``, where the system is well conditioned.
+    ``solver="paper"``: ``n_power_iter`` power steps plus ``n_iter`` FISTA steps per value (plus a
+    couple of backtracking trials).
 
     Args:
         lambda1_values: number of ``lambda1`` values solved (a sweep or the sparsity search).
-        lambda1_zero: whether every value is 0 (the solve is then a linear system; budgeted as
-            ``n_iter`` products like one proximal run).
-        n_power_iter: products for the top eigenvalue.
-        n_iter: iterations of the solver per ``lambda1``.
-        backtracks: average products per iteration (backtracking trials).
+        lambda1_zero: whether every value is 0.
+        solver: ``"certified"`` or ``"paper"``.
+        n_power_iter, n_iter: iterations of ``solver="paper"``.
 
     Examples:
-        >>> expected_products()  # paper: 10 power + 10 FISTA steps
-        20
+        >>> expected_products()
+        13
+        >>> expected_products(solver="paper")  # 10 power + 10 FISTA steps + backtracking
+        22
     """
-    if min(lambda1_values, n_power_iter, n_iter) < 0 or backtracks <= 0:
-        raise ValueError("counts must be >= 0 and backtracks > 0")
-    per_value = n_iter * backtracks
-    return int(math.ceil(n_power_iter + lambda1_values * per_value))
+    if min(lambda1_values, n_power_iter, n_iter) < 0:
+        raise ValueError("counts must be >= 0")
+    if solver == "paper":
+        return n_power_iter + lambda1_values * n_iter + 2
+    if solver != "certified":
+        raise ValueError(f"solver must be 'certified' or 'paper', got {solver!r}")
+    return 8 + lambda1_values * (5 if lambda1_zero else 30)
+
+
+def kept_ranks(probs: Tensor, rank_tol: float = DEFAULT_RANK_TOL, max_rank: int | None = None) -> Tensor:
+    """Rank per example the closed form keeps for ``rank_tol`` (eigenvalues of ``A`` only, no vectors).
+
+    Examples:
+        >>> kept_ranks(torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]], dtype=torch.float64)).tolist()
+        [1, 2]
+    """
+    lam = torch.flip(torch.linalg.eigvalsh(softmax_covariance(probs)), [1])
+    return choose_rank(lam, rank_tol, max_rank)
 
 
 def predict_costs(
@@ -160,7 +186,7 @@ def predict_costs(
     Examples:
         >>> pc = predict_costs([2, 3], d=100, products=20)
         >>> pc["closed_form"].time, pc["gauss_newton"].time, pc["exact"].time
-        (7.0, 164.0, 204.0)
+        (9.0, 164.0, 204.0)
         >>> pc["closed_form"].memory
         5200
     """
@@ -172,7 +198,7 @@ def predict_costs(
     n = r.numel()
     b = costs.backward
     columns = float(r.sum()) if packed else n * float(r.max())
-    factor_time = columns * b + n * b  # one VJP per column + the gradient
+    factor_time = columns * b + n * b + n * costs.eigh  # one VJP per column, the gradient, eigh(A)
     factor_mem = int(columns * d * itemsize + min(vjp_batch, float(r.max()) + 1) * n * d * itemsize)
     gn_time = 2 * n * b + products * n * (costs.jvp + b)  # gradient, J^T u graph, then products
     exact_time = 2 * n * b + products * n * costs.double_backward
@@ -209,6 +235,65 @@ def choose_path(predictions: dict[str, PathCost], max_memory: int | None = None)
     if not fits:
         return min(correct, key=lambda c: c.memory)
     return min(fits, key=lambda c: c.time)  # min keeps the first of equal times (PATHS order)
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """What ``hessian="auto"`` decided for a batch and why.
+
+    Attributes:
+        path: the chosen path (one of :data:`PATHS`).
+        predictions: ``{path: PathCost}`` it chose from.
+        ranks: kept rank per example.
+        products: Hessian-vector products assumed for the matrix-free paths.
+        max_memory: the budget in bytes.
+    """
+
+    path: str
+    predictions: dict[str, PathCost]
+    ranks: Tensor
+    products: int
+    max_memory: int
+
+    def summary(self) -> dict[str, object]:
+        """Plain numbers for ``last_details.extra``."""
+        return {
+            "choice": self.path,
+            "predicted_cost": {k: round(v.time, 3) for k, v in self.predictions.items()},
+            "predicted_memory": {k: v.memory for k, v in self.predictions.items()},
+            "correct": [k for k, v in self.predictions.items() if v.correct],
+            "products": self.products,
+            "max_memory": self.max_memory,
+            "unit": "backward passes of one example",
+        }
+
+
+def plan_auto(
+    probs: Tensor,
+    d: int,
+    itemsize: int,
+    piecewise_linear: bool,
+    products: int,
+    max_memory: int | None = None,
+    costs: PassCosts = DEFAULT_COSTS,
+    rank_tol: float = DEFAULT_RANK_TOL,
+) -> AutoPlan:
+    """The cost model's choice for a batch with softmax ``probs`` ``(n, c)``: see :func:`choose_path`.
+
+    ``max_memory=None`` uses :func:`default_max_memory` of ``probs``' device.
+
+    Examples:
+        >>> p = torch.softmax(torch.tensor([[30.0, 20.0] + [0.0] * 998], dtype=torch.float64), 1)
+        >>> plan_auto(p, d=3 * 224 * 224, itemsize=4, piecewise_linear=True, products=13).path
+        'closed_form'
+        >>> flat = torch.full((1, 1000), 1e-3, dtype=torch.float64)
+        >>> plan_auto(flat, d=3 * 224 * 224, itemsize=4, piecewise_linear=True, products=13).path
+        'gauss_newton'
+    """
+    budget = default_max_memory(probs.device) if max_memory is None else int(max_memory)
+    ranks = kept_ranks(probs, rank_tol)
+    preds = predict_costs(ranks, d, products, costs, itemsize, piecewise_linear)
+    return AutoPlan(choose_path(preds, budget).path, preds, ranks, products, budget)
 
 
 def calibrate_pass_costs(graph, repeats: int = 1) -> PassCosts:  # noqa: ANN001 - LossGraph, avoids a cycle

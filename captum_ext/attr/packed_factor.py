@@ -20,15 +20,13 @@ import torch
 from torch import Tensor
 
 from .._format import run_forward, select_additional_args
-from .cost_model import DEFAULT_COSTS, PassCosts
+from .cost_model import DEFAULT_COSTS, PassCosts, kept_ranks
 from .hessian import (
     DEFAULT_RANK_TOL,
     LossGraph,
     LowRankFactor,
     build_loss_graph,
-    choose_rank,
     low_rank_factor,
-    softmax_covariance,
 )
 
 
@@ -124,12 +122,6 @@ def plan_rank_groups(
     groups.reverse()
     memory = max(factor_memory(len(g), int(r[g].max()), d, itemsize, vjp_batch) for g in groups)
     return RankPlan(groups=groups, ranks=r, work=best[n], memory=memory)
-
-
-def kept_ranks(probs: Tensor, rank_tol: float = DEFAULT_RANK_TOL, max_rank: int | None = None) -> Tensor:
-    """Rank per example the closed form keeps for ``rank_tol`` (eigenvalues only, no vectors)."""
-    lam = torch.flip(torch.linalg.eigvalsh(softmax_covariance(probs)), [1])
-    return choose_rank(lam, rank_tol, max_rank)
 
 
 def iter_packed_factors(

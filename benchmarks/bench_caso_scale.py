@@ -1,0 +1,294 @@
+"""CASO at the paper's own scale: ResNet-50 and ViT-B/16, 3x224x224 inputs, 1000 classes.
+
+For each model (random weights, ``weights=None``) and each confidence level (the last layer is scaled so
+that the median top probability is about 0.3, 0.9, 0.999 and 1 - 1e-6), one run times:
+
+* ``cafo``: CAFO (one backward pass);
+* ``factor``: CASO with the closed-form low-rank factor (``r + 1`` backward passes, Woodbury solve);
+* ``gauss_newton``: CASO with matrix-free Gauss-Newton products ``J^T A J v`` (double-VJP ``J v``);
+* ``exact``: CASO with double-backward products (Lanczos for ``L``, certified conjugate gradients);
+* ``auto``: CASO's default, and which path it chose;
+* ``paper``: the paper's loop (10 power + 10 FISTA iterations, double-backward products);
+* ``ig``: Captum's IntegratedGradients with 50 steps.
+
+All CASO runs use ``lambda1 = 0``, ``lambda2 = L/2 + 10`` (paper defaults) and the default certified
+tolerance. Time is CPU time of ONE thread (``torch.set_num_threads(1)``, ``time.process_time``: robust to
+other jobs on the machine) beside wall time; on CUDA, wall time after synchronisation. Memory is the peak
+resident set size of the process during the call minus the resident size just before it (Linux
+``VmHWM`` after resetting it through ``/proc/self/clear_refs``): host memory the call added, including
+the autograd graph; on CUDA also ``torch.cuda.max_memory_allocated``. The factor path is skipped (and its
+predicted time reported) where the cost model predicts it is more than ``--factor-skip`` times slower
+than the matrix-free path, to keep the run affordable. "correct" means: the path's Hessian is the
+model's (Gauss-Newton paths only for piecewise-linear nets) and its attribution agrees with the exact
+path to ``--agree`` relative L2 error.
+
+Run ``python benchmarks/bench_caso_scale.py`` (about 15-20 min of CPU), ``--quick`` for a small
+development run (ResNet-18 at 64x64, a 2-layer ViT at 32x32), ``--device cuda`` on a GPU (untested
+here: no GPU was available). Writes ``benchmarks/results/bench_caso_scale.{json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from captum.attr import IntegratedGradients
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe_machine  # noqa: E402
+
+from captum_ext import CAFO, CASO  # noqa: E402
+from captum_ext.attr.cost_model import (  # noqa: E402
+    default_max_memory,
+    expected_products,
+    kept_ranks,  # noqa: E402
+    predict_costs,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LEVELS = (0.3, 0.9, 0.999, 1 - 1e-6)
+#: methods whose cost does not depend on the confidence: by default timed at one level per model
+FIXED_COST = ("paper", "ig")
+
+
+def build_model(name: str, quick: bool) -> tuple[nn.Module, nn.Linear, int, bool]:
+    """``(model, last layer, image size, piecewise_linear)`` with random weights, eval mode."""
+    torch.manual_seed(0)
+    if name == "resnet50":
+        factory = torchvision.models.resnet18 if quick else torchvision.models.resnet50
+        model = factory(weights=None)
+        return model.eval(), model.fc, 64 if quick else 224, True
+    if name == "vit_b_16":
+        if quick:
+            model = torchvision.models.VisionTransformer(
+                image_size=32, patch_size=16, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128
+            )
+        else:
+            model = torchvision.models.vit_b_16(weights=None)
+        head = model.heads.head
+        nn.init.normal_(head.weight, std=0.02)  # torchvision initialises the head at zero
+        return model.eval(), head, 32 if quick else 224, False
+    raise ValueError(f"unknown model {name!r}")
+
+
+def scale_to_confidence(model: nn.Module, head: nn.Linear, x: torch.Tensor, level: float) -> float:
+    """Scale ``head`` (weight and bias) so that the median top probability of ``x`` is ``level``."""
+    feats = []
+    hook = head.register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    with torch.no_grad():
+        z = (feats[0] @ head.weight.T + head.bias).double()
+
+    def pmax(s: float) -> float:
+        return float(torch.softmax(s * z, 1).amax(1).median())
+
+    lo, hi = 1e-3, 1.0
+    while pmax(hi) < level:
+        hi *= 2.0
+    for _ in range(100):  # bisection on log(scale)
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if pmax(mid) < level else (lo, mid)
+    with torch.no_grad():
+        head.weight.mul_(hi)
+        head.bias.mul_(hi)
+    return hi
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[torch.Tensor, dict]:
+    """Run ``fn`` ``repeats`` times: median CPU and wall seconds, peak added memory (MB)."""
+    cpu, wall, peak = [], [], []
+    out = None
+    for _ in range(repeats):
+        out = None
+        gc.collect()
+        base = _rss_kb("VmRSS")
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        t0, w0 = time.process_time(), time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        cpu.append(time.process_time() - t0)
+        wall.append(time.perf_counter() - w0)
+        peak.append((_rss_kb("VmHWM") - base) / 1024)
+    rec = {
+        "cpu_s": statistics.median(cpu),
+        "wall_s": statistics.median(wall),
+        "peak_host_mb": statistics.median(peak),
+        "repeats": repeats,
+    }
+    if device.type == "cuda":
+        rec["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out.detach(), rec
+
+
+def run_cell(model, x, target, piecewise, args, device) -> dict:
+    d = x[0].numel()
+    cell: dict = {}
+    with torch.no_grad():
+        probs = torch.softmax(model(x).double(), 1)
+    ranks = kept_ranks(probs)
+    cell["p_max"] = probs.amax(1).tolist()
+    cell["rank"] = ranks.tolist()
+    products = expected_products(n_power_iter=20, n_iter=5)  # Lanczos to 1e-4 + a few CG steps
+    preds = predict_costs(ranks, d, products, itemsize=x.element_size(), piecewise_linear=piecewise)
+    cell["predicted_backward_passes"] = {k: v.time for k, v in preds.items()}
+    caso = CASO(model)
+    results: dict[str, torch.Tensor] = {}
+    timings: dict[str, dict] = {}
+
+    def caso_run(**kw):
+        return lambda: caso.attribute(x, target=target, **kw)
+
+    methods: dict[str, Callable[[], torch.Tensor]] = {
+        "cafo": lambda: CAFO(model).attribute(x, target=target),
+        "exact": caso_run(hessian="exact"),
+        "gauss_newton": caso_run(hessian="gauss_newton"),
+        "factor": caso_run(hessian="closed_form"),
+        "auto": caso_run(),
+    }
+    if args.with_fixed:
+        methods["paper"] = caso_run(hessian="exact", solver="paper")
+        ig = IntegratedGradients(model)
+        methods["ig"] = lambda: ig.attribute(x, target=target, n_steps=50, internal_batch_size=10)
+    gn_ratio = preds["closed_form"].time / preds["gauss_newton"].time
+    for name, fn in methods.items():
+        if name == "factor" and gn_ratio > args.factor_skip:
+            timings[name] = {"skipped": f"predicted {gn_ratio:.1f}x the Gauss-Newton path"}
+            continue
+        try:
+            results[name], timings[name] = measure(fn, device, args.repeats)
+        except (RuntimeError, TypeError, ValueError) as err:  # e.g. a path the installed CASO lacks
+            timings[name] = {"error": str(err).splitlines()[0][:200]}
+            continue
+        if name.startswith(("exact", "gauss", "factor", "auto", "paper")) and caso.last_details is not None:
+            det = caso.last_details
+            timings[name]["hessian"] = det.hessian
+            timings[name]["n_hvp"] = det.n_hvp
+            timings[name]["n_vjp"] = det.n_vjp
+            extra = {k: v for k, v in det.extra.items() if isinstance(v, (int, float, str, dict, list))}
+            if extra:
+                timings[name]["extra"] = extra
+        print(f"    {name:13s} {json.dumps(timings[name])}", flush=True)
+    ref = results.get("exact")
+    for name, out in results.items():
+        if ref is not None and name not in ("cafo", "ig"):
+            rel = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+            timings[name]["rel_diff_vs_exact"] = rel
+            hess_ok = name in ("exact", "paper") or piecewise or timings[name].get("hessian") == "exact"
+            timings[name]["correct"] = bool(hess_ok and rel <= args.agree)
+    cell["methods"] = timings
+    correct = {
+        k: v["cpu_s"]
+        for k, v in timings.items()
+        if k in ("exact", "gauss_newton", "factor", "paper") and v.get("correct") and "cpu_s" in v
+    }
+    if correct:
+        fastest = min(correct, key=correct.get)
+        cell["fastest_correct"] = fastest
+        if "cpu_s" in timings.get("auto", {}):
+            cell["auto_over_fastest"] = timings["auto"]["cpu_s"] / correct[fastest]
+    if "cpu_s" in timings.get("auto", {}) and "cpu_s" in timings.get("cafo", {}):
+        cell["caso_over_cafo"] = timings["auto"]["cpu_s"] / timings["cafo"]["cpu_s"]
+    return cell
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small models and images (development)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=["resnet50", "vit_b_16"])
+    parser.add_argument("--levels", nargs="+", type=float, default=list(LEVELS))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="median of this many runs per method")
+    parser.add_argument("--factor-skip", type=float, default=3.0)
+    parser.add_argument("--agree", type=float, default=1e-3, help="relative L2 agreement with exact")
+    parser.add_argument("--fixed-level", type=float, default=0.999, help="level where paper/ig run")
+    parser.add_argument("--all-fixed", action="store_true", help="run paper/ig at every level")
+    parser.add_argument("--out", default=str(RESULTS / "bench_caso_scale.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    report: dict = {
+        "machine": describe_machine(device),
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "memory_budget_bytes": default_max_memory(device),
+        "note": __doc__,
+        "cells": [],
+    }
+    for name in args.models:
+        for level in args.levels:
+            model, head, size, piecewise = build_model(name, args.quick)
+            model = model.to(device)
+            gen = torch.Generator().manual_seed(1)
+            x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
+            scale = scale_to_confidence(model, head, x, level)
+            with torch.no_grad():
+                target = model(x).argmax(1)
+            args.with_fixed = args.all_fixed or abs(level - args.fixed_level) < 1e-12
+            print(f"{name} level={level} scale={scale:.3g}", flush=True)
+            kernel = sdpa_kernel(SDPBackend.MATH) if name.startswith("vit") else contextlib.nullcontext()
+            with kernel:
+                cell = run_cell(model, x, target, piecewise, args, device)
+            cell.update(model=name, level=level, head_scale=scale, batch=args.batch, image=size)
+            report["cells"].append(cell)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=1))
+    plot(report, Path(args.out).with_suffix(".png"))
+    return report
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({c["model"] for c in report["cells"]})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        cells = [c for c in report["cells"] if c["model"] == model]
+        labels = [f"{c['level']:.6g}" for c in cells]
+        names = ["cafo", "factor", "gauss_newton", "exact", "auto", "paper", "ig"]
+        width = 0.8 / len(names)
+        for k, meth in enumerate(names):
+            vals = [c["methods"].get(meth, {}).get("cpu_s", float("nan")) for c in cells]
+            ax.bar([i + k * width for i in range(len(cells))], vals, width, label=meth)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cells))], labels)
+        ax.set_yscale("log")
+        ax.set_xlabel("median p_max")
+        ax.set_ylabel("CPU seconds, one thread")
+        ax.set_title(f"{model} (batch {cells[0]['batch']}, {cells[0]['image']}^2)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
