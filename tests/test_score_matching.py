@@ -335,11 +335,11 @@ def test_anti_score_matching_clamps_the_trace():
 def test_score_matching_defaults_follow_paper_and_code():
     net = softplus_net()
     sm = ScoreMatching(net)
-    assert (sm.lam, sm.sigma, sm.n_samples, sm.mu, sm.estimator) == (1e-3, 0.01, 1, 1e-4, "antithetic")
+    assert (sm.lam, sm.sigma, sm.n_samples, sm.mu, sm.estimator) == (1e-3, 0.01, 1, 1e-2, "antithetic")
     asm = AntiScoreMatching(net)
     assert (asm.lam, asm.sigma, asm.clamp, asm.n_samples, asm.estimator) == (
         1e-4,
-        0.01,
+        1e-3,
         1000.0,
         1,
         "antithetic",
