@@ -14,16 +14,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_ext._format import TargetType, expand_target
-from captum_ext.metrics._common import check_batch_size, check_eval_mode
+from captum_ext.metrics._common import (
+    NOT_IN_DICT,
+    MetricResult,
+    TargetLike,
+    check_batch_size,
+    check_eval_mode,
+    check_labels,
+    check_not_empty,
+    forward_batched,
+)
 
-__all__ = ["ClassSamples", "class_conditional_samples", "gan_test"]
+__all__ = ["ClassSamples", "GANTestResult", "class_conditional_samples", "gan_test"]
 
 
-@dataclass
-class ClassSamples:
+@dataclass(frozen=True, eq=False)
+class ClassSamples(MetricResult):
     """Class-conditional samples from :func:`class_conditional_samples`.
 
     Attributes:
@@ -33,42 +42,68 @@ class ClassSamples:
         final_logits: ``(N,)`` target logit at the returned sample.
     """
 
-    samples: Tensor
+    samples: Tensor = field(metadata=NOT_IN_DICT)
     labels: Tensor
     initial_logits: Tensor = field(repr=False)
     final_logits: Tensor = field(repr=False)
 
-    def plot(self, ncols: int | None = None, cmap: str = "gray") -> Any:
-        """Show the samples in a grid (1- or 3-channel images, or 2-d maps); returns the Figure."""
-        import matplotlib.pyplot as plt
-
-        x = self.samples.detach().cpu()
+    def plot(self, ax: Any = None, ncols: int | None = None, cmap: str = "gray") -> Any:
+        """Show the samples tiled in one grid image (1- or 3-channel images, or 2-d maps), each
+        min-max normalised, labelled with its class in reading order; returns the Axes."""
+        x = self.samples.detach().cpu().to(torch.float64)
         if x.dim() == 4 and x.shape[1] in (1, 3):
             imgs = x.permute(0, 2, 3, 1)
         elif x.dim() == 3:
             imgs = x.unsqueeze(-1)
         else:
             raise ValueError(f"cannot show samples shaped {tuple(x.shape)} as images")
-        n = imgs.shape[0]
+        n, h, w, c = imgs.shape
         ncols = ncols or min(n, 10)
         nrows = (n + ncols - 1) // ncols
-        fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 * ncols, 1.3 * nrows), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < n:
-                img = imgs[i]
-                lo, hi = float(img.min()), float(img.max())
-                img = (img - lo) / (hi - lo) if hi > lo else img * 0
-                ax.imshow((img[..., 0] if img.shape[-1] == 1 else img).numpy(), cmap=cmap)
-                ax.set_title(str(int(self.labels[i])), fontsize=8)
-        return fig
+        lo = imgs.reshape(n, -1).amin(dim=1).view(n, 1, 1, 1)
+        hi = imgs.reshape(n, -1).amax(dim=1).view(n, 1, 1, 1)
+        imgs = torch.where(hi > lo, (imgs - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(imgs))
+        grid = torch.ones(nrows * (h + 1), ncols * (w + 1), c)
+        for i in range(n):
+            r, q = divmod(i, ncols)
+            grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = imgs[i].float()
+        ax = self._axes(ax, (1.2 * ncols, 1.3 * nrows))
+        ax.imshow((grid[..., 0] if c == 1 else grid).numpy(), cmap=cmap)
+        ax.axis("off")
+        ax.set_title("classes: " + " ".join(str(int(v)) for v in self.labels[:ncols]), fontsize=8)
+        return ax
 
 
+@dataclass(frozen=True, eq=False)
+class GANTestResult(MetricResult):
+    """Outcome of :func:`gan_test`.
+
+    Attributes:
+        accuracy: share of samples the independent classifier assigns to their intended class.
+        per_class: ``(classes,)`` accuracy per intended class (NaN for classes without samples).
+        correct: ``(N,)`` per-sample hits.
+    """
+
+    accuracy: float
+    per_class: Tensor
+    correct: Tensor = field(repr=False, metadata=NOT_IN_DICT)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Bar chart of the per-class accuracy; returns the Axes."""
+        ax = self._axes(ax, (4, 3))
+        ax.bar(range(len(self.per_class)), self.per_class.cpu().numpy())
+        ax.axhline(self.accuracy, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("intended class")
+        ax.set_ylabel("GAN-test accuracy")
+        return ax
+
+
+@log_usage()
 def class_conditional_samples(
-    model: nn.Module,
-    targets: TargetType,
+    forward_func: nn.Module,
     input_shape: Sequence[int],
     *,
+    target: TargetLike,
     steps: int = 100,
     lr: float = 0.1,
     weight_decay: float = 0.0,
@@ -77,10 +112,10 @@ def class_conditional_samples(
     clip: tuple[float, float] | None = (0.0, 1.0),
     normalize_grad: bool = False,
     seed: int = 0,
-    batch_size: int | None = None,
+    max_examples_per_batch: int | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    progress: bool = True,
+    show_progress: bool = False,
 ) -> ClassSamples:
     """Class-conditional samples by gradient ascent on the class logit from noise.
 
@@ -94,9 +129,10 @@ def class_conditional_samples(
     ``torch.autograd.grad``; the model is not changed.
 
     Args:
-        model: the classifier (eval mode if it has BatchNorm / Dropout; never modified).
-        targets: the class of each sample: an int (one sample), a list of ints or a 1-d tensor.
+        forward_func: the classifier, an ``nn.Module`` (eval mode if it has BatchNorm / Dropout;
+            never modified).
         input_shape: shape of one input without the batch dimension, e.g. ``(1, 28, 28)``.
+        target: the class of each sample: an int (one sample), a list of ints or a 1-d tensor.
         steps: ascent steps.
         lr: step size.
         weight_decay: strength of the pull towards ``center``.
@@ -106,24 +142,25 @@ def class_conditional_samples(
         clip: ``(low, high)`` box kept after every step (``None``: unconstrained).
         normalize_grad: scale each example's logit gradient to unit L2 norm before the step.
         seed: seed of the starting noise.
-        batch_size: samples optimised together.
+        max_examples_per_batch: samples optimised together (``None``: all at once).
         device: where to compute (default: the model's parameters' device).
         dtype: dtype of the samples (default: the model's parameters' dtype).
-        progress: tqdm progress bar over steps.
+        show_progress: tqdm progress bar over steps.
 
     Returns:
         :class:`ClassSamples` (``.samples``, ``.labels``, initial and final target logits).
 
     Examples:
-        >>> s = class_conditional_samples(
-        ...     net.eval(), torch.arange(10), (1, 8, 8), steps=50)  # doctest: +SKIP
-        >>> bool((s.final_logits > s.initial_logits).all())  # doctest: +SKIP
-        True
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> s = class_conditional_samples(net, (1, 4, 4), target=[0, 1, 2], steps=5)
+        >>> s.samples.shape, bool((s.final_logits >= s.initial_logits).all())
+        (torch.Size([3, 1, 4, 4]), True)
     """
+    model, targets, batch_size = forward_func, target, max_examples_per_batch
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
     check_eval_mode(model)
-    check_batch_size(batch_size, "batch_size")
+    check_batch_size(batch_size)
     shape = tuple(int(s) for s in input_shape)
     if any(s < 1 for s in shape):
         raise ValueError(f"input_shape must hold positive sizes, got {tuple(input_shape)}")
@@ -152,15 +189,14 @@ def class_conditional_samples(
     elif isinstance(targets, Sequence) and not isinstance(targets, str):
         n = len(targets)
     else:
-        raise TypeError("targets must be an int, a list of ints or a 1-d tensor of classes")
+        raise TypeError("target must be an int, a list of ints or a 1-d tensor of classes")
     if n == 0:
-        raise ValueError("targets is empty: give at least one class")
+        raise ValueError("target is empty: give at least one class")
     with torch.no_grad():
         probe = model(torch.zeros((1,) + shape, device=dev, dtype=dt))
     if not isinstance(probe, Tensor) or probe.dim() != 2:
         raise ValueError(f"the model must return (batch, classes) scores for inputs of shape (N, *{shape})")
-    labels = expand_target(targets, n, probe.shape[1], dev)
-    assert labels is not None
+    labels = check_labels(targets, n, probe.shape[1]).to(dev)
 
     if isinstance(init, Tensor):
         if init.shape != (n,) + shape:
@@ -183,7 +219,7 @@ def class_conditional_samples(
     from tqdm.auto import tqdm
 
     n_chunks = (n + bs - 1) // bs
-    bar = tqdm(total=n_chunks * steps, desc="class samples", disable=not progress, leave=False)
+    bar = tqdm(total=n_chunks * steps, desc="class samples", disable=not show_progress, leave=False)
     outs, start_logits, end_logits = [], [], []
     try:
         for start in range(0, n, bs):
@@ -218,14 +254,14 @@ def class_conditional_samples(
     )
 
 
+@log_usage()
 def gan_test(
-    classifier: nn.Module,
-    samples: Tensor | ClassSamples,
-    labels: TargetType = None,
+    forward_func: nn.Module,
+    inputs: Tensor | ClassSamples,
     *,
-    batch_size: int = 256,
-    per_class: bool = False,
-) -> float | Tensor:
+    target: TargetLike = None,
+    max_examples_per_batch: int | None = None,
+) -> GANTestResult:
     """GAN-test score: accuracy of an independently trained classifier on generated samples.
 
     Shmelkov et al. (2018) measure sample *quality* (not diversity) by how often a separate
@@ -233,52 +269,44 @@ def gan_test(
     Fleuret (Table 1) use it on the samples of :func:`class_conditional_samples`.
 
     Args:
-        classifier: a classifier trained independently of the model that generated the samples
+        forward_func: a classifier trained independently of the model that generated the samples
             (eval mode if it has BatchNorm / Dropout; never modified).
-        samples: ``(N, ...)`` inputs, or a :class:`ClassSamples` (its labels are used).
-        labels: the intended class of each sample (required for a plain tensor).
-        batch_size: evaluation batch size.
-        per_class: also break the accuracy down by class.
+        inputs: ``(N, ...)`` generated samples, or a :class:`ClassSamples` (its labels are the
+            default target).
+        target: the intended class of each sample (required for a plain tensor).
+        max_examples_per_batch: evaluation batch size (``None``: all at once).
 
     Returns:
-        The accuracy in ``[0, 1]`` as a float, or with ``per_class`` a ``(classes,)`` tensor of
-        per-class accuracies (NaN for classes without samples).
+        :class:`GANTestResult` with ``.accuracy``, ``.per_class`` and the per-sample ``.correct``.
 
     Examples:
-        >>> gan_test(independent_net.eval(), samples)  # doctest: +SKIP
-        0.81
+        >>> judge = torch.nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = judge.weight.copy_(torch.eye(2))
+        >>> gan_test(judge, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), target=[0, 1]).accuracy
+        0.5
     """
-    if not isinstance(classifier, nn.Module):
-        raise TypeError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
-    check_eval_mode(classifier, "classifier")
-    check_batch_size(batch_size, "batch_size")
+    if not isinstance(forward_func, nn.Module):
+        raise TypeError(f"forward_func must be an nn.Module, got {type(forward_func).__name__}")
+    check_eval_mode(forward_func)
+    check_batch_size(max_examples_per_batch)
+    samples, labels = inputs, target
     if isinstance(samples, ClassSamples):
         if labels is None:
             labels = samples.labels
         samples = samples.samples
     if not isinstance(samples, Tensor) or samples.dim() < 2:
-        raise TypeError("samples must be an (N, ...) tensor or a ClassSamples")
+        raise TypeError("inputs must be an (N, ...) tensor or a ClassSamples")
     if labels is None:
-        raise ValueError("labels are required: the class each sample was generated for")
-    n = samples.shape[0]
-    if n == 0:
-        raise ValueError("samples is empty")
-    preds = []
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            out = classifier(samples[start : start + batch_size])
-            if not isinstance(out, Tensor) or out.dim() != 2:
-                raise ValueError("the classifier must return (batch, classes) scores")
-            preds.append(out.argmax(dim=1))
-            num_classes = out.shape[1]
-    pred = torch.cat(preds)
-    y = expand_target(labels, n, num_classes, pred.device)
-    assert y is not None
+        raise ValueError("target is required: the class each sample was generated for")
+    n = check_not_empty((samples,))
+    out = forward_batched(forward_func, (samples,), (), max_examples_per_batch)
+    num_classes = out.shape[1]
+    pred = out.argmax(dim=1).cpu()
+    y = check_labels(labels, n, num_classes)
     correct = (pred == y).to(torch.float64)
-    if not per_class:
-        return float(correct.mean())
-    sums = torch.zeros(num_classes, dtype=torch.float64, device=pred.device)
-    counts = torch.zeros(num_classes, dtype=torch.float64, device=pred.device)
+    sums = torch.zeros(num_classes, dtype=torch.float64)
+    counts = torch.zeros(num_classes, dtype=torch.float64)
     sums.scatter_add_(0, y, correct)
     counts.scatter_add_(0, y, torch.ones_like(correct))
-    return sums / counts
+    return GANTestResult(accuracy=float(correct.mean()), per_class=sums / counts, correct=correct)
