@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from captum_ext import cli, demo
-from captum_ext.demo import DemoConfig, format_report, resolve_device, run_demo, select_examples
+from captum_ext.demo import (
+    DemoConfig,
+    by_confidence,
+    format_report,
+    map_difference,
+    resolve_device,
+    run_demo,
+    select_examples,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -22,13 +36,27 @@ def test_help_of_every_entry_point(capsys):
     text = capsys.readouterr().out
     for option in ("--out", "--seed", "--mode", "--quick", "--full", "--device", "--threads"):
         assert option in text
+    assert text.startswith("usage: captum-ext demo")
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
     assert exc.value.code == 0
     assert "demo" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        demo.main(["--help"])  # python -m captum_ext.demo --help
+        demo.main(["--help"])  # python -m captum_ext.demo --help: the same parser, its own name
     assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m captum_ext.demo") and "--threads" in text
+
+
+def test_python_dash_m_runs_the_shared_parser():
+    run = subprocess.run(
+        [sys.executable, "-m", "captum_ext.demo", "--mode", "huge"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "usage: python -m captum_ext.demo" in run.stderr and "invalid choice: 'huge'" in run.stderr
 
 
 def test_usage_errors_exit_with_status_2(capsys):
@@ -73,73 +101,131 @@ def test_presets_and_config_checks():
     quick, default, full = (DemoConfig.for_mode(m) for m in demo.MODES)
     assert quick.n_explain <= default.n_explain <= full.n_explain
     assert default.nt_samples == 50 and default.nt_stdev == 0.15  # the CASO paper's SmoothGrad
+    assert demo.SPARSITY_WINDOW == (0.75, 1.0) and demo.PAPER_C1 == 10.0  # the paper's Sec. 4.1 and 3
+    for cfg in (quick, default, full):
+        cfg.check()
     with pytest.raises(ValueError, match="mode"):
         DemoConfig.for_mode("huge")
     with pytest.raises(ValueError, match="n_show"):
         DemoConfig(n_explain=2, n_show=3).check()
-    with pytest.raises(ValueError, match="nt_samples"):
-        DemoConfig(nt_samples=0).check()
+    with pytest.raises(ValueError, match="n_show"):
+        DemoConfig(n_explain=2, n_show=1).check()  # one row is the confident contrast
+    with pytest.raises(ValueError, match="metric_nt_samples"):
+        DemoConfig(metric_nt_samples=0).check()
+    with pytest.raises(ValueError, match="c1"):
+        DemoConfig(c1=0.0).check()
+    with pytest.raises(ValueError, match="n_metric_test"):
+        DemoConfig(n_metric_test=4).check()
     with pytest.raises(ValueError, match="threads"):
         run_demo("unused", threads=0)
 
 
-def test_select_examples_varies_labels_positions_and_confidence():
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    top = torch.tensor([True, False] * 4)
-    conf = torch.tensor([0.9, 0.99, 0.95, 0.3, 0.97, 0.98, 0.2, 0.96])
-    idx = select_examples(labels, top, 4, torch.Generator().manual_seed(0), confidence=conf)
-    assert len(set(idx.tolist())) == 4
-    assert len(set(labels[idx].tolist())) == 4  # distinct labels while there are unseen ones
-    assert int(idx[1]) == 6  # the least confident example
-    assert bool(top[idx[0]]) and not bool(top[idx[2]])  # picks 0 and 2: top, then bottom
-    again = select_examples(labels, top, 4, torch.Generator().manual_seed(0), confidence=conf)
-    assert torch.equal(idx, again)
-    every = select_examples(labels, top, 8, torch.Generator().manual_seed(1))
-    assert sorted(every.tolist()) == list(range(8))
+def test_map_difference_exact_values():
+    a = torch.tensor([[3.0, 4.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[6.0, 8.0], [0.0, 2.0], [-1.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    cos, dist = map_difference(a.view(4, 1, 2), b.view(4, 1, 2))
+    # float64 oracle: exact up to the rounding of 1/sqrt(2)
+    assert cos[:3].tolist() == pytest.approx([1.0, 0.0, -1.0], abs=1e-15)
+    assert dist[:3].tolist() == pytest.approx([0.0, math.sqrt(2), 2.0], abs=1e-15)
+    assert math.isnan(cos[3]) and math.isnan(dist[3])  # an all-zero map has no direction
+    with pytest.raises(ValueError, match="same shape"):
+        map_difference(a, b[:3])
+
+
+@given(
+    st.lists(st.floats(-10, 10, allow_nan=False), min_size=6, max_size=6),
+    st.lists(st.floats(-10, 10, allow_nan=False), min_size=6, max_size=6),
+    st.floats(0.01, 100),
+)
+def test_map_difference_is_scale_free_and_consistent(a, b, scale):
+    a, b = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    if a.norm() < 1e-3 or b.norm() < 1e-3:
+        return
+    cos, dist = map_difference(a, b)
+    cos_s, dist_s = map_difference(scale * a, b)
+    assert float(cos_s) == pytest.approx(float(cos), abs=1e-12)  # float64: rounding only
+    assert float(dist_s) == pytest.approx(float(dist), abs=1e-12)
+    assert float(cos) == pytest.approx(1 - float(dist) ** 2 / 2, abs=1e-12)  # unit vectors
+
+
+def test_by_confidence_bands_cover_every_image():
+    conf = torch.tensor([0.1, 0.5, 0.69, 0.7, 0.95, 0.99, 1.0], dtype=torch.float64)  # edges exact
+    vals = torch.arange(7.0)
+    rows = by_confidence(conf, vals)
+    assert [r["n"] for r in rows] == [1, 2, 1, 1, 2]  # 0.5 opens its band, 1.0 closes the last one
+    assert rows[1]["min"] == 1.0 and rows[1]["max"] == 2.0 and rows[4]["median"] == 5.0
+    empty = by_confidence(torch.tensor([0.95]), torch.tensor([1.0]), (0.0, 0.5, 1.0))
+    assert empty[0]["n"] == 0 and math.isnan(empty[0]["median"])
+
+
+def test_select_examples_most_different_then_confident():
+    cos = torch.tensor([0.99, 0.5, 1.0, 0.7, 0.9, 1.0, 0.6, 1.0, 1.0, 1.0])
+    conf = torch.tensor([0.9, 0.3, 0.999, 0.5, 0.8, 0.9999, 0.4, 0.99995, 0.95, 0.96])
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 5, 7, 8])
+    idx, confident = select_examples(cos, conf, labels, 8, 3)
+    assert len(set(idx.tolist())) == 8
+    assert idx[:3].tolist() == [1, 6, 7]  # the two smallest cosines, then the most confident
+    assert idx[3:7].tolist() == [3, 4, 0, 2]  # the next smallest cosines (ties in index order)
+    assert confident.tolist() == [False, False, True, False, False, False, False, True]
+    assert idx[7] == 9  # the second confident pick has a new label (image 5 repeats label 5)
+    again = select_examples(cos, conf, labels, 8, 3)
+    assert torch.equal(idx, again[0])
     with pytest.raises(ValueError):
-        select_examples(labels, top, 9, torch.Generator())
+        select_examples(cos, conf, labels, 11, 3)
+    with pytest.raises(ValueError, match="n_show"):
+        select_examples(cos, conf, labels, 4, 1)
+    with pytest.raises(ValueError, match="same length"):
+        select_examples(cos, conf[:7], labels, 4, 2)
 
 
 def _fake_numbers() -> dict:
+    methods = list(demo.METHODS)
+    per_method = {m: {"cpu_per_image": 0.0123, "zeros": 0.25, "leakage": 0.4321} for m in methods}
+    image = {
+        "confident": False,
+        "digit": 1,
+        "prediction": 7,
+        "confidence": 0.4567,
+        "hessian_rank": 5,
+        "top_eigenvalue": 12.345,
+        "cos_caso_cafo": 0.6123,
+        "dist_caso_cafo": 0.8811,
+        "cos_caso_cafo_paper_c1": 0.9812,
+        "caso_lambda1": 1e-3,
+        "caso_zeros": 0.8,
+    }
+    band = {"low": 0.0, "high": 0.5, "n": 3, "median": 0.2222, "max": 0.7777}
+    band10 = {"low": 0.0, "high": 0.5, "n": 3, "median": 0.0333, "max": 0.1444}
+    scored = methods + ["random"]
     return {
-        "config": {
-            "mode": "quick",
-            "epochs": 2,
-            "n_explain": 1,
-            "n_show": 1,
-            "nt_samples": 3,
-            "nt_stdev": 0.15,
-        },
+        "config": dataclasses.asdict(DemoConfig.for_mode("quick")),
         "data": {"classes": [0, 1], "n_train": 10, "n_test": 4},
         "model": {"test_accuracy": 0.8125, "train_accuracy": 0.9, "parameters": 7},
+        "caso_vs_cafo": {
+            "c1": 1.0,
+            "paper_c1": 10.0,
+            "n_images": 4,
+            "top_eigenvalue": {"median": 0.47, "max": 17.06, "max_gain": 9.53, "max_gain_paper": 1.853},
+            "min_cos": {"1": 0.6123, "10": 0.9812},
+            "bands": {"1": [band], "10": [band10]},
+        },
         "attributions": {
-            "methods": {"Saliency": {"seconds": 0.25, "zeros": 0.0, "leakage": 0.4321}},
-            "per_image": [
-                {
-                    "digit": 1,
-                    "signal": "top",
-                    "prediction": 1,
-                    "confidence": 0.97,
-                    "hessian_rank": 1,
-                    "top_eigenvalue": 0.5,
-                    "caso_lambda1": 1e-3,
-                    "caso_zeros": 0.8,
-                    "cos_caso_cafo": 0.9999,
-                }
-            ],
+            "hessian": "closed_form",
+            "methods": per_method,
+            "per_image": [image, dict(image, confident=True, cos_caso_cafo=1.0)],
         },
         "pixel_perturbation": {
             "n_images": 4,
             "fractions": [0.5],
             "baseline_accuracy": 0.75,
-            "accuracy": {"Saliency": [0.6789], "random": [0.1234]},
+            "accuracy": {m: [0.6789 if m != "random" else 0.1234] for m in scored},
         },
         "diff_roar": {
             "n_images": 4,
             "fractions": [0.1],
-            "methods": {"Saliency": {"diff": [0.5556], "top": [0.75], "bottom": [0.25]}},
+            "methods": {m: {"diff": [0.5556], "top": [0.75], "bottom": [0.25]} for m in scored},
         },
-        "timings": {"training": 1.25},
+        "timings": {"training": {"wall": 1.25, "cpu": 1.0}},
         "run": {
             "command": "captum-ext demo --quick",
             "seed": 0,
@@ -149,8 +235,13 @@ def _fake_numbers() -> dict:
             "captum": "y",
             "platform": "z",
             "seconds": 3.0,
+            "cpu_seconds": 2.0,
         },
-        "files": {"figure": "attributions.png", "metrics_figure": "metrics.png"},
+        "files": {
+            "figure": "attributions.png",
+            "metrics_figure": "metrics.png",
+            "comparison_figure": "caso_vs_cafo.png",
+        },
     }
 
 
@@ -159,24 +250,35 @@ def test_report_prints_every_number():
     for piece in (
         "0.812",
         "0.432",
+        "12.3",  # CPU ms per image
         "0.679",
         "0.123",
-        "0.556 (0.750 / 0.250)",
+        "0.556",
         "1.0e-03",
-        "1.000",
+        "0.612",
+        "0.881",
+        "0.981",
+        "12.35",
+        "17.06",
+        "1.85",
+        "| 0-0.5 | 3 | 0.222 | 0.778 | 0.033 | 0.144 |",
         "captum-ext demo --quick",
         "![attribution maps](attributions.png)",
         "![metrics](metrics.png)",
-        "| 50% | 0.679 | 0.123 |",
+        "![CASO vs CAFO](caso_vs_cafo.png)",
+        "| 50% | " + " | ".join(["0.679"] * len(demo.METHODS)) + " | 0.123 |",
+        "| random | 0.123 | 0.556 | n/a |",
     ):
         assert piece in text, piece
+    for method in demo.METHODS:
+        assert f"| {method} | 0.679 | 0.556 | 0.432 |" in text  # every method is scored
 
 
 # ------------------------------------------------------------------------------------ end to end
 
 
 def _check_outputs(out, numbers):
-    for name in ("attributions.png", "metrics.png"):
+    for name in ("attributions.png", "metrics.png", "caso_vs_cafo.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG and len(data) > 10_000, name
     report = (out / "report.md").read_text()
@@ -184,13 +286,20 @@ def _check_outputs(out, numbers):
     assert on_disk["model"] == numbers["model"]
     acc = numbers["model"]["test_accuracy"]
     assert f"test accuracy {acc:.3f}" in report
+    scored = set(demo.METHODS) | {"random"}
+    assert set(numbers["pixel_perturbation"]["accuracy"]) == scored  # every method shown is scored
+    assert set(numbers["diff_roar"]["methods"]) == scored
     for values in numbers["pixel_perturbation"]["accuracy"].values():
         assert all(f"{v:.3f}" in report for v in values)
     for res in numbers["diff_roar"]["methods"].values():
-        for d, t, b in zip(res["diff"], res["top"], res["bottom"], strict=True):
-            assert f"{d:.3f} ({t:.3f} / {b:.3f})" in report
+        assert all(f"{d:.3f}" in report for d in res["diff"])
     for method in demo.METHODS:
         assert f"| {method} |" in report
+    per = numbers["attributions"]["per_image"]
+    n_show = numbers["config"]["n_show"]
+    assert [r["confident"] for r in per[:n_show]] == [False] * (n_show - 1) + [True]
+    for r in per:
+        assert f"{r['cos_caso_cafo']:.3f}" in report
 
 
 @pytest.mark.slow
@@ -204,13 +313,21 @@ def test_quick_demo_end_to_end_through_the_cli(tmp_path, capsys):
     assert numbers["run"]["command"].startswith("captum-ext demo --quick")
     assert numbers["model"]["test_accuracy"] > 0.5  # ten classes: chance is 0.1
     pix, roar = numbers["pixel_perturbation"], numbers["diff_roar"]["methods"]
-    # real maps beat a random ranking on both metrics by a wide margin on this data
-    for name in demo.METRIC_METHODS:
+    # dense maps beat a random ranking on both metrics by a wide margin on this data
+    for name in ("Saliency", "CAFO", "CASO"):
         assert sum(pix["accuracy"][name]) > sum(pix["accuracy"]["random"])
         assert min(roar[name]["diff"]) > max(roar["random"]["diff"]) + 0.05
     maps = numbers["attributions"]["methods"]
     assert set(maps) == set(demo.METHODS)
-    assert maps["CASO"]["zeros"] >= 0.75 - 1e-9  # the sparsity window 0.75-1 of the paper
+    assert maps["sparse CASO"]["zeros"] >= 0.75 - 1e-9  # the sparsity window 0.75-1 of the paper
+    for r in numbers["attributions"]["per_image"]:
+        assert r["caso_zeros"] >= 0.75 - 1e-9
+    cmp = numbers["caso_vs_cafo"]
+    # the smaller c1 lets the Hessian term act: CASO moves further from CAFO than with c1 = 10
+    assert cmp["min_cos"]["1"] < cmp["min_cos"]["10"] <= 1.0
+    per = numbers["attributions"]["per_image"]
+    assert per[0]["cos_caso_cafo"] == pytest.approx(cmp["min_cos"]["1"])  # the first row differs most
+    assert per[-1]["confident"] and per[-1]["cos_caso_cafo"] > 0.99  # Theorem 4 at high confidence
 
 
 @pytest.mark.slow
@@ -220,10 +337,11 @@ def test_same_seed_same_numbers(tmp_path):
         n_train=200,
         epochs=2,
         n_explain=2,
-        n_show=1,
+        n_show=2,
         ig_steps=4,
         nt_samples=2,
-        n_metric_test=40,
+        metric_nt_samples=1,
+        n_metric_test=24,
         pixel_fractions=(0.5,),
         roar_fractions=(0.2,),
     )
@@ -236,9 +354,9 @@ def test_same_seed_same_numbers(tmp_path):
     assert runs[0].numbers["run"]["torch_threads"] == 1
     strip = ("timings", "run")
     a, b = ({k: v for k, v in r.numbers.items() if k not in strip} for r in runs)
-    for m in a["attributions"]["methods"].values():
-        m.pop("seconds")
-    for m in b["attributions"]["methods"].values():
-        m.pop("seconds")
-    assert a == b
+    for numbers in (a, b):
+        for m in numbers["attributions"]["methods"].values():
+            for key in ("seconds", "cpu_seconds", "cpu_per_image"):
+                m.pop(key)
+    assert a == b  # same process, same seed, same thread count: bit-identical
     _check_outputs(runs[0].out_dir, runs[0].numbers)
