@@ -1,5 +1,11 @@
 """Attribution evaluation metrics in the shape of ``captum.metrics``.
 
+One convention for every metric (Captum's): ``metric(forward_func, inputs, attributions, *,
+target=None, additional_forward_args=None, baselines=..., max_examples_per_batch=None, ...,
+show_progress=False)``; tuple inputs, per-example baselines, per-example values as tensors beside the
+aggregated curve, and a frozen result dataclass with ``to_dict()`` and ``plot(ax=None)``. A model with
+BatchNorm/Dropout in training mode is refused (``ValueError``); no metric changes the model.
+
 * :func:`diff_roar` -- DiffROAR curves (top-k minus bottom-k remove-and-retrain), Shah et al.;
 * :func:`pixel_perturbation` -- discriminative pixel perturbation (accuracy), Srinivas & Fleuret;
 * :func:`feature_leakage` -- attribution share outside a known per-instance signal;
@@ -10,14 +16,17 @@
 * sample quality (Srinivas & Fleuret 5.1.2): :func:`class_conditional_samples`, :func:`gan_test`.
 """
 
-from ._masking import DIFF_ROAR_FRACTIONS, count_for_fraction
-from .diff_roar import DiffROARResult, diff_roar, unmask
-from .leakage import feature_leakage
+from ._common import MetricResult
+from ._masking import DIFF_ROAR_FRACTIONS, count_for_fraction, unmask
+from .diff_roar import DiffROARResult, diff_roar
+from .leakage import LeakageResult, feature_leakage
 from .pixel_perturbation import PixelPerturbationResult, pixel_perturbation
 
 __all__ = [
     "DIFF_ROAR_FRACTIONS",
     "DiffROARResult",
+    "LeakageResult",
+    "MetricResult",
     "PixelPerturbationResult",
     "count_for_fraction",
     "diff_roar",
@@ -30,7 +39,7 @@ __all__ = [
 from .density import DensityRatioCurve, density_ratio_curve  # noqa: E402
 from .fidelity import AOPCResult, FidelityDrop, aopc, relative_fidelity_drop  # noqa: E402
 from .robustness import AttackResult, SimilarityResult, attribution_attack, stability  # noqa: E402
-from .samples import ClassSamples, class_conditional_samples, gan_test  # noqa: E402
+from .samples import ClassSamples, GANTestResult, class_conditional_samples, gan_test  # noqa: E402
 from .sanity import RandomizationResult, data_randomization, model_randomization  # noqa: E402
 from .similarity import (  # noqa: E402
     normalize_maps,
@@ -47,6 +56,7 @@ __all__ += [
     "ClassSamples",
     "DensityRatioCurve",
     "FidelityDrop",
+    "GANTestResult",
     "RandomizationResult",
     "SimilarityResult",
     "aopc",
