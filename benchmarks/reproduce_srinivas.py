@@ -118,20 +118,22 @@ def density_ratios(model: nn.Module, x: Tensor, y: Tensor, n_samples: int, seed:
     fn = metrics.density_ratio_curve
     if _takes(fn, "labels"):
         return fn(model, x, y, SIGMAS, n_samples=n_samples, seed=seed)
-    return fn(model, x, target=y, sigmas=SIGMAS, n_samples=n_samples, seed=seed)
+    return fn(model, x, SIGMAS, target=y, n_samples=n_samples, seed=seed)
 
 
 def ascent_samples(model: nn.Module, per_class: int, steps: int, seed: int) -> Any:
     """Activity-maximisation samples: plain gradient ascent on ``f_y`` from uniform noise in [0, 1]."""
     targets = torch.arange(10).repeat_interleave(per_class)
-    return metrics.class_conditional_samples(
-        model, targets, (1, 28, 28), steps=steps, lr=0.1, seed=seed, progress=False
-    )
+    fn = metrics.class_conditional_samples
+    if _takes(fn, "targets"):
+        return fn(model, targets, (1, 28, 28), steps=steps, lr=0.1, seed=seed, progress=False)
+    return fn(model, (1, 28, 28), target=targets, steps=steps, lr=0.1, seed=seed)
 
 
 def gan_test_score(classifier: nn.Module, samples: Any) -> float:
     """GAN-test: accuracy of the independent classifier on the samples' intended classes."""
-    return float(metrics.gan_test(classifier, samples))
+    out = metrics.gan_test(classifier, samples)
+    return float(getattr(out, "accuracy", out))
 
 
 # --------------------------------------------------------------------------------------------------
