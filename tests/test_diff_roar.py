@@ -211,25 +211,21 @@ def test_diff_roar_unmasks_the_exact_number_of_coordinates(toy):
     assert torch.equal(bottom_seen != -1.0, expected_bottom)
 
 
+def _seen_at_quarter(x, attr, **kw):
+    """The training inputs of the one top-k cell at k = 25% (same data for train and test)."""
+    y = torch.arange(x.shape[0]) % 2
+    rec = RecordingTrainer(epochs=1)
+    factory = MLPFactory(tuple(x.shape[1:]), hidden=(4,))
+    opts = dict(model_factory=factory, fractions=(0.25,), seeds=(0,), trainer=rec, mask_control=False)
+    diff_roar(None, (x, y), (x, y), (attr, attr), **opts, **kw)
+    return rec.seen[0]
+
+
 def test_per_pixel_aggregation_keeps_whole_pixels():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 3, 4, 4, generator=g) + 1.0
-    y = torch.arange(12) % 2
     attr = torch.randn(x.shape, generator=g)
-    rec = RecordingTrainer(epochs=1)
-    diff_roar(
-        None,
-        (x, y),
-        (x, y),
-        (attr, attr),
-        model_factory=MLPFactory((3, 4, 4), hidden=(4,)),
-        fractions=(0.25,),
-        seeds=(0,),
-        trainer=rec,
-        aggregate="abs_sum",
-        mask_control=False,
-    )
-    kept = rec.seen[0] != 0.0
+    kept = _seen_at_quarter(x, attr, aggregate="abs_sum") != 0.0
     assert bool((kept.all(dim=1) == kept.any(dim=1)).all())  # channels kept together
     assert bool((kept[:, 0].sum(dim=(1, 2)) == 4).all())  # 25% of 16 pixels
     pixel_rank = attr.abs().sum(1).flatten(1).argsort(1, descending=True)[:, :4]
@@ -685,24 +681,8 @@ def test_channel_mean_fill_follows_channel_dim():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 4, 4, 3, generator=g)  # channels last
     x[..., 1] += 5.0
-    y = torch.arange(12) % 2
     attr = torch.randn(x.shape, generator=g)
-    rec = RecordingTrainer(epochs=1)
-    diff_roar(
-        None,
-        (x, y),
-        (x, y),
-        (attr, attr),
-        model_factory=MLPFactory((4, 4, 3), hidden=(4,)),
-        fractions=(0.25,),
-        seeds=(0,),
-        trainer=rec,
-        baselines="channel_mean",
-        aggregate="abs_sum",
-        channel_dim=-1,
-        mask_control=False,
-    )
-    seen = rec.seen[0]
+    seen = _seen_at_quarter(x, attr, baselines="channel_mean", aggregate="abs_sum", channel_dim=-1)
     kept = (seen == x).all(dim=-1)  # (12, 4, 4) whole pixels kept
     assert bool((kept.flatten(1).sum(1) == 4).all())
     means = x.mean(dim=(1, 2))  # (12, 3) per example and channel

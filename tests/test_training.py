@@ -235,3 +235,24 @@ def test_mlp_factory_builds_fresh_models():
     shapes = [tuple(p.shape) for p in a.parameters()]
     assert shapes == [(6, 16), (6,), (5, 6), (5,), (3, 5), (3,)]
     assert not torch.equal(a[1].weight, b[1].weight)
+
+
+def test_fit_uses_torch_optim_adam(monkeypatch):
+    """The update comes from torch.optim.Adam itself (no hand-written copy to keep in sync)."""
+    import captum_ext.training as training
+
+    assert not hasattr(training, "_Adam")
+    built = []
+    real = torch.optim.Adam
+
+    def spy(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        built.append(opt)
+        return opt
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    x, y = _separable(40)
+    fit(nn.Linear(5, 2), (x, y), epochs=1, lr=1e-2, weight_decay=0.1, progress=False)
+    assert len(built) == 1
+    group = built[0].param_groups[0]
+    assert group["lr"] == 1e-2 and group["weight_decay"] == 0.1 and group["foreach"] is False

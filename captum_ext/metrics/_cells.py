@@ -514,12 +514,16 @@ def _resolve(shared: Any) -> Any:
         return _WORKER_SHARED[shared.token]
 
 
-def _call(fn: Callable[[Any, Any], Any], shared: Any, cell: Any) -> tuple[Any, float, float]:
-    """Run one cell in a worker; returns ``(value, wall seconds, CPU seconds of this thread)``."""
+_Out = tuple[Any, float, float, float, int]
+
+
+def _call(fn: Callable[[Any, Any], Any], shared: Any, cell: Any) -> _Out:
+    """Run one cell in a worker: ``(value, wall s, CPU s of this thread, start time, process id)``."""
+    start = time.time()
     data = _resolve(shared)
     w0, c0 = time.perf_counter(), time.thread_time()
     value = fn(data, cell)
-    return value, time.perf_counter() - w0, time.thread_time() - c0
+    return value, time.perf_counter() - w0, time.thread_time() - c0, start, os.getpid()
 
 
 _PRELOAD = ["torch", "torch._dynamo", "torch.optim", "captum_ext.metrics.diff_roar"]
@@ -570,6 +574,9 @@ class CellStats:
         cached: cells read from the cache (including cells another process computed meanwhile).
         cell_seconds: wall seconds of each computed cell inside its worker.
         cell_cpu_seconds: CPU seconds of each computed cell (the worker thread's).
+        cell_started: ``time.time()`` at which each computed cell reached its worker.
+        cell_workers: the process id that computed each cell.
+        started: ``time.time()`` at the start of the call.
         wall_seconds: wall time of the whole call.
     """
 
@@ -577,6 +584,9 @@ class CellStats:
     cached: int = 0
     cell_seconds: list[float] = field(default_factory=list)
     cell_cpu_seconds: list[float] = field(default_factory=list)
+    cell_started: list[float] = field(default_factory=list)
+    cell_workers: list[int] = field(default_factory=list)
+    started: float = 0.0
     wall_seconds: float = 0.0
 
 
@@ -653,7 +663,7 @@ def run_cells(
 
     t0 = time.perf_counter()
     values: list[Any] = [None] * len(cells)
-    stats = CellStats()
+    stats = CellStats(started=time.time())
     bar = tqdm(total=len(cells), desc=desc, disable=not show_progress)
 
     def on_hit(i: int, value: Any) -> None:
@@ -663,12 +673,14 @@ def run_cells(
 
     held: dict[int, Any] = {}
 
-    def record(i: int, out: tuple[Any, float, float]) -> None:
-        value, wall, cpu = out
+    def record(i: int, out: _Out) -> None:
+        value, wall, cpu, start, pid = out
         values[i] = value
         stats.computed += 1
         stats.cell_seconds.append(wall)
         stats.cell_cpu_seconds.append(cpu)
+        stats.cell_started.append(start)
+        stats.cell_workers.append(pid)
         lock = held.pop(i)
         if cache is not None:
             cache.put(cells[i], value, {"seconds": wall, "cpu_seconds": cpu})
@@ -736,7 +748,7 @@ def _pump(
     cells: Sequence[Any],
     claims: Iterator[tuple[int, Any]],
     held: dict[int, Any],
-    record: Callable[[int, tuple[Any, float, float]], None],
+    record: Callable[[int, _Out], None],
     limit: int,
 ) -> None:
     """Keep at most ``limit`` cells in flight on ``pool`` until every claim is done."""

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,6 @@ from ._common import (
 )
 from ._masking import (
     DIFF_ROAR_FRACTIONS,
-    apply_fill,
     check_fractions,
     count_for_fraction,
     keep_mask_from_rank,
@@ -56,6 +55,7 @@ from ._masking import (
     relevance_scores,
     unit_mask_to_input,
     unit_shape,
+    unmask,
 )
 
 __all__ = ["DiffROARResult", "diff_roar", "unmask"]
@@ -215,33 +215,6 @@ class DiffROARResult(MetricResult):
 
 # --------------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def unmask(
-    inputs: Tensor,
-    keep_units: Tensor,
-    units: Sequence[int],
-    fill: float | str | Tensor,
-    channel_dim: int = 1,
-) -> Tensor:
-    """Unmasked inputs ``x^S``: keep the units in ``keep_units`` (``(N, P)`` bool), fill the rest.
-
-    Args:
-        inputs: ``(N, ...)`` inputs.
-        keep_units: ``(N, P)`` boolean mask over units.
-        units: the per-example unit grid (see :func:`~captum_ext.metrics._masking.unit_shape`).
-        fill: fill value (see :func:`~captum_ext.metrics._masking.apply_fill`).
-        channel_dim: the channel dimension of ``fill="channel_mean"``.
-
-    Returns:
-        A tensor like ``inputs``.
-
-    Examples:
-        >>> unmask(torch.tensor([[1.0, 2.0]]), torch.tensor([[False, True]]), (2,), 0.0)
-        tensor([[0., 2.]])
-    """
-    keep = unit_mask_to_input(keep_units.to(inputs.device), inputs.shape, units)
-    return apply_fill(inputs, keep, fill, channel_dim=channel_dim)
 
 
 def majority_rate(labels: Tensor) -> float:
