@@ -108,7 +108,9 @@ def test_validators():
 
 def test_check_eval_mode_covers_bound_methods_and_raises_before_touching(untouched):
     net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.2)).train()
-    for fn in (net, net.forward):
+    from captum.attr import Saliency
+
+    for fn in (net, net.forward, Saliency(net).attribute, Saliency(net.forward).attribute):
         with untouched(net), pytest.raises(ValueError, match=r"\.eval\(\)"):
             check_eval_mode(fn)
     check_eval_mode(lambda x: x)  # plain callables cannot be inspected

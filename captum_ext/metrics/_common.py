@@ -61,11 +61,17 @@ TargetLike = int | tuple[int, ...] | Tensor | Sequence[int] | Sequence[tuple[int
 # train-mode policy
 
 
-def _module_of(forward_func: Any) -> nn.Module | None:
+def _module_of(forward_func: Any, depth: int = 0) -> nn.Module | None:
     if isinstance(forward_func, nn.Module):
         return forward_func
+    if depth > 3:
+        return None
     owner = getattr(forward_func, "__self__", None)  # a bound method such as model.forward
-    return owner if isinstance(owner, nn.Module) else None
+    if isinstance(owner, nn.Module):
+        return owner
+    # a Captum attribution's bound ``attribute`` (Saliency(model).attribute): its forward_func
+    inner = getattr(owner, "forward_func", None)
+    return None if inner is None else _module_of(inner, depth + 1)
 
 
 def check_eval_mode(forward_func: Any, name: str = "forward_func") -> None:
@@ -77,7 +83,8 @@ def check_eval_mode(forward_func: Any, name: str = "forward_func") -> None:
     refused before it is touched. Plain callables cannot be inspected and are accepted.
 
     Args:
-        forward_func: a module, a bound method of a module, or any callable.
+        forward_func: a module, a bound method of a module, a Captum attribution's bound
+            ``attribute`` (its model is checked), or any callable.
         name: the argument's name in the error message.
 
     Raises:

@@ -147,6 +147,8 @@ def aopc(
         (torch.Size([2, 4]), torch.Size([2]))
     """
     check_eval_mode(forward_func)
+    if callable(attributions) and not isinstance(attributions, (Tensor, tuple)):
+        check_eval_mode(attributions, "the model behind attributions")
     if not callable(forward_func):
         raise TypeError("forward_func must be a model or a callable returning class scores")
     steps_t = _steps(steps)

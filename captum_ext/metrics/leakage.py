@@ -23,6 +23,7 @@ from ._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_eval_mode,
     check_finite,
     check_not_empty,
     compute_attributions,
@@ -153,11 +154,44 @@ def feature_leakage(
         >>> feature_leakage(x, x.abs(), mask).leakage
         tensor([0., 0., 0., 0.], dtype=torch.float64)
     """
+    if callable(attributions):
+        check_eval_mode(attributions, "the model behind attributions")
     if aggregate not in _ABSOLUTE:
         raise ValueError(f"aggregate must be one of {_ABSOLUTE} (non-negative relevance), got {aggregate!r}")
     check_batch_size(max_examples_per_batch)
     xs, _ = format_inputs(inputs)
     n = check_not_empty(xs)
+    masks = signal_masks if isinstance(signal_masks, tuple) else (signal_masks,)
+    if len(masks) != len(xs):
+        raise ValueError(f"got {len(masks)} signal mask(s) for {len(xs)} input tensor(s)")
+    full = []
+    for i, (a, m) in enumerate(zip(xs, masks, strict=True)):
+        if not isinstance(m, Tensor):
+            raise TypeError(f"signal mask {i} must be a tensor, got {type(m).__name__}")
+        if m.dim() == 0 or m.shape[0] != n:
+            raise ValueError(f"signal mask {i} has {m.shape[0] if m.dim() else 0} examples, inputs have {n}")
+        try:
+            full.append(m.to(device=a.device).to(torch.bool).expand_as(a).to(torch.float64))
+        except RuntimeError as err:
+            raise ValueError(
+                f"signal mask {i} of shape {tuple(m.shape)} does not broadcast to the input "
+                f"of shape {tuple(a.shape)}"
+            ) from err
+    layout = UnitLayout.of(xs, aggregate, channel_dim)
+    mask_layout = UnitLayout.of(xs, "abs" if aggregate == "abs" else "abs_max", channel_dim)
+    signal = mask_layout.scores(tuple(full)) > 0
+    k = None
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)):
+            raise TypeError("top_k must be an int, a float fraction or None")
+        if isinstance(top_k, float):
+            if not 0.0 < top_k <= 1.0:
+                raise ValueError(f"a fractional top_k must lie in (0, 1], got {top_k}")
+            k = counts_for_fractions((top_k,), layout.total, "scored")[0]
+        else:
+            k = int(top_k)
+            if not 1 <= k <= layout.total:
+                raise ValueError(f"top_k must lie in [1, {layout.total}], got {top_k}")
     if callable(attributions):
         t = None
         if target is not None:
@@ -175,37 +209,6 @@ def feature_leakage(
     attrs_t = attrs if isinstance(attrs, tuple) else (attrs,)
     check_like(attrs_t, xs, "feature_leakage")
     check_finite(attrs_t, "attributions")
-    masks = signal_masks if isinstance(signal_masks, tuple) else (signal_masks,)
-    if len(masks) != len(attrs_t):
-        raise ValueError(f"got {len(masks)} signal mask(s) for {len(attrs_t)} attribution tensor(s)")
-    full = []
-    for i, (a, m) in enumerate(zip(attrs_t, masks, strict=True)):
-        if not isinstance(m, Tensor):
-            raise TypeError(f"signal mask {i} must be a tensor, got {type(m).__name__}")
-        if m.dim() == 0 or m.shape[0] != n:
-            raise ValueError(
-                f"signal mask {i} has {m.shape[0] if m.dim() else 0} examples, attributions have {n}"
-            )
-        try:
-            full.append(m.to(device=a.device).to(torch.bool).expand_as(a).to(torch.float64))
-        except RuntimeError as err:
-            raise ValueError(
-                f"signal mask {i} of shape {tuple(m.shape)} does not broadcast to attributions "
-                f"of shape {tuple(a.shape)}"
-            ) from err
-    layout = UnitLayout.of(xs, aggregate, channel_dim)
     scores = layout.scores(attrs_t)
-    mask_layout = UnitLayout.of(xs, "abs" if aggregate == "abs" else "abs_max", channel_dim)
-    signal = mask_layout.scores(tuple(full)) > 0
-    k = None
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)):
-            raise TypeError("top_k must be an int, a float fraction or None")
-        if isinstance(top_k, float):
-            if not 0.0 < top_k <= 1.0:
-                raise ValueError(f"a fractional top_k must lie in (0, 1], got {top_k}")
-            k = counts_for_fractions((top_k,), scores.shape[1], "scored")[0]
-        else:
-            k = int(top_k)
     leak = leakage_from_scores(scores, signal, k, torch.Generator().manual_seed(seed))
     return LeakageResult(leakage=leak, top_k=k, units=layout.total)

@@ -176,6 +176,8 @@ def pixel_perturbation(
         (torch.Size([2]), torch.Size([2, 8]))
     """
     check_eval_mode(forward_func)
+    if callable(attributions):
+        check_eval_mode(attributions, "the model behind attributions")
     if order not in ("least", "most"):
         raise ValueError(f"order must be 'least' or 'most', got {order!r}")
     check_batch_size(max_examples_per_batch)
