@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ._masking import relevance_scores
+
 __all__ = [
     "flatten_attributions",
     "normalize_maps",
@@ -115,13 +117,16 @@ def saliency_map(attributions: Tensor, *, channel_dim: int | None = 1, absolute:
     """
     if not isinstance(attributions, Tensor):
         raise TypeError(f"attributions must be a tensor, got {type(attributions).__name__}")
-    a = attributions.abs() if absolute else attributions
+    a = attributions
     if a.dim() == 4:
         if channel_dim is None:
             raise ValueError("4-d attributions need a channel_dim to reduce")
-        return a.sum(dim=channel_dim)
+        # the masking engine's per-pixel relevance, reshaped to (N, H, W)
+        scores = relevance_scores(a, "abs_sum" if absolute else "sum", channel_dim)
+        cd = channel_dim % 4
+        return scores.reshape(a.shape[0], *(s for j, s in enumerate(a.shape) if j not in (0, cd)))
     if a.dim() == 3:
-        return a
+        return a.abs() if absolute else a
     raise ValueError(
         "a saliency map needs image attributions shaped (N, C, H, W) or (N, H, W); got shape "
         f"{tuple(attributions.shape)}"
