@@ -81,8 +81,9 @@ class AttributionDetails:
         n_vjp: vector-Jacobian products (backward passes) used to build the closed-form factor.
         converged: whether the solution is certified to ``tol`` (see ``error_bound``).
         error_bound: certified bound on ``||Delta - Delta*|| / ||Delta||`` from the final residual
-            (strong convexity; ``mu = 2 lambda2 - L``). With a sparsity search: the worst over the
-            candidates solved.
+            (strong convexity; ``mu = 2 lambda2 - L``), for the problem with the Hessian operator used
+            (closed form: the Gauss-Newton part truncated at ``rank_tol``, exact for piecewise-linear
+            nets with ``rank_tol=0``). With a sparsity search: the worst over the candidates solved.
         iterations: solver iterations used (0 for closed forms).
         solver: ``"certified"``, ``"paper"`` (fixed iterations) or ``"closed_form"`` (CAFO).
         extra: notes, e.g. ``"fallback"`` (why ``auto`` took the closed form without a curvature probe),
@@ -382,6 +383,12 @@ def _grid_tensor(values: Sequence[float] | Tensor) -> Tensor:
     return vals
 
 
+#: Lanczos for ``L`` on matrix-free operators: relative Ritz residual and step cap. The eigenvalue error
+#: is about residual^2 / gap, and the solve's guard catches any underestimate (see ``_solve``).
+LANCZOS_TOL = 1e-4
+LANCZOS_MAX_ITER = 64
+
+
 @dataclass
 class _Curvature:
     """A curvature operator (anything with ``hvp``) with its gradient and spectral estimates."""
@@ -675,6 +682,7 @@ class CASO(_ContextAwareAttribution):
         exact = ExactHessian(graph, samples=s)
         n = graph.n // s
         rank = torch.zeros(n, dtype=torch.long, device=graph.logits.device)
+        # top=None: L by Lanczos (or power iteration for solver="paper"); lower=None: H may be indefinite
         return _Curvature(exact, exact.gradient, None, None, None, rank, 1)
 
     def _solve(
@@ -707,13 +715,15 @@ class CASO(_ContextAwareAttribution):
         paper = solver == "paper"
         n_hvp0 = getattr(op, "n_hvp", 0)
         try:
-            if curv.top is None:  # exact operator: estimate the spectrum
+            if curv.top is None:  # matrix-free operator: estimate the spectrum
                 if paper:
                     curv.top = op.top_eigenvalue(n_power_iter)
-                    curv.upper, curv.lower = curv.top, None
+                    curv.upper = curv.top
                 else:
-                    lz = lanczos_extremes(op.hvp, _lanczos_start(g), tol=1e-4, max_iter=64)
-                    curv.top, curv.upper, curv.lower = lz.top.clamp_min(0), lz.upper.clamp_min(0), lz.bottom
+                    start = _lanczos_start(g)
+                    lz = lanczos_extremes(op.hvp, start, tol=LANCZOS_TOL, max_iter=LANCZOS_MAX_ITER)
+                    curv.top, curv.upper = lz.top.clamp_min(0), lz.upper.clamp_min(0)
+                    curv.lower = lz.bottom if curv.lower is None else curv.lower
             grid = None if lambda1_grid is None else lambda1_grid(n, device, dtype)
             raised = 0
             top = curv.top
