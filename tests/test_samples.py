@@ -68,7 +68,8 @@ def test_samples_raise_the_class_logit_on_digits(digits_nets, untouched):
     again = class_conditional_samples(
         net, (1, 8, 8), target=targets, steps=30, lr=0.05, weight_decay=1e-3, max_examples_per_batch=7
     )
-    assert torch.allclose(s.samples, again.samples, atol=1e-6)
+    # float32: batches of 7 vs 20 use different BLAS kernels (last-bit differences per step, 30 steps)
+    assert torch.allclose(s.samples, again.samples, atol=1e-5)
     other = class_conditional_samples(net, (1, 8, 8), target=targets, steps=30, lr=0.05, seed=1)
     assert not torch.allclose(s.samples, other.samples)
     ax = s.plot(ncols=10)
@@ -83,7 +84,9 @@ def test_gan_test_real_data_and_samples(digits_nets, untouched):
         s = class_conditional_samples(gen, (1, 8, 8), target=torch.arange(10).repeat(3), steps=30, lr=0.05)
         score = gan_test(judge, s).accuracy
     assert 0.0 <= score <= 1.0
-    assert gan_test(judge, s.samples, target=s.labels, max_examples_per_batch=4).accuracy == score
+    # float32 logits in batches of 4 vs 30 differ in the last bits: allow one arg-max flip on a near-tie
+    batched = gan_test(judge, s.samples, target=s.labels, max_examples_per_batch=4).accuracy
+    assert abs(batched - score) <= 1 / 30 + 1e-12
 
 
 def test_gan_test_exact_on_constructed_classifier():
