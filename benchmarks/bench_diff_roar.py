@@ -1,21 +1,32 @@
-"""Benchmark: a full DiffROAR curve on offline BlockMNIST, serially and with 2 worker processes.
+"""Benchmark: a CIFAR-sized DiffROAR curve serially, on a 2-process pool and on a 2-worker Dask cluster.
 
-The attribution is the input gradient (Captum's ``Saliency``) of a standard MLP trained on
-BlockMNIST (scikit-learn's real digits, offline). The curve uses the paper's defaults: 11 unmasking
-levels k in {5, 10, 20, ..., 100}%, top and bottom schemes, 3 seeds = 66 cells, each a fresh MLP
-retrained on unmasked data. Each configuration is timed ``--repeats`` times (median reported):
+Job (the issue's size): 5 000 train / 1 000 test images of 3x32x32, **synthetic** (generated here,
+no download: ten classes, each a fixed random 8x8 colour template pasted at a random quadrant of
+Gaussian noise), a small CNN (two strided 3x3 convolutions, 8 and 16 channels, and a linear
+layer), the paper's 11 unmasking levels x top/bottom x 3 seeds = 66 cells, each a fresh CNN
+trained for ``--epochs`` epoch(s) with Adam. The attribution is Saliency at the predicted label of
+a CNN trained on the full data (computed once, outside the timings).
 
-* serial: ``diff_roar(..., executor=None)`` in this process (cells use 1 torch thread each);
-* pool: ``diff_roar(..., executor=ProcessPoolExecutor(2))``, pool start-up included.
+Configurations, each timed ``--repeats`` times (median reported), numbers checked identical:
 
-CPU seconds are recorded too (this process for serial, the reaped workers for the pool): on a
-machine shared with other jobs, ``serial_cpu_share_of_wall`` well below 1 says the run waited
-for a core, and the wall-time speed-up then measures the contention, not the executor.
+* ``serial``: ``diff_roar(..., executor=None)``;
+* ``pool``: ``diff_roar(..., executor=2)``: a process pool created by the call (its start-up is
+  timed) whose initializer receives the data once per worker;
+* ``dask``: ``diff_roar(..., executor=client)`` on a ``LocalCluster(n_workers=2,
+  threads_per_worker=1)`` started once beforehand (start-up reported separately); the data are
+  scattered to both workers once per call.
 
-The ratio serial / pool is the speed-up; both runs must give identical numbers (checked). The
-oracle signal mask and a random attribution are run once through the pool for the figure.
+The fork server the pools fork from (it imports torch once per Python session) and the Dask
+cluster are started and warmed up before the timings; both numbers are reported.
 
-Usage: ``python benchmarks/bench_diff_roar.py [--repeats 3] [--workers 2] [--note "..."]``.
+**Honest numbers on a shared machine.** The machine's load average is recorded before and after.
+On a loaded machine the wall-time speed-up measures the contention, so the JSON also has a
+*CPU-time projection* for an idle machine: ``serial cells' CPU seconds / (start-up + the busiest
+worker's cells' CPU seconds + its per-cell dispatch gaps)``, and the per-cell executor overhead:
+the time a worker slot spends between cells (``workers * (wall - start-up) - sum of cell wall
+times``, per cell) relative to the mean cell time.
+
+Usage: ``python benchmarks/bench_diff_roar.py [--repeats 3] [--epochs 1] [--note "..."]``.
 Writes ``benchmarks/results/bench_diff_roar.json`` and ``bench_diff_roar.png``.
 """
 
@@ -24,161 +35,261 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
+import signal
 import statistics
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from captum.attr import Saliency
+from torch import Tensor, nn
 
-from captum_ext.datasets import BlockMNIST
-from captum_ext.metrics import DIFF_ROAR_FRACTIONS, diff_roar
-from captum_ext.training import MLPFactory, Trainer, evaluate, fit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe_machine  # noqa: E402
+
+from captum_ext.metrics import DIFF_ROAR_FRACTIONS, diff_roar  # noqa: E402
+from captum_ext.metrics._cells import process_pool  # noqa: E402
+from captum_ext.training import Trainer, evaluate, fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+WORKERS = 2
 
 
-def _load() -> tuple[float, float, float] | None:
+def synthetic_cifar(n: int, seed: int, classes: int = 10) -> tuple[Tensor, Tensor]:
+    """``n`` images 3x32x32: class template (8x8, fixed per class) at a random quadrant + noise."""
+    templates = torch.randn(classes, 3, 8, 8, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = 0.5 * torch.randn(n, 3, 32, 32, generator=g)
+    quadrant = torch.randint(0, 4, (n,), generator=g)
+    jitter = torch.randint(0, 9, (n, 2), generator=g)
+    for i in range(n):
+        r = 16 * int(quadrant[i] // 2) + int(jitter[i, 0])
+        c = 16 * int(quadrant[i] % 2) + int(jitter[i, 1])
+        x[i, :, r : r + 8, c : c + 8] += templates[y[i]]
+    return x, y
+
+
+class SmallCNN(nn.Sequential):
+    """Conv(3->8, 3x3, stride 2) - ReLU - Conv(8->16, 3x3, stride 2) - ReLU - Linear(16*7*7 -> 10)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(3, 8, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16 * 7 * 7, 10),
+        )
+
+
+def _load() -> list[float] | None:
     try:
-        return os.getloadavg()
-    except OSError:  # pragma: no cover - not on every platform
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _analyse(stats: dict[str, Any], workers: int) -> dict[str, Any]:
+    """Start-up, per-cell gaps and the busiest worker's CPU time from a run's cell timings."""
+    starts, walls, cpus, pids = (
+        stats[k] for k in ("cell_started", "cell_seconds", "cell_cpu_seconds", "cell_workers")
+    )
+    startup = min(starts) - stats["started"]
+    per_worker: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    for s, w, c, p in zip(starts, walls, cpus, pids, strict=True):
+        per_worker[p].append((s, w, c))
+    gaps = []
+    for cells in per_worker.values():
+        cells.sort()
+        gaps += [b[0] - (a[0] + a[1]) for a, b in zip(cells, cells[1:], strict=False)]
+    busiest = max(sum(c for _, _, c in cells) for cells in per_worker.values())
+    busiest_cells = max(len(cells) for cells in per_worker.values())
+    slot_overhead = (workers * (stats["wall_seconds"] - startup) - sum(walls)) / len(walls)
+    mean_gap = statistics.mean(gaps) if gaps else 0.0
+    return {
+        "startup_s": startup,
+        "workers_seen": len(per_worker),
+        "cells_cpu_s": sum(cpus),
+        "cells_wall_s": sum(walls),
+        "mean_cell_wall_s": statistics.mean(walls),
+        "mean_cell_cpu_s": statistics.mean(cpus),
+        "busiest_worker_cpu_s": busiest,
+        "mean_dispatch_gap_s": mean_gap,
+        "per_cell_slot_overhead_s": slot_overhead,
+        "overhead_fraction_of_cell": slot_overhead / statistics.mean(walls),
+        "dispatch_gap_fraction_of_cell": mean_gap / statistics.mean(walls),
+        "idle_projection_s": startup + busiest + max(busiest_cells - 1, 0) * max(mean_gap, 0.0),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[128])
+    parser.add_argument("--n-train", type=int, default=5000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--configs", nargs="+", default=["serial", "pool", "dask"])
     parser.add_argument("--note", default="")
     parser.add_argument("--out", default=str(RESULTS / "bench_diff_roar.json"))
     args = parser.parse_args()
+    torch.set_num_threads(1)
 
+    x, y = synthetic_cifar(args.n_train, seed=0)
+    xt, yt = synthetic_cifar(args.n_test, seed=1)
     torch.manual_seed(0)
-    train, test = BlockMNIST("train", seed=0), BlockMNIST("test", seed=0)
-    x, y, mask = train.tensors()
-    xt, yt, maskt = test.tensors()
-    factory = MLPFactory((1, 56, 28), hidden=tuple(args.hidden))
-    trainer = Trainer(epochs=args.epochs, lr=1e-3, batch_size=32)
-    model = fit(factory(), (x, y), epochs=args.epochs, lr=1e-3, batch_size=32, progress=False)
-    saliency = Saliency(model)
-    attr = (
-        saliency.attribute(x, target=y).detach(),
-        saliency.attribute(xt, target=yt).detach(),
-    )
+    model = fit(SmallCNN(), (x, y), epochs=3, lr=3e-3, batch_size=64, progress=False)
+    attr = tuple(Saliency(model).attribute(d, target=model(d).argmax(1)).detach() for d in (x, xt))
+    trainer = Trainer(epochs=args.epochs, lr=3e-3, batch_size=64)
     seeds = tuple(range(args.seeds))
-    common = dict(fractions=DIFF_ROAR_FRACTIONS, seeds=seeds, trainer=trainer, progress=False)
+    common: dict[str, Any] = dict(
+        model_factory=SmallCNN,
+        fractions=DIFF_ROAR_FRACTIONS,
+        seeds=seeds,
+        trainer=trainer,
+        mask_control=False,
+    )
     n_cells = 2 * len(DIFF_ROAR_FRACTIONS) * len(seeds)
+    data_mb = sum(t.numel() * t.element_size() for t in (x, y, xt, yt)) / 2**20
 
-    load_start = _load()
-    serial_times, pool_times, serial_cpu, pool_cpu = [], [], [], []
-    serial_res = pool_res = None
-    for _ in range(args.repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        serial_res = diff_roar(factory, (x, y), (xt, yt), attr, model=model, **common)
-        serial_times.append(time.perf_counter() - t0)
-        serial_cpu.append(time.process_time() - c0)
-        t0, c0 = time.perf_counter(), _children_cpu()
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            pool_res = diff_roar(factory, (x, y), (xt, yt), attr, model=model, executor=pool, **common)
-        pool_times.append(time.perf_counter() - t0)
-        pool_cpu.append(_children_cpu() - c0)  # the workers' CPU time (reaped at shutdown)
-    load_end = _load()
-    assert serial_res is not None and pool_res is not None
-    identical = bool(torch.equal(serial_res.accuracies, pool_res.accuracies))
+    # warm-ups outside the timings: the fork server (imports torch once), the Dask cluster
+    t0 = time.perf_counter()
+    with process_pool(WORKERS) as pool:
+        list(pool.map(abs, range(WORKERS)))
+    forkserver_s = time.perf_counter() - t0
+    client = cluster = None
+    dask_start_s = None
+    if "dask" in args.configs:
+        import dask
+        import distributed
 
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        oracle = diff_roar(factory, (x, y), (xt, yt), (mask.float(), maskt.float()), executor=pool, **common)
-        g = torch.Generator().manual_seed(0)
-        rand = (torch.rand(x.shape, generator=g), torch.rand(xt.shape, generator=g))
-        random_res = diff_roar(factory, (x, y), (xt, yt), rand, executor=pool, **common)
+        t0 = time.perf_counter()
+        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+            cluster = distributed.LocalCluster(
+                n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        client = distributed.Client(cluster)
+        client.run(lambda: torch.optim.Adam([torch.zeros(1, requires_grad=True)]))  # import torch._dynamo
+        dask_start_s = time.perf_counter() - t0
 
-    serial_med, pool_med = statistics.median(serial_times), statistics.median(pool_times)
-    report = {
-        "benchmark": "bench_diff_roar",
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "processor": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "device": "cpu",
-            "load_average_start": load_start,
-            "load_average_end": load_end,
-        },
+    executors = {"serial": None, "pool": WORKERS, "dask": client}
+    info = {
+        "load_start": _load(),
         "config": {
-            "data": f"offline BlockMNIST (sklearn digits 0/1): {len(y)} train, {len(yt)} test",
-            "model": f"MLP hidden={tuple(args.hidden)}",
+            "data": f"SYNTHETIC CIFAR-sized: {len(y)} train / {len(yt)} test images 3x32x32, 10 classes "
+            f"(class template at a random quadrant + noise), {data_mb:.0f} MiB of tensors",
+            "model": "SmallCNN: Conv(3,8,3,s2)-ReLU-Conv(8,16,3,s2)-ReLU-Linear(784,10)",
             "trainer": repr(trainer),
             "fractions": list(DIFF_ROAR_FRACTIONS),
             "seeds": list(seeds),
             "cells": n_cells,
-            "workers": args.workers,
+            "workers": WORKERS,
             "repeats": args.repeats,
-            "attribution": "Saliency (|input gradient|) of the standard MLP",
+            "attribution": "Saliency at the predicted label of a SmallCNN trained 3 epochs on the train set",
             "explained_model_test_accuracy": evaluate(model, (xt, yt)),
+            "forkserver_start_s (once per session, not timed)": forkserver_s,
+            "dask_cluster_start_s (not timed)": dask_start_s,
         },
-        "results": {
-            "serial_seconds": serial_times,
-            "pool_seconds": pool_times,
-            "serial_cpu_seconds": serial_cpu,
-            "pool_workers_cpu_seconds": pool_cpu,
-            "serial_median_s": serial_med,
-            "pool_median_s": pool_med,
-            "serial_cells_per_minute": 60.0 * n_cells / serial_med,
-            "pool_cells_per_minute": 60.0 * n_cells / pool_med,
-            "speedup_serial_over_pool": serial_med / pool_med,
-            "serial_cpu_share_of_wall": statistics.median(
-                c / w for c, w in zip(serial_cpu, serial_times, strict=True)
-            ),
-            "identical_numbers_serial_vs_pool": identical,
-            "full_curve_under_10_min_on_pool": pool_med < 600.0,
+    }
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in args.configs}
+    results: dict[str, Any] = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop cleanly: the JSON has the repeats done
+    try:
+        for _ in range(args.repeats):
+            for name in args.configs:
+                w0, c0 = time.perf_counter(), time.process_time()
+                res = diff_roar(model, (x, y), (xt, yt), attr, executor=executors[name], **common)
+                wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+                runs[name].append(
+                    {"wall_s": wall, "coordinator_cpu_s": cpu, **_analyse(res.timings, WORKERS)}
+                )
+                results[name] = res
+                print(f"{name}: {wall:.1f} s wall, load {_load()}", flush=True)
+            _report(args, runs, results, info)
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()  # type: ignore[union-attr]
+
+
+def _report(
+    args: argparse.Namespace,
+    runs: dict[str, list[dict[str, Any]]],
+    results: dict[str, Any],
+    info: dict[str, Any],
+) -> None:
+    """Write the JSON and the figure from the repeats finished so far (called after each repeat)."""
+    load_end = _load()
+    names = [c for c in args.configs if runs[c]]
+    ref = results[names[0]]
+    identical = all(torch.equal(ref.accuracies, results[n].accuracies) for n in names)
+    med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in runs[c][0]} for c in names}
+    summary: dict[str, Any] = {
+        "identical_numbers": identical,
+        "repeats_done": min(len(runs[c]) for c in names),
+    }
+    if "serial" in med:
+        serial_cpu = med["serial"]["cells_cpu_s"]
+        for name in names:
+            if name == "serial":
+                continue
+            summary[name] = {
+                "wall_speedup": med["serial"]["wall_s"] / med[name]["wall_s"],
+                "idle_projection_speedup": serial_cpu / med[name]["idle_projection_s"],
+                "per_cell_overhead_fraction": med[name]["overhead_fraction_of_cell"],
+                "dispatch_gap_fraction": med[name]["dispatch_gap_fraction_of_cell"],
+                "startup_s": med[name]["startup_s"],
+            }
+    load_start = info["load_start"]
+    report = {
+        "benchmark": "bench_diff_roar",
+        "machine": {
+            **describe_machine("cpu"),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
+            "note": "load average above the core count means other jobs shared the cores",
         },
-        "curves": {
-            "saliency": serial_res.to_dict(),
-            "oracle_signal_mask": oracle.to_dict(),
-            "random": random_res.to_dict(),
-        },
+        "config": info["config"],
+        "summary": summary,
+        "median": med,
+        "runs": runs,
+        "curve": ref.to_dict(),
         "note": args.note,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
+    print(json.dumps({"summary": summary, "load": [load_start, load_end]}, indent=1), flush=True)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    oracle.plot(ax=ax, label="oracle signal mask")
-    serial_res.plot(ax=ax, label="saliency (standard MLP)")
-    random_res.plot(ax=ax, label="random")
-    ax.set_title(f"DiffROAR on offline BlockMNIST ({len(seeds)} seeds)", fontsize="medium")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ref.plot(ax=ax1, label="Saliency (SmallCNN)", show_parts=True)
+    ax1.set_title("DiffROAR, synthetic CIFAR-sized data", fontsize="medium")
+    ax2.bar(
+        [n + " wall" for n in names],
+        [med[n]["wall_s"] for n in names],
+        color="tab:blue",
+        label="wall (median)",
+    )
+    if "serial" in med:
+        proj = [med["serial"]["cells_cpu_s"]] + [med[n]["idle_projection_s"] for n in names if n != "serial"]
+        ax2.bar([n + " idle" for n in names], proj, color="tab:green", label="idle-machine projection (CPU)")
+    ax2.set_ylabel("seconds")
+    ax2.set_title(f"66 cells, {WORKERS} workers, load {load_start} -> {load_end}", fontsize="small")
+    ax2.tick_params(axis="x", rotation=30, labelsize="small")
+    ax2.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=90)
-    print(json.dumps(report["results"], indent=1))
+    plt.close(fig)
 
 
 if __name__ == "__main__":
