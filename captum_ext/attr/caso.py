@@ -1,8 +1,17 @@
 """CASO and CAFO (Singla, Wallace, Feng, Feizi, ICML 2019) as Captum attributions.
 
 This module is plumbing only: input/target formatting, validation, batching and bookkeeping. The
-maths lives in :mod:`captum_ext.attr.hessian` (input Hessians) and :mod:`captum_ext.attr.optim` (FISTA, prox,
-lambda1 search).
+maths lives in :mod:`captum_ext.attr.hessian` (input Hessians), :mod:`captum_ext.attr.solvers`
+(Lanczos, certified CG and accelerated prox-gradient) and :mod:`captum_ext.attr.optim` (the paper's
+FISTA, prox, lambda1 search).
+
+Plugging in a curvature operator: ``CASO._operator(graph, mode, rank_tol, max_rank)`` returns a
+``_Curvature(op, gradient, top, upper, lower, rank, n_vjp)``. ``op`` is anything with
+``hvp(v) -> H v`` for ``v`` ``(n, d)`` or ``(n, m, d)`` (:class:`~captum_ext.attr.solvers.CurvatureOperator`).
+``top=None`` makes ``_solve`` estimate ``L`` by Lanczos (``upper`` = Ritz value + residual); a known
+``lower`` bound on ``lambda_min`` (``0.0`` for a PSD Gauss-Newton operator) sets the prox-gradient step.
+A :class:`~captum_ext.attr.hessian.LowRankFactor` gets the Woodbury solve for ``lambda1 = 0``; any
+other operator gets conjugate gradients.
 """
 
 from __future__ import annotations
@@ -1031,5 +1040,10 @@ class CAFO(_ContextAwareAttribution):
             target=graph.target,
             in_window=in_window,
             n_vjp=1,
+            converged=torch.ones(eta.shape, dtype=torch.bool, device=device),  # exact closed form
+            error_bound=torch.zeros(eta.shape, dtype=dtype, device=device),
+            iterations=torch.zeros(eta.shape, dtype=torch.long, device=device),
+            solver="closed_form",
+            extra={"binary_logistic": True} if graph.binary else {},
         )
         return delta.detach(), details
