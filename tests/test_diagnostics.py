@@ -141,3 +141,7 @@ def test_validation():
         hessian_trace(net, x, [0, 1, 2])
     with pytest.raises(ValueError, match="classes"):
         hessian_trace(net, x, 7)
+    bn = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Softplus(), nn.Linear(4, 2)).to(DT).train()
+    with pytest.raises(ValueError, match="eval"):
+        hessian_trace(bn, x, 0)
+    assert hessian_trace(bn.eval(), x, 0, exact=True).trace.shape == (2,)

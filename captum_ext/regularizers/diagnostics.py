@@ -88,9 +88,11 @@ def hessian_trace(
     ``‖∇ₓ f_t(x)‖²`` is returned beside it, since the score-matching objective is
     ``tr ∇²f + ½‖∇f‖²`` (Srinivas & Fleuret, eq. 2).
 
-    The model must treat examples independently (eval mode for BatchNorm): the HVPs of a whole batch
-    are taken through the summed logits. Only ``torch.autograd.grad`` with respect to the inputs is
-    used, so the model's parameters, ``.grad`` fields, buffers and training flags are not changed. A
+    The model must treat examples independently: the HVPs of a whole batch are taken through the
+    summed logits. A model with BatchNorm or Dropout layers in training mode is refused
+    (``ValueError``), as by every metric of the package. Only ``torch.autograd.grad`` with respect to
+    the inputs is used, so the model's parameters, ``.grad`` fields, buffers and training flags are not
+    changed. A
     piecewise-linear (ReLU) network has a zero input Hessian almost everywhere: smooth it first
     (:func:`~captum_ext.regularizers.activations.relu_to_softplus`).
 
@@ -123,6 +125,9 @@ def hessian_trace(
         >>> exact.trace.shape, exact.grad_norm_sq.shape
         (torch.Size([4]), torch.Size([4]))
     """
+    from ..metrics._common import check_eval_mode  # the package's one train-mode policy (lazy: no cycle)
+
+    check_eval_mode(model, "model")
     xs, _ = format_inputs(inputs)
     args = format_additional_args(additional_forward_args)
     if isinstance(n_probes, bool) or int(n_probes) != n_probes or n_probes < 1:
