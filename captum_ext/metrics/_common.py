@@ -48,6 +48,7 @@ __all__ = [
     "explainer_for",
     "forward_batched",
     "format_target",
+    "resolve_attributions",
     "resolve_target",
     "select_output",
 ]
@@ -413,6 +414,50 @@ def compute_attributions(
     out = call_attribution(fn, tup, is_tuple, target, bs, additional_forward_args)
     check_like(out, tup, "attributions")
     return out if is_tuple else out[0]
+
+
+def resolve_attributions(
+    attributions: Any,
+    inputs: TensorOrTuple,
+    target: Tensor | None,
+    *,
+    additional_forward_args: Any = None,
+    attribute_kwargs: dict[str, Any] | None = None,
+    max_examples_per_batch: int | None = None,
+) -> tuple[Tensor, ...]:
+    """Attributions given as tensors or as an attribution callable, as a checked tuple of tensors.
+
+    A callable is run with :func:`compute_attributions` (in batches, with ``target``); tensors are
+    taken as they are. Either way every tensor must have its input's shape and be finite.
+
+    Returns:
+        One detached-or-given tensor per input.
+
+    Raises:
+        TypeError: neither tensors nor a callable.
+        ValueError: shapes unlike the inputs, NaN or infinite values.
+    """
+    tup, _ = format_inputs(inputs)
+    if isinstance(attributions, (Tensor, tuple)):
+        attrs = attributions
+    elif callable(attributions):
+        attrs = compute_attributions(
+            attributions,
+            inputs,
+            target,
+            additional_forward_args=additional_forward_args,
+            attribute_kwargs=attribute_kwargs,
+            max_examples_per_batch=max_examples_per_batch,
+        )
+    else:
+        raise TypeError(
+            "attributions must be a tensor, a tuple of tensors or a function, got "
+            f"{type(attributions).__name__}"
+        )
+    attrs_t = attrs if isinstance(attrs, tuple) else (attrs,)
+    check_like(attrs_t, tup, "attributions")
+    check_finite(attrs_t, "attributions")
+    return attrs_t
 
 
 def format_forward_args(additional_forward_args: Any) -> tuple[Any, ...]:

@@ -22,7 +22,6 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_ext._format import TensorOrTuple, format_additional_args, format_inputs, select_additional_args
-from captum_ext.metrics._attribution import check_like
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
@@ -32,8 +31,8 @@ from captum_ext.metrics._common import (
     check_finite,
     check_labels,
     check_not_empty,
-    compute_attributions,
     forward_batched,
+    resolve_attributions,
 )
 from captum_ext.metrics._masking import UnitLayout, format_baselines, rank_units, select_baselines
 from captum_ext.metrics.similarity import AttrLike
@@ -173,22 +172,14 @@ def aopc(
     clean = forward_batched(forward_func, tup, args, max_examples_per_batch)
     tgt = clean.argmax(dim=1) if target is None else check_labels(target, n, clean.shape[1]).to(clean.device)
 
-    if isinstance(attributions, (Tensor, tuple)):
-        attr = attributions
-    elif callable(attributions):
-        attr = compute_attributions(
-            attributions,
-            inputs,
-            tgt,
-            additional_forward_args=additional_forward_args,
-            attribute_kwargs=attribute_kwargs,
-            max_examples_per_batch=max_examples_per_batch,
-        )
-    else:
-        raise TypeError("attributions must be a tensor, a tuple of tensors or a function")
-    attr_t = attr if isinstance(attr, tuple) else (attr,)
-    check_like(attr_t, tup, "attributions")
-    check_finite(attr_t, "attributions")
+    attr_t = resolve_attributions(
+        attributions,
+        inputs,
+        tgt,
+        additional_forward_args=additional_forward_args,
+        attribute_kwargs=attribute_kwargs,
+        max_examples_per_batch=max_examples_per_batch,
+    )
     rank = rank_units(layout.scores(attr_t))  # ties: lower index first
 
     bs = n if max_examples_per_batch is None else max_examples_per_batch

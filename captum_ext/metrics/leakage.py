@@ -18,16 +18,14 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._format import format_inputs
-from ._attribution import check_like
 from ._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
     check_eval_mode,
-    check_finite,
     check_not_empty,
-    compute_attributions,
     format_target,
+    resolve_attributions,
 )
 from ._masking import UnitLayout, counts_for_fractions, rank_units
 
@@ -192,23 +190,18 @@ def feature_leakage(
             k = int(top_k)
             if not 1 <= k <= layout.total:
                 raise ValueError(f"top_k must lie in [1, {layout.total}], got {top_k}")
-    if callable(attributions):
-        t = None
-        if target is not None:
-            t = format_target(target, n, (n, 2**62))
-            t = t[:, 0] if t.shape[1] == 1 else t  # type: ignore[union-attr]
-        attrs = compute_attributions(
-            attributions,
-            inputs,
-            t,
-            additional_forward_args=additional_forward_args,
-            max_examples_per_batch=max_examples_per_batch,
-        )
-    else:
-        attrs = attributions
-    attrs_t = attrs if isinstance(attrs, tuple) else (attrs,)
-    check_like(attrs_t, xs, "feature_leakage")
-    check_finite(attrs_t, "attributions")
+    t = None
+    if callable(attributions) and target is not None:
+        # no model here to range-check against: the attribution method checks the range
+        t = format_target(target, n, (n, 2**62))
+        t = t[:, 0] if t.shape[1] == 1 else t  # type: ignore[union-attr]
+    attrs_t = resolve_attributions(
+        attributions,
+        inputs,
+        t,
+        additional_forward_args=additional_forward_args,
+        max_examples_per_batch=max_examples_per_batch,
+    )
     scores = layout.scores(attrs_t)
     leak = leakage_from_scores(scores, signal, k, torch.Generator().manual_seed(seed))
     return LeakageResult(leakage=leak, top_k=k, units=layout.total)

@@ -19,7 +19,6 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._format import format_additional_args, format_inputs, run_forward, select_additional_args
-from ._attribution import check_like
 from ._common import (
     NOT_IN_DICT,
     MetricResult,
@@ -29,8 +28,8 @@ from ._common import (
     check_finite,
     check_labels,
     check_not_empty,
-    compute_attributions,
     forward_batched,
+    resolve_attributions,
 )
 from ._masking import (
     UnitLayout,
@@ -199,19 +198,13 @@ def pixel_perturbation(
     base_correct = (clean.argmax(dim=1) == tgt).cpu()
     base_probs = torch.softmax(clean, dim=1).gather(1, tgt[:, None])[:, 0].cpu()
 
-    if callable(attributions):
-        attrs = compute_attributions(
-            attributions,
-            inputs,
-            tgt.to(xs[0].device),
-            additional_forward_args=additional_forward_args,
-            max_examples_per_batch=max_examples_per_batch,
-        )
-    else:
-        attrs = attributions
-    attrs_t = attrs if isinstance(attrs, tuple) else (attrs,)
-    check_like(attrs_t, xs, "attributions")
-    check_finite(attrs_t, "attributions")
+    attrs_t = resolve_attributions(
+        attributions,
+        inputs,
+        tgt.to(xs[0].device),
+        additional_forward_args=additional_forward_args,
+        max_examples_per_batch=max_examples_per_batch,
+    )
     rank = rank_units(layout.scores(attrs_t), torch.Generator().manual_seed(seed))
     which = "bottom" if order == "least" else "top"
 
