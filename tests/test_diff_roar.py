@@ -462,6 +462,8 @@ def test_dask_local_cluster_gives_the_same_numbers(toy):
 def test_bad_executor_is_refused(toy):
     with pytest.raises(TypeError, match="executor"):
         _toy_run(toy, executor="dask")
+    with pytest.raises(TypeError, match="pickle"):  # found before any worker starts
+        _toy_run(toy, executor=2, trainer=Trainer(epochs=1, loss_fn=lambda o, t: F.cross_entropy(o, t)))
     with cf.ThreadPoolExecutor(2) as threads, pytest.raises(TypeError, match="thread"):
         _toy_run(toy, executor=threads)  # cells seed torch's global RNG: threads would race
     with pytest.raises(ValueError, match="executor"):

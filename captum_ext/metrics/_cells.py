@@ -494,10 +494,21 @@ class _SharedRef:
     path: str | None = None
 
 
-def _install_shared(token: str, shared: Any) -> None:
-    """Process-pool initializer: keep ``shared`` in the worker (it arrives once per worker)."""
+def _install_shared(token: str, blob: bytes) -> None:
+    """Process-pool initializer: unpickle ``shared`` in the worker (it arrives once per worker)."""
     _WORKER_SHARED.clear()
-    _WORKER_SHARED[token] = shared
+    _WORKER_SHARED[token] = pickle.loads(blob)
+
+
+def _pickled(shared: Any) -> bytes:
+    try:
+        return pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError) as err:
+        raise TypeError(
+            f"executor: the data of the cells cannot be sent to worker processes ({err}); a model "
+            "factory, trainer or loss function defined inside a function or as a lambda does not "
+            "pickle: define it at module level (or use functools.partial), or use executor=None"
+        ) from err
 
 
 def _resolve(shared: Any) -> Any:
@@ -549,7 +560,7 @@ def process_pool(workers: int, shared: Any = None, token: str = "") -> cf.Proces
         raise ValueError(f"executor: the number of worker processes must be >= 1, got {workers}")
     kwargs: dict[str, Any] = {}
     if shared is not None:
-        kwargs = {"initializer": _install_shared, "initargs": (token, shared)}
+        kwargs = {"initializer": _install_shared, "initargs": (token, _pickled(shared))}
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), **kwargs)
 
 
@@ -719,9 +730,11 @@ def run_cells(
                 workers = getattr(executor, "_max_workers", None)
             else:
                 pool = executor
+                blob = _pickled(shared)
                 fd, tmp_file = tempfile.mkstemp(prefix="captum_ext-cells-", suffix=".pkl")
                 with os.fdopen(fd, "wb") as fh:
-                    pickle.dump(shared, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                    fh.write(blob)
+                del blob
                 ref = _SharedRef(token, tmp_file)
                 workers = getattr(executor, "_max_workers", None)
             limit = max_in_flight or (2 * workers if workers else 8)

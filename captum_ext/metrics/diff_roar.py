@@ -34,8 +34,8 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from .._format import format_additional_args
-from ..training import Trainer, as_tensors
+from .._format import format_additional_args, select_additional_args
+from ..training import Trainer, as_tensors, evaluate
 from ._cells import CellCache, fingerprint, run_cells
 from ._common import (
     NOT_IN_DICT,
@@ -342,9 +342,7 @@ def run_cell(d: _Shared, cell: dict[str, Any]) -> float:
             _check_architecture(model, d.architecture, "model_factory")
             trained = d.trainer(model, (train_x, d.train_y), cell["seed"])
         trained = model if trained is None else trained
-        if isinstance(trained, nn.Module):
-            trained.eval()
-        return _accuracy(trained, test_x, d.test_y, d.eval_batch_size)
+        return float(evaluate(trained, (test_x, d.test_y), batch_size=d.eval_batch_size))
     finally:
         if d.threads is not None:
             torch.set_num_threads(old_threads)
@@ -374,8 +372,14 @@ def _as_pair(data: Any, name: str) -> tuple[Tensor, Tensor]:
 
 
 def _num_classes(model: Callable[..., Tensor], x: Tensor, args: tuple[Any, ...], what: str) -> int:
+    device = (
+        next((p.device for p in model.parameters()), x.device) if isinstance(model, nn.Module) else x.device
+    )
+    n = min(2, x.shape[0])
     with torch.no_grad():
-        out = forward_batched(model, (x[:2],), args)
+        out = forward_batched(
+            model, (x[:n].to(device),), select_additional_args(args, x.shape[0], torch.arange(n))
+        )
     if out.dim() != 2:
         raise ValueError(f"{what} must return (batch, classes) scores, got shape {tuple(out.shape)}")
     return int(out.shape[1])
