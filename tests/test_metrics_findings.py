@@ -354,3 +354,23 @@ def test_no_metric_changes_the_model_also_when_it_raises(name, untouched):
     net.train()  # the one train-mode policy: refused before the model is touched
     with untouched(net), pytest.raises(ValueError, match="training mode"):
         ok()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_metrics_follow_the_inputs_device():
+    net = Recorder(8).cuda()
+    x, attr, y = (t.cuda() for t in _data())
+    base = torch.rand(x.shape, dtype=DT, device="cuda")
+    pp = pixel_perturbation(
+        net, x, attr, target=y, baselines=base, fractions=(0.5,), max_examples_per_batch=4
+    )
+    ref = pixel_perturbation(
+        net.cpu(), x.cpu(), attr.cpu(), target=y.cpu(), baselines=base.cpu(), fractions=(0.5,)
+    )
+    net.cuda()
+    assert torch.equal(pp.correct, ref.correct)
+    torch.testing.assert_close(pp.probs, ref.probs, rtol=0, atol=1e-12)  # float64 on both devices
+    ao = aopc(net, x, attr, target=y, baselines=base, steps=(2,), max_examples_per_batch=4)
+    assert ao.aopc.device.type == "cuda"
+    fl = feature_leakage(x, attr, x > 0.5, top_k=2)
+    assert fl.leakage.shape == (6,)
