@@ -42,6 +42,8 @@ from .._format import (
     select_additional_args,
 )
 from .._model_state import has_stochastic_or_batch_layers
+from .cost_model import default_max_memory, expected_products, kept_ranks, plan_auto
+from .gauss_newton import GaussNewtonHessian
 from .hessian import (
     DEFAULT_RANK_TOL,
     ExactHessian,
@@ -55,6 +57,7 @@ from .hessian import (
     unflatten_features,
 )
 from .optim import caso_objective, fista, soft_threshold, sparsity_ratio, sparsity_search
+from .packed_factor import plan_rank_groups
 from .solvers import (
     SolveResult,
     accelerated_prox_gradient,
@@ -64,7 +67,7 @@ from .solvers import (
     lanczos_extremes,
 )
 
-HessianMode = Literal["auto", "closed_form", "exact"]
+HessianMode = Literal["auto", "closed_form", "gauss_newton", "exact"]
 SolverMode = Literal["certified", "paper"]
 
 
@@ -81,7 +84,7 @@ class AttributionDetails:
         objective: maximised objective ``g.D + 1/2 D.HD - lambda1|D|_1 - lambda2|D|^2`` at the solution.
         top_eigenvalue: ``L``, the largest eigenvalue of the input Hessian (0 for CAFO).
         rank: rank of the Hessian factor each example needed (closed form), else 0.
-        hessian: ``"closed_form"``, ``"exact"`` or ``"none"`` (CAFO).
+        hessian: ``"closed_form"``, ``"gauss_newton"``, ``"exact"`` or ``"none"`` (CAFO).
         target: class whose loss was explained.
         in_window: for the sparsity search, whether the chosen sparsity lies in the window.
         probe_gap: for ``hessian="auto"``, relative curvature of the logits along a random direction
@@ -95,7 +98,11 @@ class AttributionDetails:
             nets with ``rank_tol=0``). With a sparsity search: the worst over the candidates solved.
         iterations: solver iterations used (0 for closed forms).
         solver: ``"certified"``, ``"paper"`` (fixed iterations) or ``"closed_form"`` (CAFO).
-        extra: notes, e.g. ``"fallback"`` (why ``auto`` took the closed form without a curvature probe),
+        extra: notes, e.g. ``"auto"`` (the cost model's choice, predicted cost per path in backward
+            passes, predicted memory, budget; see :meth:`~captum_ext.attr.cost_model.AutoPlan.summary`),
+            ``"factor_groups"`` (sizes of the example groups the factor was built in, to fit
+            ``max_memory`` or to pack ranks), ``"fallback"`` (why ``auto`` took the closed form without
+            a curvature probe),
             ``"binary_logistic"`` (single-logit model), ``"lambda2_raised"`` (times ``L`` was raised).
     """
 
@@ -333,6 +340,7 @@ class _ContextAwareAttribution(GradientAttribution):
                         t = run_forward(self.forward_func, xs, a).argmax(1)
                 if t is not None:
                     graph.target = t.repeat_interleave(self._samples)
+                self._chunk_args = a_e
                 flat, det = self._solve(graph, lambda1_grid, **solve_kwargs)
                 outs.append(unflatten_features(flat, xs))
                 details.append(det)
@@ -458,6 +466,7 @@ _CASO_DEFAULTS: dict[str, Any] = dict(
     sparsity=None,
     n_power_iter=10,
     max_rank=None,
+    max_memory=None,
 )
 
 
@@ -468,8 +477,12 @@ def _caso_kwargs(**kwargs: Any) -> dict[str, Any]:
         raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
     kw = {**_CASO_DEFAULTS, **kwargs}
     _ContextAwareAttribution._check_sparsity(kw["sparsity"])
-    if kw["hessian"] not in ("auto", "closed_form", "exact"):
-        raise ValueError(f"hessian must be 'auto', 'closed_form' or 'exact', got {kw['hessian']!r}")
+    if kw["hessian"] not in ("auto", "closed_form", "gauss_newton", "exact"):
+        raise ValueError(
+            f"hessian must be 'auto', 'closed_form', 'gauss_newton' or 'exact', got {kw['hessian']!r}"
+        )
+    if kw["max_memory"] is not None and (int(kw["max_memory"]) != kw["max_memory"] or kw["max_memory"] < 1):
+        raise ValueError(f"max_memory must be a positive number of bytes or None, got {kw['max_memory']}")
     if kw["solver"] not in ("certified", "paper"):
         raise ValueError(f"solver must be 'certified' or 'paper', got {kw['solver']!r}")
     if kw["solver"] == "paper":
@@ -515,10 +528,15 @@ class CASO(_ContextAwareAttribution):
       in closed form (Woodbury), and every ``lambda1`` of a sweep reuses the factor.
     * ``"exact"``: Hessian-vector products by double backward (attention under the math kernel) and
       ``L`` by Lanczos; valid for any twice-differentiable model (softplus, GELU, attention, ...).
-    * ``"auto"`` (default): one double-backward probe decides; the closed form is used when the logits
-      have no curvature (piecewise-linear nets). Layers without a double-backward kernel (e.g.
-      ``Hardsigmoid``) make ``auto`` take the closed form, with a warning and a note in
-      ``last_details.extra["fallback"]``.
+    * ``"gauss_newton"``: matrix-free products ``J^T A (J v)`` (one Jacobian-vector and one
+      vector-Jacobian product each, :class:`~captum_ext.attr.gauss_newton.GaussNewtonHessian`): the
+      closed form's Hessian without its ``d x r`` memory or ``r + 1`` backward passes; ``L`` by Lanczos.
+    * ``"auto"`` (default): one double-backward probe tells piecewise-linear nets (where the factor and
+      Gauss-Newton paths are exact) from curved ones (only ``"exact"`` is correct); then the cost model
+      (:mod:`~captum_ext.attr.cost_model`) takes the correct path with the least predicted work that
+      fits ``max_memory``, and reports its choice and predictions in ``last_details.extra["auto"]``.
+      Layers without a double-backward kernel (e.g. ``Hardsigmoid``) skip the probe and assume a
+      piecewise-linear net, with a warning and a note in ``last_details.extra["fallback"]``.
 
     ``solver="certified"`` (default) returns the optimum to ``tol`` (relative error, default 1e-8 in
     float64 and 1e-4 in float32): ``lambda1 = 0`` by conjugate gradients (Woodbury on the closed form),
@@ -582,6 +600,7 @@ class CASO(_ContextAwareAttribution):
         n_power_iter: int = 10,
         internal_batch_size: int | None = None,
         max_rank: int | None = None,
+        max_memory: int | None = None,
     ) -> TensorOrTuple:
         r"""Compute CASO attributions.
 
@@ -599,7 +618,8 @@ class CASO(_ContextAwareAttribution):
             n_iter: FISTA iterations of ``solver="paper"`` (default 10); not used otherwise.
             lr, decay: initial step and backtracking factor of ``solver="paper"`` (paper: 0.1, 0.5);
                 ``decay`` also shrinks the certified solver's step where the curvature bound is loose.
-            hessian: ``"auto"``, ``"closed_form"`` or ``"exact"`` (see the class docstring).
+            hessian: ``"auto"``, ``"closed_form"``, ``"gauss_newton"`` or ``"exact"`` (see the class
+                docstring).
             rank_tol: relative spectral mass of ``A = diag(p) - pp^T`` the closed form may drop.
                 The Hessian error is at most ``rank_tol * tr(A) * ||J||_2^2`` (default 1e-3);
                 0 keeps the whole spectrum (exact for piecewise-linear nets).
@@ -610,6 +630,11 @@ class CASO(_ContextAwareAttribution):
             internal_batch_size: examples per chunk, to bound memory for large inputs or many
                 classes (the factor holds ``rank`` input-sized vectors per example).
             max_rank: hard cap (>= 1) on the closed-form rank (memory); exactness is lost beyond it.
+            max_memory: bytes the Hessian's own buffers may take (the factor ``B`` and its VJP buffer,
+                or the iterates of the matrix-free paths; not the model's activations). Default: a
+                quarter of RAM up to 8 GiB on CPU, half the free memory on CUDA. ``hessian="auto"``
+                never picks a path predicted not to fit; ``"closed_form"`` builds the factor in
+                groups of examples that fit (same result).
 
         Returns:
             Attributions shaped like ``inputs`` (tuple in, tuple out).
@@ -629,6 +654,7 @@ class CASO(_ContextAwareAttribution):
             sparsity=sparsity,
             n_power_iter=n_power_iter,
             max_rank=max_rank,
+            max_memory=max_memory,
         )
         out, is_tuple = self._run(
             inputs, target, additional_forward_args, None, internal_batch_size, kw, sweep=False
@@ -688,6 +714,10 @@ class CASO(_ContextAwareAttribution):
             factor = group_mean_factor(per_copy, s)
             top = factor.top_eigenvalue()
             return _Curvature(factor, factor.gradient, top, top, 0.0, factor.rank, per_copy.B.shape[2] + 1)
+        if mode == "gauss_newton":  # PSD: lambda_min >= 0
+            gn = GaussNewtonHessian(graph, samples=s)
+            rank = torch.zeros(graph.n // s, dtype=torch.long, device=graph.logits.device)
+            return _Curvature(gn, gn.gradient, None, None, 0.0, rank, 2)
         exact = ExactHessian(graph, samples=s)
         n = graph.n // s
         rank = torch.zeros(n, dtype=torch.long, device=graph.logits.device)
@@ -713,10 +743,28 @@ class CASO(_ContextAwareAttribution):
         sparsity,
         n_power_iter,
         max_rank,
+        max_memory,
     ):
         dtype, device = graph.dtype, graph.logits.device
         s = self._samples
+        budget = default_max_memory(device) if max_memory is None else int(max_memory)
         mode, probe_gap, extra = self._choose_mode(graph, hessian)
+        if hessian == "auto":
+            n_values = 1 if lambda1_grid is None else lambda1_grid(1, device, dtype).shape[1]
+            zero = sparsity is None and bool((torch.as_tensor(lambda1) == 0).all()) and lambda1_grid is None
+            products = expected_products(n_values, zero, solver, n_power_iter, n_iter or 10)
+            d = sum(x[0].numel() for x in graph.inputs)
+            itemsize = graph.logits.element_size()
+            plan = plan_auto(graph.probs, d, itemsize, mode == "closed_form", products, budget)
+            extra["auto"] = plan.summary()
+            mode = plan.path
+        if mode == "closed_form" and s == 1 and graph.n > 1:
+            groups = self._factor_groups(graph, rank_tol, max_rank, budget)
+            if groups is not None:
+                kw = dict(lambda1=lambda1, lambda2=lambda2, c1=c1, solver=solver, tol=tol, max_iter=max_iter)
+                kw.update(n_iter=n_iter, lr=lr, decay=decay, rank_tol=rank_tol, sparsity=sparsity)
+                kw.update(n_power_iter=n_power_iter, max_rank=max_rank, max_memory=None)
+                return self._solve_groups(graph, groups, lambda1_grid, kw, extra)
         curv = self._operator(graph, mode, rank_tol, max_rank)
         op, g = curv.op, curv.gradient
         n = g.shape[0]
@@ -798,6 +846,42 @@ class CASO(_ContextAwareAttribution):
             extra=extra,
         )
         return delta.detach(), details
+
+    @staticmethod
+    def _factor_groups(
+        graph: LossGraph, rank_tol: float, max_rank: int | None, budget: int
+    ) -> list[Tensor] | None:
+        """Groups of examples whose factors fit ``budget`` (None when the whole batch fits)."""
+        d = sum(x[0].numel() for x in graph.inputs)
+        ranks = kept_ranks(graph.probs, rank_tol, max_rank)
+        plan = plan_rank_groups(ranks, d, graph.logits.element_size(), budget)
+        return plan.groups if len(plan.groups) > 1 else None
+
+    def _solve_groups(self, graph, groups, lambda1_grid, kw, extra) -> tuple[Tensor, AttributionDetails]:
+        """Solve each group of examples on its own forward graph; results in the batch's order."""
+        n = graph.n
+        lam1 = torch.as_tensor(kw["lambda1"])
+        deltas, parts = [], []
+        for idx in groups:
+            i = idx.to(graph.logits.device)
+            xs = tuple(x.detach().index_select(0, i) for x in graph.inputs)
+            args = select_additional_args(self._chunk_args, n, i)
+            sub = build_loss_graph(self.forward_func, xs, args, graph.target.index_select(0, i))
+            sub_kw = {**kw, "lambda1": lam1[idx] if lam1.dim() == 1 else kw["lambda1"]}
+            delta, det = self._solve(sub, lambda1_grid, hessian="closed_form", **sub_kw)
+            deltas.append(delta)
+            parts.append(det)
+        graph.release()
+        inverse = torch.argsort(torch.cat(groups)).to(graph.logits.device)
+        det = AttributionDetails.concat(parts)
+        for name in ("lambda1", "lambda2", "sparsity", "objective", "top_eigenvalue", "rank", "target"):
+            setattr(det, name, getattr(det, name).index_select(0, inverse.to(getattr(det, name).device)))
+        for name in ("in_window", "probe_gap", "converged", "error_bound", "iterations"):
+            val = getattr(det, name)
+            if val is not None:
+                setattr(det, name, val.index_select(0, inverse.to(val.device)))
+        det.extra = {**extra, **det.extra, "factor_groups": [len(g) for g in groups]}
+        return torch.cat(deltas).index_select(0, inverse), det
 
     def _choose_mode(self, graph: LossGraph, hessian: str) -> tuple[str, Tensor | None, dict[str, Any]]:
         extra: dict[str, Any] = {}
