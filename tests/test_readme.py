@@ -7,6 +7,7 @@ the earlier blocks are run once and shared.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -76,9 +77,16 @@ def test_quickstart_model_learns():
 _LINK = re.compile(r"\]\(([^)\s]+)\)|^\[[^\]]+\]:\s*(\S+)|<img[^>]+src=\"([^\"]+)\"", re.M)
 
 
+def _markdown_of(path: Path) -> str:
+    if path.suffix == ".ipynb":  # a notebook's links live in its markdown cells
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return path.read_text(encoding="utf-8")
+
+
 def _relative_links(path: Path) -> list[str]:
     out = []
-    for groups in _LINK.findall(path.read_text(encoding="utf-8")):
+    for groups in _LINK.findall(_markdown_of(path)):
         link = next(g for g in groups if g)
         if re.match(r"^[a-z][a-z0-9+.-]*:", link) or link.startswith("#"):
             continue  # an external URL (arxiv.org, captum.ai, ...) or an anchor
@@ -88,7 +96,15 @@ def _relative_links(path: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     "doc",
-    ["README.md", "CONTRIBUTING.md", "CHANGELOG.md", "docs/design.md", "tutorials/README.md"],
+    [
+        "README.md",
+        "CONTRIBUTING.md",
+        "CHANGELOG.md",
+        "docs/design.md",
+        "tutorials/README.md",
+        "benchmarks/REPRODUCTIONS.md",
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tutorials").glob("*.ipynb")),
+    ],
 )
 def test_links_stay_inside_the_repository(doc):
     path = ROOT / doc
