@@ -326,7 +326,7 @@ def markdown_rows(report: dict[str, Any], key: str = "claims", label: str = "") 
     return rows
 
 
-if __name__ == "__main__":  # python benchmarks/_repro.py results/reproduce_x.json ... -> markdown rows
+if __name__ == "__main__":  # python -m benchmarks._repro benchmarks/results/reproduce_x.json ... -> rows
     import sys
 
     for arg in sys.argv[1:]:
