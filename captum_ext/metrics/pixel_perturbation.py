@@ -33,6 +33,7 @@ from ._common import (
 )
 from ._masking import (
     UnitLayout,
+    check_fractions,
     counts_for_fractions,
     format_baselines,
     keep_mask_from_rank,
@@ -180,14 +181,12 @@ def pixel_perturbation(
     if order not in ("least", "most"):
         raise ValueError(f"order must be 'least' or 'most', got {order!r}")
     check_batch_size(max_examples_per_batch)
-    xs, is_tuple = format_inputs(inputs)
+    xs, _ = format_inputs(inputs)
     n = check_not_empty(xs)
     check_finite(xs, "inputs")
     layout = UnitLayout.of(xs, aggregate, channel_dim)
-    counts = counts_for_fractions(fractions, layout.total, "removed")
-    fracs = (
-        tuple(float(f) for f in fractions) if not isinstance(fractions, (int, float)) else (float(fractions),)
-    )
+    fracs = check_fractions(fractions)
+    counts = counts_for_fractions(fracs, layout.total, "removed")
     fills = format_baselines(baselines, xs)
     extra = format_additional_args(additional_forward_args)
     bs = n if max_examples_per_batch is None else max_examples_per_batch
