@@ -115,7 +115,9 @@ def test_presets_and_config_checks():
     with pytest.raises(ValueError, match="c1"):
         DemoConfig(c1=0.0).check()
     with pytest.raises(ValueError, match="n_metric_test"):
-        DemoConfig(n_metric_test=4).check()
+        DemoConfig(n_metric_test=0).check()
+    with pytest.raises(ValueError, match="caso_tol"):
+        DemoConfig(caso_tol=0.0).check()
     with pytest.raises(ValueError, match="threads"):
         run_demo("unused", threads=0)
 
@@ -211,6 +213,11 @@ def _fake_numbers() -> dict:
         },
         "attributions": {
             "hessian": "closed_form",
+            "n_scored": 4,
+            "sparsity_window_hit": 3,
+            "sparse_caso_converged": 5,
+            "sparse_caso_solves": 6,
+            "sparse_caso_max_error_bound": 9.87e-5,
             "methods": per_method,
             "per_image": [image, dict(image, confident=True, cos_caso_cafo=1.0)],
         },
@@ -268,6 +275,8 @@ def test_report_prints_every_number():
         "![CASO vs CAFO](caso_vs_cafo.png)",
         "| 50% | " + " | ".join(["0.679"] * len(demo.METHODS)) + " | 0.123 |",
         "| random | 0.123 | 0.556 | n/a |",
+        "hit on 3 of 4 scored images; the others take the candidate closest to it",
+        "converged on 5 of 6 images, with a certified relative error of at most 9.9e-05",
     ):
         assert piece in text, piece
     for method in demo.METHODS:

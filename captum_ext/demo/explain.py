@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .config import METHODS, SPARSITY_WINDOW, DemoConfig
 
-__all__ = ["Maps", "attribution_maps", "caso_maps", "probe_hessian"]
+__all__ = ["Maps", "attribution_maps", "dense_caso_cafo", "probe_hessian"]
 
 Method = Callable[[Tensor, Tensor], Tensor]
 
@@ -31,8 +31,10 @@ class Maps:
         maps: method name -> maps shaped like the inputs (detached).
         wall: method name -> wall-clock seconds.
         cpu: method name -> CPU seconds of this process (``time.process_time``).
-        details: per-image lists from CASO's ``last_details``: ``top_eigenvalue`` and
-            ``hessian_rank`` (dense CASO), ``lambda1`` and ``zeros`` (sparse CASO).
+        details: per-image lists from sparse CASO's ``last_details``: ``lambda1``, ``zeros``,
+            ``in_window`` (1.0 where the sparsity search hit its window), ``converged`` (1.0 where
+            the solver reached its tolerance) and ``error_bound`` (certified bound on the relative
+            error of the map).
     """
 
     maps: dict[str, Tensor]
@@ -63,13 +65,7 @@ def _methods(
     from ..attr import CAFO, CASO
 
     nt = dict(nt_type="smoothgrad", nt_samples=nt_samples, stdevs=cfg.nt_stdev)
-    caso_kw = dict(c1=cfg.c1, hessian=hessian)
-
-    def dense_caso(a: Tensor, b: Tensor) -> Tensor:
-        caso = CASO(model)
-        out = caso.attribute(a, target=b, **caso_kw)
-        sink["dense"].append(caso.last_details)
-        return out
+    caso_kw = dict(c1=cfg.c1, hessian=hessian, tol=cfg.caso_tol)
 
     def sparse_caso(a: Tensor, b: Tensor) -> Tensor:
         caso = CASO(model)
@@ -90,7 +86,7 @@ def _methods(
             max(1, 256 // nt_samples),
         ),
         "CAFO": (lambda a, b: CAFO(model).attribute(a, target=b), 512),
-        "CASO": (dense_caso, 256),
+        "CASO": (lambda a, b: CASO(model).attribute(a, target=b, **caso_kw), 256),
         "sparse CASO": (sparse_caso, 64),
         # one image per call: the fastest on CPU (the noisy copies of larger batches crowd the cache)
         "SmoothCASO": (
@@ -122,7 +118,7 @@ def attribution_maps(
         model: the float64 model to explain (eval mode, parameters frozen).
         x: ``(N, 1, H, W)`` float64 images.
         y: ``(N,)`` true classes (the explained targets).
-        cfg: the run's configuration (``c1``, ``ig_steps``, ``nt_stdev``).
+        cfg: the run's configuration (``c1``, ``caso_tol``, ``ig_steps``, ``nt_stdev``).
         nt_samples: NoiseTunnel samples of SmoothGrad and SmoothCASO.
         seed: seed of the NoiseTunnel noise (one stream per method).
         hessian: CASO's Hessian path (see :func:`probe_hessian`).
@@ -135,7 +131,7 @@ def attribution_maps(
     from tqdm.auto import tqdm
 
     x = x.detach()
-    sink: dict[str, list[Any]] = {"dense": [], "sparse": []}
+    sink: dict[str, list[Any]] = {"sparse": []}
     out = Maps(maps={})
     for i, (name, (run, chunk)) in enumerate(_methods(model, cfg, nt_samples, hessian, sink).items()):
         torch.manual_seed(seed + 1000 + i)  # the noise of the NoiseTunnel methods
@@ -149,27 +145,41 @@ def attribution_maps(
         out.wall[name] = time.perf_counter() - t0
         out.cpu[name] = time.process_time() - c0
 
-    def field_of(kind: str, attr: str) -> list[float]:
-        return torch.cat([getattr(d, attr).detach().cpu().flatten() for d in sink[kind]]).tolist()
+    def field_of(attr: str) -> list[float]:
+        return torch.cat(
+            [getattr(d, attr).detach().cpu().flatten().double() for d in sink["sparse"]]
+        ).tolist()
 
     out.details = {
-        "top_eigenvalue": field_of("dense", "top_eigenvalue"),
-        "hessian_rank": field_of("dense", "rank"),
-        "lambda1": field_of("sparse", "lambda1"),
-        "zeros": field_of("sparse", "sparsity"),
+        "lambda1": field_of("lambda1"),
+        "zeros": field_of("sparsity"),
+        "in_window": field_of("in_window"),
+        "converged": field_of("converged"),
+        "error_bound": field_of("error_bound"),
     }
     return out
 
 
-def caso_maps(model: nn.Module, x: Tensor, y: Tensor, c1: float, hessian: str, chunk: int = 256) -> Tensor:
-    """Dense CASO maps (``lambda1 = 0``) with margin ``c1``, e.g. the paper's 10 for comparison."""
-    from ..attr import CASO
+def dense_caso_cafo(
+    model: nn.Module, x: Tensor, y: Tensor, c1_values: tuple[float, ...], hessian: str, chunk: int = 256
+) -> tuple[Tensor, dict[float, Tensor], Tensor, Tensor]:
+    """Dense CAFO and CASO maps (``lambda1 = 0``: closed-form solves), CASO for each margin ``c1``.
 
-    caso = CASO(model)
-    parts = [
-        caso.attribute(
-            x[s : s + chunk].detach().requires_grad_(), target=y[s : s + chunk], c1=c1, hessian=hessian
-        )
-        for s in range(0, len(x), chunk)
-    ]
-    return torch.cat([p.detach() for p in parts])
+    Returns:
+        ``(cafo, caso, top_eigenvalue, rank)``: CAFO's maps, ``c1 -> CASO's maps``, and per image
+        the top eigenvalue ``L`` of the input Hessian of the loss and the rank of its closed-form
+        factor (0 on the exact path).
+    """
+    from ..attr import CAFO, CASO
+
+    cafo, tops, ranks = [], [], []
+    caso: dict[float, list[Tensor]] = {c1: [] for c1 in c1_values}
+    for s in range(0, len(x), chunk):
+        xs, ys = x[s : s + chunk].detach().requires_grad_(), y[s : s + chunk]
+        cafo.append(CAFO(model).attribute(xs, target=ys).detach())
+        for c1 in c1_values:
+            solver = CASO(model)
+            caso[c1].append(solver.attribute(xs, target=ys, c1=c1, hessian=hessian).detach())
+        tops.append(solver.last_details.top_eigenvalue.detach().cpu().double())
+        ranks.append(solver.last_details.rank.detach().cpu())
+    return torch.cat(cafo), {c1: torch.cat(v) for c1, v in caso.items()}, torch.cat(tops), torch.cat(ranks)

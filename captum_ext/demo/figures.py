@@ -43,7 +43,7 @@ def attribution_figure(
         for i, r in enumerate(per_image)
     ]
     notes[COLUMN_TITLES["sparse CASO"]] = [
-        f"λ1 {r['caso_lambda1']:.0e}, zeros {r['caso_zeros']:.2f}\nleak {leak['sparse CASO'][i]:.2f}"
+        f"λ1 {r['caso_lambda1']:.0e}, zeros {r['caso_zeros']:.3f}\nleak {leak['sparse CASO'][i]:.2f}"
         for i, r in enumerate(per_image)
     ]
     rows = [
@@ -125,7 +125,7 @@ def caso_vs_cafo_figure(path: Path, comparison: dict[str, Any]) -> Path:
     conf = comparison["confidence"]
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.subplots()
-    for c1, style in ((comparison["paper_c1"], dict(c="0.6", s=10)), (comparison["c1"], dict(c="C3", s=12))):
+    for c1, style in ((comparison["c1"], dict(c="C3", s=12)), (comparison["paper_c1"], dict(c="0.4", s=8))):
         ax.scatter(conf, comparison["dist"][f"{c1:g}"], label=f"c1 = {c1:g}", alpha=0.7, **style)
     for k, (i, p) in enumerate(zip(comparison["shown"], comparison["shown_confidence"], strict=True)):
         ax.annotate(str(k + 1), (p, comparison["dist"][f"{comparison['c1']:g}"][i]), fontsize=8)

@@ -20,7 +20,7 @@ import torch
 from . import scoring
 from .compare import by_confidence, map_difference, select_examples
 from .config import DEFAULT_OUT, PAPER_C1, DemoConfig, demo_cnn, resolve_device
-from .explain import attribution_maps, caso_maps, probe_hessian
+from .explain import attribution_maps, dense_caso_cafo, probe_hessian
 from .figures import attribution_figure, caso_vs_cafo_figure, metrics_figure
 from .report import format_report
 
@@ -160,7 +160,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start, c_start = time.perf_counter(), time.process_time()
-    steps = _Steps(8, verbose)
+    steps = _Steps(8, verbose)  # the number of steps in _pipeline
     old_threads = torch.get_num_threads()
     try:
         if threads is not None:
@@ -226,41 +226,26 @@ def _pipeline(
             "parameters": sum(p.numel() for p in model.parameters()),
         }
 
-    n_te = x_te.shape[0] if cfg.n_metric_test is None else min(cfg.n_metric_test, x_te.shape[0])
-    xm, ym, mm = x_te[:n_te], y_te[:n_te], m_te[:n_te]
-    xm64 = xm.to(EXPLAIN_DTYPE)
-    with steps.step(f"attribution maps of {n_te} test images (7 methods)"):
+    n_all = x_te.shape[0]
+    x64 = x_te.to(EXPLAIN_DTYPE)
+    with steps.step(
+        f"CASO against CAFO on {n_all} test images (c1 = {cfg.c1:g} and the paper's {PAPER_C1:g})"
+    ):
         # CASO's "auto" probe decides the Hessian path once (it also warms up autograd, whose
         # first call with tensor grad_outputs imports sympy: seconds that are not CASO's)
-        hessian = probe_hessian(explained, xm64[:8], ym[:8], cfg.c1)
-        scored = attribution_maps(
-            explained,
-            xm64,
-            ym,
-            cfg,
-            nt_samples=cfg.metric_nt_samples,
-            seed=seed,
-            hessian=hessian,
-            progress=progress,
-            desc="(scored)",
-        )
-        scored_maps = {k: v.to(xm.dtype) for k, v in scored.maps.items()}
-        leak_all = scoring.leakage(scored_maps, mm)
-
-    with steps.step(f"CASO against CAFO (c1 = {cfg.c1:g} and the paper's {PAPER_C1:g})"):
+        hessian = probe_hessian(explained, x64[:8], y_te[:8], cfg.c1)
         with torch.no_grad():
-            probs = torch.softmax(model(xm), dim=1)
-        conf, pred = (t.cpu() for t in probs.max(dim=1))
-        paper = caso_maps(explained, xm64, ym, PAPER_C1, hessian)
-        cos, dist = map_difference(scored.maps["CASO"], scored.maps["CAFO"])
-        cos_p, dist_p = map_difference(paper, scored.maps["CAFO"])
-        idx, confident = select_examples(cos, conf, ym.cpu(), cfg.n_explain, cfg.n_show)
-        top = torch.tensor(scored.details["top_eigenvalue"], dtype=torch.float64)
+            conf, pred = (t.cpu() for t in torch.softmax(model(x_te), dim=1).max(dim=1))
+        cafo, caso, top, rank = dense_caso_cafo(explained, x64, y_te, (cfg.c1, PAPER_C1), hessian)
+        cos, dist = map_difference(caso[cfg.c1], cafo)
+        cos_p, dist_p = map_difference(caso[PAPER_C1], cafo)
+        idx, confident = select_examples(cos, conf, y_te.cpu(), cfg.n_explain, cfg.n_show)
         k1, kp = f"{cfg.c1:g}", f"{PAPER_C1:g}"
         numbers["caso_vs_cafo"] = {
             "c1": cfg.c1,
             "paper_c1": PAPER_C1,
-            "n_images": n_te,
+            "n_images": n_all,
+            "hessian": hessian,
             "top_eigenvalue": {
                 "median": float(top.median()),
                 "max": float(top.max()),
@@ -276,24 +261,41 @@ def _pipeline(
             "shown_confidence": conf[idx[: cfg.n_show]].tolist(),
         }
 
+    n_te = n_all if cfg.n_metric_test is None else min(cfg.n_metric_test, n_all)
+    xm, ym, mm = x_te[:n_te], y_te[:n_te], m_te[:n_te]
+    with steps.step(f"attribution maps of {n_te} scored test images (7 methods)"):
+        scored = attribution_maps(
+            explained,
+            x64[:n_te],
+            ym,
+            cfg,
+            nt_samples=cfg.metric_nt_samples,
+            seed=seed,
+            hessian=hessian,
+            progress=progress,
+            desc="(scored)",
+        )
+        scored_maps = {k: v.to(xm.dtype) for k, v in scored.maps.items()}
+        leak_all = scoring.leakage(xm, scored_maps, mm)
+
     with steps.step(f"attribution maps of the {cfg.n_explain} selected images"):
         sel = idx.to(dev)
-        xe, ye, me = xm[sel], ym[sel], mm[sel]
+        xe, ye, me = x_te[sel], y_te[sel], m_te[sel]
         shown = attribution_maps(
-            explained, xe.to(EXPLAIN_DTYPE), ye, cfg, nt_samples=cfg.nt_samples, seed=seed, hessian=hessian
+            explained, x64[sel], ye, cfg, nt_samples=cfg.nt_samples, seed=seed, hessian=hessian
         )
-        leak = scoring.leakage(shown.maps, me)
+        leak = scoring.leakage(x64[sel], shown.maps, me)
         per_image = []
         for k, i in enumerate(idx.tolist()):
             per_image.append(
                 {
                     "test_index": i,
                     "confident": bool(confident[k]),
-                    "digit": int(cfg.classes[int(ym[i])]),
+                    "digit": int(cfg.classes[int(y_te[i])]),
                     "signal": "top" if bool(test.signal_on_top[i]) else "bottom",
                     "prediction": int(cfg.classes[int(pred[i])]),
                     "confidence": float(conf[i]),
-                    "hessian_rank": int(scored.details["hessian_rank"][i]),
+                    "hessian_rank": int(rank[i]),
                     "top_eigenvalue": float(top[i]),
                     "cos_caso_cafo": float(cos[i]),
                     "dist_caso_cafo": float(dist[i]),
@@ -303,8 +305,14 @@ def _pipeline(
                     "leakage": {m: leak[m][k] for m in leak},
                 }
             )
+        solved = scored.details["error_bound"] + shown.details["error_bound"]
         numbers["attributions"] = {
             "hessian": hessian,
+            "n_scored": n_te,
+            "sparsity_window_hit": int(sum(scored.details["in_window"])),
+            "sparse_caso_converged": int(sum(scored.details["converged"]) + sum(shown.details["converged"])),
+            "sparse_caso_solves": len(solved),
+            "sparse_caso_max_error_bound": max(solved),
             "methods": {
                 k: {
                     "seconds": scored.wall[k],

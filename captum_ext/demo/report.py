@@ -89,28 +89,34 @@ def _caso_section(numbers: dict[str, Any]) -> list[str]:
 def _maps_section(numbers: dict[str, Any]) -> list[str]:
     cfg, maps = numbers["config"], numbers["attributions"]
     n_show = cfg["n_show"]
+    hit, n_scored = maps["sparsity_window_hit"], maps["n_scored"]
+    missed = "" if hit == n_scored else "; the others take the candidate closest to it"
     out = ["## Attribution maps\n"]
     out.append(
         f"![attribution maps]({numbers['files']['figure']})\n\n"
-        f"The figure shows the {n_show - 1} scored test images where CASO and CAFO differ most "
-        f"(smallest cosine, distinct digits first) and, for contrast, the most confident one; the "
+        f"The figure shows the {n_show - 1} of the {numbers['caso_vs_cafo']['n_images']} test images "
+        f"where CASO and CAFO differ most (smallest cosine) and, for contrast, the most confident one; the "
         f"table below lists {cfg['n_explain']} images picked the same way. Every map explains the "
         "true class and is normalised for display as in SmoothGrad (absolute value, 99th-percentile "
         "cap, scaled to [0, 1]); the orange box is the signal block. All attributions are computed in "
         "float64 on a copy of the model: for predictions within about 1e-7 of certainty, float32 "
         "cross-entropy gradients are rounding noise. *sparse CASO* and *SmoothCASO* choose lambda1 "
-        f"per image by the CASO paper's sparsity rule (the smallest lambda1 whose share of zero "
-        f"features lies in {SPARSITY_WINDOW[0]}-{SPARSITY_WINDOW[1]}); SmoothGrad and SmoothCASO "
+        f"per image by the CASO paper's sparsity rule: of the candidates 1e-5, 1e-4, ... (refined by "
+        f"halving), the one with the best objective among those whose share of zero features lies "
+        f"in [{SPARSITY_WINDOW[0]}, {SPARSITY_WINDOW[1]}) (the window was hit on {hit} of {n_scored} "
+        f"scored images{missed}); SmoothGrad and SmoothCASO "
         f"average {cfg['nt_samples']} noise samples of standard deviation {cfg['nt_stdev']} in the "
         f"figure, {cfg['metric_nt_samples']} for the scores. CASO's Hessian path: "
-        f"`{maps['hessian']}`.\n"
+        f"`{maps['hessian']}`; sparse CASO's certified solver (tolerance {cfg['caso_tol']:g}) converged "
+        f"on {maps['sparse_caso_converged']} of {maps['sparse_caso_solves']} images, with a certified "
+        f"relative error of at most {maps['sparse_caso_max_error_bound']:.1e}.\n"
     )
     rows = [
         [name, _fmt(1000 * m["cpu_per_image"], 1), _fmt(m["zeros"]), _fmt(m["leakage"])]
         for name, m in maps["methods"].items()
     ]
     out.append(
-        f"Per method, over the {numbers['pixel_perturbation']['n_images']} scored images: CPU time "
+        f"Per method, over the {n_scored} scored images: CPU time "
         "per image (one thread), share of exactly-zero features, and *leakage*, the mean share of "
         "|attribution| outside the signal block (0 is ideal; Shah et al.).\n\n"
         + _table(["method", "CPU ms / image", "zeros", "leakage"], rows)

@@ -12,11 +12,11 @@ from torch import Tensor, nn
 __all__ = ["diff_roar_scores", "leakage", "pixel_perturbation_scores"]
 
 
-def leakage(maps: dict[str, Tensor], signal_masks: Tensor) -> dict[str, list[float]]:
+def leakage(inputs: Tensor, maps: dict[str, Tensor], signal_masks: Tensor) -> dict[str, list[float]]:
     """Per image and method, the share of ``|attribution|`` outside the signal block (Shah et al.)."""
     from ..metrics import feature_leakage
 
-    return {name: feature_leakage(a, signal_masks).tolist() for name, a in maps.items()}
+    return {name: feature_leakage(inputs, a, signal_masks).leakage.tolist() for name, a in maps.items()}
 
 
 def pixel_perturbation_scores(
@@ -36,7 +36,16 @@ def pixel_perturbation_scores(
 
     res = {
         name: pixel_perturbation(
-            model, x, y, a, fractions=fractions, order="least", fill="mean", seed=seed, progress=progress
+            model,
+            x,
+            a,
+            target=y,
+            baselines="mean",
+            max_examples_per_batch=256,
+            fractions=fractions,
+            order="least",
+            seed=seed,
+            show_progress=progress,
         )
         for name, a in maps.items()
     }
@@ -68,15 +77,16 @@ def diff_roar_scores(
 
     res = {
         name: diff_roar(
-            None,
+            model,
             None,
             (x, y),
             (None, a),
             fractions=fractions,
             retrain=False,
-            model=model,
+            baselines=0.0,
+            max_examples_per_batch=256,
             tie_seed=seed,
-            progress=progress,
+            show_progress=progress,
         )
         for name, a in maps.items()
     }
