@@ -444,7 +444,11 @@ class CellCache:
     def lock(self, cell: Any) -> Any:
         from filelock import FileLock
 
-        return FileLock(str(self.path(cell).with_suffix(".lock")), thread_local=False)
+        path = str(self.path(cell).with_suffix(".lock"))
+        try:  # keep the file: unlinking a lock file on release lets two runs hold "the" lock
+            return FileLock(path, thread_local=False, preserve_lock_file=True)
+        except TypeError:  # pragma: no cover - filelock < 3.17
+            return FileLock(path, thread_local=False)
 
     def get(self, cell: Any) -> Any | None:
         """The cached value of ``cell``, or ``None`` (with a warning for a file that fails its check)."""
