@@ -69,8 +69,8 @@ class DemoConfig:
     ig_steps: int = 50
     nt_samples: int = 50
     nt_stdev: float = 0.15
-    metric_nt_samples: int = 5
-    n_metric_test: int | None = 200
+    metric_nt_samples: int = 4
+    n_metric_test: int | None = 160
     pixel_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     roar_fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
