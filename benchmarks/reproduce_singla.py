@@ -17,6 +17,10 @@
     classes c (p[0] = 0.9999, Fig. 5), against p[0] (c = 100, Fig. 6) and on a (c, p[0]) grid
     (Fig. 7); mean over 5 random W. All quantities are computed in float64 through c x c algebra.
 
+(c) Sec. 4.1: the sparsity ratio eta of CASO against lambda1 (x10 grid from 1e-5) and the unsupervised
+    choice of lambda1 with the window 0.75 <= eta < 1 (CASO's ``sparsity=``), on 40 test images.
+Parts (a) and (c) and the binary control run for --seeds seeds (default 3).
+
 Writes benchmarks/results/reproduce_singla.json and .png. About 1-2 minutes on 2 CPU cores
 (``--quick``: seconds). Scaled down from the paper: digits/CNN instead of ImageNet/ResNet-50 (1000
 classes); the simulation's input dimension d is not stated in the paper (we use 784).
