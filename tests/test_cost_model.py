@@ -5,6 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from captum_ext import CASO
 from captum_ext.attr.cost_model import (
     PATHS,
     PassCosts,
@@ -13,10 +14,12 @@ from captum_ext.attr.cost_model import (
     choose_path,
     default_max_memory,
     expected_products,
+    kept_ranks,
     plan_auto,
     predict_costs,
 )
 from captum_ext.attr.hessian import build_loss_graph
+from captum_ext.attr.packed_factor import factor_memory
 
 from ._nets import relu_cnn
 
@@ -114,3 +117,68 @@ def test_calibration_returns_positive_relative_costs():
     graph = build_loss_graph(relu_cnn(c=5), (torch.randn(2, 2, 6, 6, dtype=torch.float64),))
     costs = calibrate_pass_costs(graph)
     assert costs.backward == 1.0 and costs.jvp > 0 and costs.double_backward > 0
+
+
+# ---------------------------------------------------------------------------- CASO(hessian="auto")
+def _thousand_class_net(scale: float):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1000))
+    model = model.double().eval()
+    with torch.no_grad():
+        model[2].weight.mul_(scale)
+        model[2].bias.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(0.01, "gauss_newton"), (1000.0, "closed_form")])
+def test_auto_follows_the_cost_model_at_low_and_high_confidence(scale, expected, untouched):
+    model = _thousand_class_net(scale)
+    x = torch.randn(2, 12, dtype=torch.float64)
+    caso = CASO(model)
+    with untouched(model):
+        attr = caso.attribute(x, rank_tol=0.0)
+    det = caso.last_details
+    probs = torch.softmax(model(x).detach(), 1)
+    plan = plan_auto(probs, 12, 8, True, expected_products(), rank_tol=0.0)
+    assert det.hessian == plan.path == expected
+    assert det.extra["auto"]["choice"] == expected
+    chosen = det.extra["auto"]["predicted_cost"]
+    assert chosen[expected] == min(chosen.values())  # never a path it predicts to be slower
+    # every correct path gives the same optimum (each certified to relative error 1e-8 in float64)
+    for path in ("closed_form", "gauss_newton", "exact"):
+        other = CASO(model).attribute(x, hessian=path, rank_tol=0.0)
+        assert float((other - attr).norm() / attr.norm()) < 1e-7
+
+
+def test_auto_on_a_curved_net_takes_exact_and_caches_the_probe():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Softplus(), torch.nn.Linear(16, 1000))
+    model = model.double().eval()
+    caso = CASO(model)
+    x = torch.randn(2, 12, dtype=torch.float64)
+    caso.attribute(x)
+    assert caso.last_details.hessian == "exact" and caso.last_details.probe_gap is not None
+    caso.attribute(x)
+    assert caso.last_details.hessian == "exact" and caso.last_details.extra.get("probe") == "cached"
+    caso.forget_probe()
+    caso.attribute(x)
+    assert "probe" not in caso.last_details.extra
+
+
+def test_memory_budget_is_respected_without_changing_the_result():
+    model = _thousand_class_net(3.0)
+    x = torch.randn(4, 12, dtype=torch.float64)
+    ref = CASO(model).attribute(x, hessian="closed_form", rank_tol=0.0)
+    caso = CASO(model)
+    ranks = kept_ranks(torch.softmax(model(x).detach(), 1), 0.0)
+    budget = factor_memory(1, int(ranks.max()), 12, 8)  # one example's factor at a time
+    out = caso.attribute(x, hessian="closed_form", rank_tol=0.0, max_memory=budget)
+    assert caso.last_details.extra["factor_groups"] == [1, 1, 1, 1]
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    assert torch.equal(caso.last_details.rank, ranks)
+    # auto with a budget below the factor switches to the matrix-free path: same optimum
+    out = caso.attribute(x, rank_tol=0.0, max_memory=budget - 1)
+    assert caso.last_details.hessian == "gauss_newton"
+    assert float((out - ref).norm() / ref.norm()) < 1e-7  # certified: relative error <= 1e-8 each
+    with pytest.raises(ValueError, match="max_memory"):
+        caso.attribute(x, max_memory=0)

@@ -532,7 +532,8 @@ class CASO(_ContextAwareAttribution):
       vector-Jacobian product each, :class:`~captum_ext.attr.gauss_newton.GaussNewtonHessian`): the
       closed form's Hessian without its ``d x r`` memory or ``r + 1`` backward passes; ``L`` by Lanczos.
     * ``"auto"`` (default): one double-backward probe tells piecewise-linear nets (where the factor and
-      Gauss-Newton paths are exact) from curved ones (only ``"exact"`` is correct); then the cost model
+      Gauss-Newton paths are exact) from curved ones (only ``"exact"`` is correct); the answer is kept
+      per input signature for later calls (:meth:`forget_probe`); then the cost model
       (:mod:`~captum_ext.attr.cost_model`) takes the correct path with the least predicted work that
       fits ``max_memory``, and reports its choice and predictions in ``last_details.extra["auto"]``.
       Layers without a double-backward kernel (e.g. ``Hardsigmoid``) skip the probe and assume a
@@ -754,8 +755,8 @@ class CASO(_ContextAwareAttribution):
             zero = sparsity is None and bool((torch.as_tensor(lambda1) == 0).all()) and lambda1_grid is None
             products = expected_products(n_values, zero, solver, n_power_iter, n_iter or 10)
             d = sum(x[0].numel() for x in graph.inputs)
-            itemsize = graph.logits.element_size()
-            plan = plan_auto(graph.probs, d, itemsize, mode == "closed_form", products, budget)
+            size, pl = graph.logits.element_size(), mode == "closed_form"
+            plan = plan_auto(graph.probs, d, size, pl, products, budget, rank_tol=rank_tol)
             extra["auto"] = plan.summary()
             mode = plan.path
         if mode == "closed_form" and s == 1 and graph.n > 1:
@@ -889,6 +890,11 @@ class CASO(_ContextAwareAttribution):
             extra["binary_logistic"] = True
         if hessian != "auto":
             return hessian, None, extra
+        key = tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in graph.inputs)
+        cache = self.__dict__.setdefault("_probe_cache", {})
+        if key in cache:  # the model's curvature was probed on an earlier call with these inputs
+            extra["probe"] = "cached"
+            return cache[key], None, extra
         n, dtype, device = graph.n, graph.dtype, graph.logits.device
         gen = torch.Generator(device="cpu").manual_seed(0)
         d = sum(x[0].numel() for x in graph.inputs)
@@ -909,7 +915,17 @@ class CASO(_ContextAwareAttribution):
             warnings.warn(f"CASO(hessian='auto'): {extra['fallback']}.", stacklevel=5)
             return "closed_form", None, extra
         tol = 1e-4 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
-        return ("closed_form" if bool((probe_gap <= tol).all()) else "exact"), probe_gap, extra
+        cache[key] = "closed_form" if bool((probe_gap <= tol).all()) else "exact"
+        return cache[key], probe_gap, extra
+
+    def forget_probe(self) -> None:
+        """Probe the model's curvature again on the next ``hessian="auto"`` call.
+
+        ``auto`` probes once per input signature (shapes, dtypes, devices) and keeps the answer
+        (piecewise linear or curved) for the life of this object: call this after changing the
+        model's activations, or use a new :class:`CASO`.
+        """
+        self.__dict__.pop("_probe_cache", None)
 
     @staticmethod
     def _make_solve(curv, g, lam2, stats, paper, tol, max_iter, n_iter, lr, decay):
