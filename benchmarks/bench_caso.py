@@ -8,7 +8,14 @@ test predictions are confident), for a batch of 16 images, this times in one run
   H x of earlier iterates, so it pays one HVP per backtracking trial), one lambda1;
 * the authors' loop as written (:func:`reference_caso`: a shared step and two HVPs per iteration);
 * the same two for an 8-value lambda1 sweep;
-* CAFO, Captum's Saliency, IntegratedGradients(n_steps=50) and NoiseTunnel(Saliency, 50 samples).
+* CAFO, Captum's Saliency, IntegratedGradients(n_steps=50) and NoiseTunnel(Saliency, 50 samples);
+* the certified solver (default) against the paper's fixed 10 iterations (``solver="paper"``).
+
+Every time is a median of wall time and of process (CPU) time; ratios use process time (run with
+``--threads 1``). A second section (:func:`certification_by_family`) measures, on tiny float64 nets of
+each architecture family (ReLU, eval BatchNorm, GELU x50, softplus, tanh, LayerNorm, transformer
+encoder, ViT, GRU, LSTM), the error against a dense oracle, the certified bound, the iterations and the
+CPU cost of the certified solver and of the paper's 10 iterations.
 
 It also checks that both CASO paths agree (same explicit lambda1 and lambda2) and writes
 ``benchmarks/results/bench_caso.json``. Run: ``python benchmarks/bench_caso.py [--device cuda]``.
