@@ -524,3 +524,19 @@ def test_solver_doc_numbers_are_consistent():
     err = float((res.delta[0, 0] - ref).norm() / ref.norm())
     assert bool(res.converged.all()) and err <= float(res.error_bound) <= 1e-6
     assert np.isfinite(err)
+
+
+def test_lanczos_absolute_tolerance_stops_early_on_a_tiny_spectrum():
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 30, 30, generator=gen, dtype=torch.float64)
+    H = 1e-6 * (q @ q.transpose(1, 2))  # L ~ 1e-4: irrelevant next to 2 lambda2 ~ 20
+    start = torch.randn(1, 30, generator=gen, dtype=torch.float64)
+
+    def hvp(v):
+        return torch.einsum("nij,nj->ni", H, v)
+
+    rel = lanczos_extremes(hvp, start, tol=1e-4)
+    absolute = lanczos_extremes(hvp, start, tol=1e-4, atol=1e-4 * 20.0)
+    assert int(absolute.steps) < int(rel.steps)
+    assert bool(absolute.converged.all())
+    assert float(absolute.upper) >= float(absolute.top)

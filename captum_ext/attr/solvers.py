@@ -86,7 +86,9 @@ class LanczosResult:
         return self.top + self.residual
 
 
-def lanczos_extremes(hvp: HVP, start: Tensor, *, tol: float = 1e-4, max_iter: int = 64) -> LanczosResult:
+def lanczos_extremes(
+    hvp: HVP, start: Tensor, *, tol: float = 1e-4, max_iter: int = 64, atol: Tensor | float = 0.0
+) -> LanczosResult:
     """Batched Lanczos with full reorthogonalisation for the extreme eigenvalues of ``H`` per example.
 
     Each example stops (its values frozen) at the first step where the top Ritz pair's residual is at
@@ -99,6 +101,10 @@ def lanczos_extremes(hvp: HVP, start: Tensor, *, tol: float = 1e-4, max_iter: in
         start: starting vectors ``(n, d)`` (need not be normalised; zero rows get a constant vector).
         tol: relative residual tolerance.
         max_iter: at most this many steps (and at most ``d``).
+        atol: absolute residual tolerance, per example ``(n,)`` or a number: stop once
+            ``residual <= tol * scale + atol``. For CASO the accuracy of ``L`` only matters relative to
+            ``2 lambda2`` (``lambda2 = L/2 + c1``), so ``atol = tol * 2 * c1`` avoids chasing a tiny ``L``
+            (confident predictions) into float32 round-off.
 
     Returns:
         :class:`LanczosResult`.
@@ -149,7 +155,7 @@ def lanczos_extremes(hvp: HVP, start: Tensor, *, tol: float = 1e-4, max_iter: in
         scale = torch.maximum(theta[:, -1].abs(), theta[:, 0].abs())
         res_j = b * S[:, -1, -1].abs()
         invariant = b <= 64 * eps * (scale + a.abs() + (betas[-1] if betas else 0.0))
-        conv_j = invariant | (res_j <= tol * scale) | (j == d - 1)
+        conv_j = invariant | (res_j <= tol * scale + atol) | (j == d - 1)
         newly = conv_j & ~done
         top = torch.where(newly, theta[:, -1], top)
         bottom = torch.where(newly, theta[:, 0], bottom)
