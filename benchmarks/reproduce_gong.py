@@ -121,7 +121,14 @@ def sanity_checks(variant: str, net: torch.nn.Module, args, x_tr, y_tr, x_te, y_
     randomisation (retrain the same way on permuted labels)."""
     x, y = x_te[:SANITY_N], y_te[:SANITY_N]
     casc = model_randomization(
-        net, x, Saliency, target=y, mode="cascading", seed=seed, metrics=("ssim", "spearman"), progress=False
+        net,
+        x,
+        Saliency,
+        target=y,
+        mode="cascading",
+        seed=seed,
+        metrics=("ssim", "spearman"),
+        show_progress=False,
     )
 
     def trainer(model: torch.nn.Module, data, s: int) -> torch.nn.Module:
@@ -129,9 +136,9 @@ def sanity_checks(variant: str, net: torch.nn.Module, args, x_tr, y_tr, x_te, y_
 
     dat = data_randomization(
         net,
-        (x_tr, y_tr),
         x,
         Saliency,
+        train_data=(x_tr, y_tr),
         target=y,
         trainer=trainer,
         seed=seed,
@@ -143,7 +150,7 @@ def sanity_checks(variant: str, net: torch.nn.Module, args, x_tr, y_tr, x_te, y_
     with torch.no_grad():
         pred = rnd(x).argmax(1)
     return {
-        "stages": casc.stages,
+        "stages": list(casc.stages),
         "cascading_ssim": casc.mean()["ssim"].tolist(),
         "cascading_spearman": casc.mean()["spearman"].tolist(),
         "data_ssim": float(dat.mean()["ssim"][0]),

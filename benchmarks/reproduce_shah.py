@@ -241,8 +241,8 @@ def run_blockmnist(args) -> dict:
                     "seed": s,
                     "test_accuracy": evaluate(net, (x_te, y_te)),
                     "seconds": t.seconds,
-                    "leakage_mass": float(feature_leakage(attr, m_te).mean()),
-                    "leakage_top10": float(feature_leakage(attr, m_te, top_k=0.1).mean()),
+                    "leakage_mass": feature_leakage(x_te, attr, m_te).mean(),
+                    "leakage_top10": feature_leakage(x_te, attr, m_te, top_k=0.1).mean(),
                 }
             )
             if s == seeds[0]:
@@ -311,14 +311,16 @@ def run_diffroar(args) -> dict:
                 attr = (saliency(net, x_tr, y_tr), saliency(net, x_te, y_te))
             with Stopwatch() as t:
                 res = diff_roar(
-                    factory,
+                    None,
                     (x_tr, y_tr),
                     (x_te, y_te),
                     attr,
+                    model_factory=factory,
                     fractions=fractions,
                     seeds=(seed,),
                     trainer=trainer,
-                    progress=args.progress,
+                    mask_control=False,
+                    show_progress=args.progress,
                 )
             per_seed.append(
                 {
