@@ -277,6 +277,8 @@ def test_report_prints_every_number():
         "| random | 0.123 | 0.556 | n/a |",
         "hit on 3 of 4 scored images; the others take the candidate closest to it",
         "converged on 5 of 6 images, with a certified relative error of at most 9.9e-05",
+        "lowest leakage: Saliency (0.432)",
+        "standard error of at most 0.250",  # 0.5 / sqrt(4 images)
     ):
         assert piece in text, piece
     for method in demo.METHODS:

@@ -188,6 +188,17 @@ def _metrics_section(numbers: dict[str, Any]) -> list[str]:
         for name in pix["accuracy"]
     ]
     out.append(_table(["method", "pixel perturbation", "DiffROAR", "leakage"], rows) + "\n")
+    methods = list(maps["methods"])
+    pix_best = max(methods, key=lambda m: _mean(pix["accuracy"][m]))
+    roar_best = max(methods, key=lambda m: _mean(roar["methods"][m]["diff"]))
+    leak_best = min(methods, key=lambda m: maps["methods"][m]["leakage"])
+    out.append(
+        f"Highest mean pixel perturbation: {pix_best} ({_fmt(_mean(pix['accuracy'][pix_best]))}); highest "
+        f"mean DiffROAR: {roar_best} ({_fmt(_mean(roar['methods'][roar_best]['diff']))}); lowest leakage: "
+        f"{leak_best} ({_fmt(maps['methods'][leak_best]['leakage'])}). An accuracy on "
+        f"{pix['n_images']} images has a binomial standard error of at most "
+        f"{_fmt(0.5 / math.sqrt(pix['n_images']))}.\n"
+    )
     names = list(pix["accuracy"])
     out.append("Pixel perturbation, accuracy per fraction of pixels removed:\n")
     rows = [
