@@ -853,9 +853,11 @@ class CASO(_ContextAwareAttribution):
         graph: LossGraph, rank_tol: float, max_rank: int | None, budget: int
     ) -> list[Tensor] | None:
         """Groups of examples whose factors fit ``budget`` (None when the whole batch fits)."""
-        d = sum(x[0].numel() for x in graph.inputs)
-        ranks = kept_ranks(graph.probs, rank_tol, max_rank)
-        plan = plan_rank_groups(ranks, d, graph.logits.element_size(), budget)
+        d, size = sum(x[0].numel() for x in graph.inputs), graph.logits.element_size()
+        try:  # the O(c log c) rank bound first; exact ranks only if it seems not to fit
+            plan = plan_rank_groups(kept_ranks(graph.probs, rank_tol, max_rank), d, size, budget)
+        except ValueError:
+            plan = plan_rank_groups(kept_ranks(graph.probs, rank_tol, max_rank, exact=True), d, size, budget)
         return plan.groups if len(plan.groups) > 1 else None
 
     def _solve_groups(self, graph, groups, lambda1_grid, kw, extra) -> tuple[Tensor, AttributionDetails]:

@@ -145,15 +145,41 @@ def expected_products(
     return 8 + lambda1_values * (5 if lambda1_zero else 30)
 
 
-def kept_ranks(probs: Tensor, rank_tol: float = DEFAULT_RANK_TOL, max_rank: int | None = None) -> Tensor:
-    """Rank per example the closed form keeps for ``rank_tol`` (eigenvalues of ``A`` only, no vectors).
+def kept_ranks(
+    probs: Tensor, rank_tol: float = DEFAULT_RANK_TOL, max_rank: int | None = None, exact: bool = False
+) -> Tensor:
+    """Rank per example the closed form keeps for ``rank_tol``.
+
+    ``exact=True`` uses the eigenvalues of ``A = diag(p) - pp^T`` (``O(c^3)``), exactly as
+    :func:`~captum_ext.attr.hessian.low_rank_factor` does. The default bound needs only the sorted
+    probabilities (``O(c log c)``): ``A`` is a rank-one downdate of ``diag(p)``, so its eigenvalues
+    interlace them (``p_(k+1) <= lambda_k <= p_(k)``, descending) and the tail mass beyond ``r`` is at
+    most ``sum_{k>r} p_(k)``; the rank found this way is the exact one or one more (or, through the
+    zero-eigenvalue floor, a few off), which is what a cost prediction needs.
 
     Examples:
-        >>> kept_ranks(torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]], dtype=torch.float64)).tolist()
-        [1, 2]
+        >>> p = torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]], dtype=torch.float64)
+        >>> kept_ranks(p, exact=True).tolist(), kept_ranks(p).tolist()
+        ([1, 2], [2, 2])
     """
-    lam = torch.flip(torch.linalg.eigvalsh(softmax_covariance(probs)), [1])
-    return choose_rank(lam, rank_tol, max_rank)
+    if exact:
+        lam = torch.flip(torch.linalg.eigvalsh(softmax_covariance(probs)), [1])
+        return choose_rank(lam, rank_tol, max_rank)
+    p = torch.sort(probs, dim=1, descending=True).values
+    top = p[:, :1]
+    rest = p[:, 1:].sum(1, keepdim=True)  # 1 - p_(1) without cancellation
+    trace = top * rest + (p[:, 1:] * (1 - p[:, 1:])).sum(1, keepdim=True)  # tr(A) = sum p_i (1 - p_i)
+    c = p.shape[1]
+    floor = c * torch.finfo(p.dtype).eps * p[:, 1:2].clamp_min(0) if c > 1 else torch.zeros_like(top)
+    q = torch.where(p > floor, p, torch.zeros_like(p))
+    # bound[r] = sum_{k > r} q_(k) (k = 1..c), an upper bound on the tail of A's spectrum beyond r
+    tail = torch.flip(torch.cumsum(torch.flip(q, [1]), 1), [1])  # tail[:, k] = sum_{j >= k} q_(j+1)
+    bound = torch.cat([tail, torch.zeros_like(top)], dim=1)  # bound[:, r] for r = 0..c
+    ok = bound <= rank_tol * trace
+    rank = ok.to(torch.int64).argmax(1).clamp_max(max(c - 1, 0))  # A has rank <= c - 1
+    if max_rank is not None:
+        rank = rank.clamp_max(max_rank)
+    return rank
 
 
 def predict_costs(
@@ -291,7 +317,7 @@ def plan_auto(
         'gauss_newton'
     """
     budget = default_max_memory(probs.device) if max_memory is None else int(max_memory)
-    ranks = kept_ranks(probs, rank_tol)
+    ranks = kept_ranks(probs, rank_tol)  # the O(c log c) bound: within about one of the exact rank
     preds = predict_costs(ranks, d, products, costs, itemsize, piecewise_linear)
     return AutoPlan(choose_path(preds, budget).path, preds, ranks, products, budget)
 
