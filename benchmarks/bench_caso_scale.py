@@ -246,11 +246,21 @@ def run_cell(model, x, target, piecewise, args, device) -> dict:
         "factor": caso_run("closed_form"),
         "auto": caso_run("auto"),
     }
-    if args.with_fixed:
+    if args.warm_auto:  # the same object twice: the second call reuses the cached curvature probe
+        warm = CASO(model) if wired else StandaloneCASO(model, "auto")
+        methods["auto_warm"] = lambda: (
+            warm.attribute(x, target=target),
+            last.__setitem__(slice(None), [warm]),
+        )[0]
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k in args.methods}
+    if args.with_fixed and (not args.methods or "paper" in args.methods):
         methods["paper"] = caso_run("exact", solver="paper")
         ig = IntegratedGradients(model)
         methods["ig"] = lambda: ig.attribute(x, target=target, n_steps=50, internal_batch_size=10)
     gn_ratio = preds["closed_form"].time / preds["gauss_newton"].time
+    if "auto_warm" in methods:
+        warm.attribute(x, target=target)  # first call: probes (not timed)
     for name, fn in methods.items():
         if name == "factor" and gn_ratio > args.factor_skip:
             timings[name] = {"skipped": f"predicted {gn_ratio:.1f}x the Gauss-Newton path"}
@@ -305,7 +315,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fixed-level", type=float, default=0.999, help="level where paper/ig run")
     parser.add_argument("--all-fixed", action="store_true", help="run paper/ig at every level")
     parser.add_argument("--out", default=str(RESULTS / "bench_caso_scale.json"))
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: all)")
+    parser.add_argument("--warm-auto", action="store_true", help="also time auto's second call")
+    parser.add_argument("--merge", nargs="+", help="join the cells of these JSON files into --out")
+    parser.add_argument("--table", help="print the markdown table of this JSON file and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return {}
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        report = {**parts[0], "cells": [c for p in parts for c in p["cells"]], "merged_from": args.merge}
+        report["configs"] = [p["config"] for p in parts]
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        plot(report, Path(args.out).with_suffix(".png"))
+        return report
     torch.set_num_threads(1)
     _exact_host_accounting()
     device = torch.device(args.device)
@@ -336,6 +360,33 @@ def main(argv: list[str] | None = None) -> dict:
             Path(args.out).write_text(json.dumps(report, indent=1))
     plot(report, Path(args.out).with_suffix(".png"))
     return report
+
+
+def markdown_table(report: dict) -> str:
+    """One row per cell: CPU seconds (one thread) per method, auto's choice and the goal ratios."""
+    names = ["cafo", "factor", "gauss_newton", "exact", "auto", "paper", "ig"]
+    head = "| model | p_max | rank | " + " | ".join(names) + " | auto chose | auto / fastest | CASO / CAFO |"
+    lines = [head, "|" + "---|" * (len(names) + 6)]
+    for c in report["cells"]:
+        vals = []
+        for name in names:
+            m = c["methods"].get(name, {})
+            if "cpu_s" in m:
+                vals.append(f"{m['cpu_s']:.2f}" + ("" if m.get("correct", True) else "*"))
+            else:
+                vals.append("skipped" if "skipped" in m else ("error" if "error" in m else "-"))
+        chose = c["methods"].get("auto", {}).get("hessian", "-")
+        ratio = c.get("auto_over_fastest")
+        cafo = c.get("caso_over_cafo")
+        ratio = "-" if ratio is None else f"{ratio:.2f}"
+        cafo = "-" if cafo is None else f"{cafo:.1f}"
+        row = f"| {c['model']} | {c['p_max'][0]:.6g} | {c['rank'][0]} | " + " | ".join(vals)
+        lines.append(row + f" | {chose} | {ratio} | {cafo} |")
+    lines.append(
+        "\n\\* not correct here: a Gauss-Newton Hessian on a net that is not piecewise linear, or an "
+        "attribution more than `--agree` away from the exact path's (the paper loop's fixed 10 steps)."
+    )
+    return "\n".join(lines)
 
 
 def plot(report: dict, path: Path) -> None:
