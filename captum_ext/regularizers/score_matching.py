@@ -65,9 +65,11 @@ def taylor_trace(
       forward passes per sample instead of one.
 
     Both are **exact in expectation for a quadratic** ``f``. In float32 the differences of ``f`` are
-    rounded: the rounding error of one sample is about ``|f|·1e-7/σ²`` (0.01 for ``|f|`` = 10 and
-    σ = 0.01, 1 for σ = 1e-3), so prefer σ ≥ 1e-2 in float32. All samples are evaluated in one
-    batched call of ``func``; no backward pass.
+    rounded: the error is about ``2·ulp(f)/σ²`` per example (≈ 0.02 for ``|f|`` ≈ 10 and σ = 0.01,
+    ≈ 2 at σ = 1e-3), and the part due to the rounding of ``f(x)`` is shared by all samples of an
+    example, so it does not average out with ``n_samples`` (it does over examples). To measure a trace
+    in float32 prefer σ ≥ 1e-2, or :func:`~captum_ext.regularizers.diagnostics.hessian_trace`. All
+    samples are evaluated in one batched call of ``func``; no backward pass.
 
     Args:
         func: maps a batch ``(B, *shape)`` to one scalar per example, shape ``(B,)`` (e.g. the logit of
@@ -300,7 +302,8 @@ class AntiScoreMatching(RegularizedModel):
         lam: λ. Default ``1e-4`` follows the paper (Sec. 5).
         sigma: noise std. The paper states none; default ``1e-3`` follows the authors' code. The
             antithetic estimator's variance does not grow as σ shrinks (its float32 rounding error
-            does, ``≈ |f|·1e-7/σ²``; negligible against the trace's own spread on digits), and a
+            does, ``≈ 2·ulp(f)/σ²``, about 2 per example: small against the clamp and the trace's
+            own spread on digits; on average over examples it cancels in training), and a
             small σ measures the curvature at the data point rather than averaged over a ball of
             radius ``σ√d``.
         clamp: threshold τ. Default ``1000`` follows the paper (Sec. 5); the authors' code uses
