@@ -573,7 +573,7 @@ def diff_roar(
             callable (Captum's convention; tensors with the set's batch size are split per batch).
         baselines: value of masked units: a number (default 0), ``"mean"``, ``"channel_mean"``
             (per example and channel along ``channel_dim``) or a tensor broadcastable to the inputs.
-        aggregate: ``"abs"`` (default: |a| per coordinate), ``"signed"``, or a per-pixel reduction
+        aggregate: ``"abs"`` (default: ``|a|`` per coordinate), ``"signed"``, or a per-pixel reduction
             over ``channel_dim`` (``"abs_sum"``, ``"sum"``, ``"abs_max"``, ``"l2"``), in which case
             whole pixels are kept or masked.
         channel_dim: channel dimension for per-pixel aggregation and ``"channel_mean"``.
