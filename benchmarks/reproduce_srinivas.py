@@ -351,36 +351,42 @@ def build_claims(res: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[di
         )
     )
     s1 = SIGMAS.index(1.0)
-    s_small = SIGMAS.index(0.03)
+    s_mid = SIGMAS.index(0.1)
     base_ratio = b["density_mean_ratio"]["mean"]
+    base_log1 = b["density_mean_log_ratio"]["mean"][s1]
     rows.append(
         claim(
             "srinivas-5.1.1-baseline-noise",
             "Sec. 5.1.1, Fig. 1: the baseline assigns higher density to noisy inputs than to real ones",
             "baseline ratio p(x+η|y)/p(x|y) > 1 at large σ (CIFAR-100)",
-            f"baseline mean ratio at σ = 0.1 / 0.3 / 1: {base_ratio[SIGMAS.index(0.1)]:.3g} / "
-            f"{base_ratio[SIGMAS.index(0.3)]:.3g} / {base_ratio[s1]:.3g}",
-            True if max(base_ratio) > 1 else False,
-            "ratios averaged over test images and noise draws, then over seeds",
+            f"baseline mean ratio at σ = 0.1 / 0.3 / 1: {base_ratio[s_mid]:.3g} / "
+            f"{base_ratio[SIGMAS.index(0.3)]:.3g} / {base_ratio[s1]:.3g}; mean log ratio at σ = 1: "
+            f"{base_log1:.3g}",
+            True if max(base_ratio) > 1 and base_log1 > 0 else ("partly" if max(base_ratio) > 1 else False),
+            "the mean ratio (the paper's average over points) exceeds 1, but a minority of images carries "
+            "it: the mean log ratio is negative, i.e. most images become less likely with noise",
         )
     )
     hits, n = per_seed_all(
         per_seed,
         lambda m: (
-            m["anti_score_matching"]["density_mean_log_ratio"][s_small]
-            < m["baseline"]["density_mean_log_ratio"][s_small]
+            m["anti_score_matching"]["density_mean_log_ratio"][s_mid]
+            > m["baseline"]["density_mean_log_ratio"][s_mid]
         ),
     )
+    strong = res.get("anti_score_matching_lam1e-3")
     rows.append(
         claim(
             "srinivas-5.1.1-anti-steeper",
-            "Sec. 5.1.1, Fig. 1: with anti-score matching the density profile grows steeper (very "
-            "sensitive even to small noise)",
-            "anti-SM ratio falls fastest at small σ",
-            f"mean log ratio at σ = 0.03: baseline {fmt(b['density_mean_log_ratio_s'])}, anti-SM "
-            f"{fmt(asm['density_mean_log_ratio_s'])} (anti-SM lower on {hits}/{n} seeds)",
+            "Sec. 5.1.1, Fig. 1: with anti-score matching the density profile grows steeper, very "
+            "sensitive even to small noise (lower is better)",
+            "anti-SM ratio departs upwards from the baseline's already at small σ",
+            f"mean log ratio at σ = 0.1: baseline {fmt(b['density_mean_log_ratio_m'])}, anti-SM "
+            f"{fmt(asm['density_mean_log_ratio_m'])} (anti-SM higher on {hits}/{n} seeds)"
+            + (f"; anti-SM λ = 1e-3 {fmt(strong['density_mean_log_ratio_m'])}" if strong else ""),
             True if hits == n else ("partly" if hits else False),
-            "E[f_y(x+η) − f_y(x)] is the log of the geometric-mean ratio; lower = steeper",
+            "a positive Hessian trace makes E[f_y(x+η) − f_y(x)] ≈ σ²·tr/2 > 0 (noisy inputs more "
+            "likely); we read 'steeper' as the ratio rising faster than the baseline's",
         )
     )
     big = SIGMAS.index(1.0)
@@ -404,20 +410,17 @@ def build_claims(res: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[di
             "",
         )
     )
-    gt = {
-        k: res[k]["gan_test"]["mean"]
-        for k in ("baseline", "score_matching", "anti_score_matching", "gradient_norm")
+    # per seed, each of the paper's three comparisons with the baseline (Table 1)
+    gan_hits = {
+        k: per_seed_all(
+            per_seed,
+            lambda m, k=k, up=up: (m[k]["gan_test"] > m["baseline"]["gan_test"]) == up,
+        )[0]
+        for k, up in (("score_matching", True), ("gradient_norm", True), ("anti_score_matching", False))
     }
-    ok = (
-        gt["gradient_norm"] > gt["baseline"]
-        and gt["score_matching"] > gt["baseline"]
-        and min(gt, key=gt.get) == "anti_score_matching"
-    )
-    part = (
-        gt["anti_score_matching"] < gt["baseline"]
-        or gt["score_matching"] > gt["baseline"]
-        or gt["gradient_norm"] > gt["baseline"]
-    )
+    n_seeds = len(per_seed)
+    ok = all(v == n_seeds for v in gan_hits.values())
+    part = any(v > 0 for v in gan_hits.values())
     rows.append(
         claim(
             "srinivas-5.1.2-gan-test",
@@ -431,8 +434,10 @@ def build_claims(res: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[di
                 )
             ),
             True if ok else ("partly" if part else False),
-            "samples: 100 steps of gradient ascent on f_y from uniform noise, clipped to [0, 1]; judge: "
-            "a ReLU CNN trained on another seed",
+            f"per seed: SM above baseline {gan_hits['score_matching']}/{n_seeds}, GN above baseline "
+            f"{gan_hits['gradient_norm']}/{n_seeds}, anti-SM below baseline "
+            f"{gan_hits['anti_score_matching']}/{n_seeds}; samples: 100 steps of gradient ascent on f_y "
+            "from uniform noise, clipped to [0, 1]; judge: a ReLU CNN trained on another seed",
         )
     )
     for key, fig, what in (
@@ -520,6 +525,11 @@ def markdown(claims: list[dict[str, Any]], config: dict[str, Any]) -> str:
         "statement holds on every seed; partly = on some seeds or for some of the models it names; "
         "no = not on any.",
         "",
+        "SM, anti-SM and GN are the wrappers' defaults (the paper's λ; antithetic trace estimate; SM "
+        "stability weight μ = 1e-2), with the authors' one-sided estimator and constants "
+        "(`paper_defaults()`) and anti-SM at λ = 1e-3 as extra rows; pixel-perturbation AUC = mean "
+        "accuracy after removing the least relevant 10..90 % of pixels (image-mean fill).",
+        "",
         "| claim (where, what) | paper | ours | verdict | why |",
         "|---|---|---|---|---|",
     ]
@@ -592,6 +602,25 @@ def plot(res: dict[str, Any], first: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def rebuild(args: Any) -> None:
+    """Recompute the claims table (JSON ``claims`` and the .md) from a saved full report."""
+    import json
+
+    path = args.out / (STEM + ("_quick" if args.quick else "") + ".json")
+    report = json.loads(path.read_text())
+    res, per_seed = report["results"], report["per_seed"]
+    for name in res:
+        vals = [s["models"][name]["density_mean_log_ratio"][SIGMAS.index(0.1)] for s in per_seed]
+        res[name]["density_mean_log_ratio_m"] = summary(vals)
+    claims = build_claims(res, per_seed) if "pgd_l2" in res else []
+    claims.append(app_b_claim([s["estimator_spread"] for s in per_seed]))
+    report["claims"] = claims
+    path.write_text(json.dumps(report, indent=2))
+    cfg = report["config"]
+    path.with_suffix(".md").write_text(markdown(claims, {"epochs": cfg["epochs"], "seeds": cfg["seeds"]}))
+    print_claims(claims)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = make_parser(__doc__)
     p.set_defaults(threads=1)
@@ -607,7 +636,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ascent-steps", type=int, default=100)
     p.add_argument("--spread-draws", type=int, default=64)
     p.add_argument("--models", nargs="*", default=None, help="subset of the models (baseline always)")
+    p.add_argument(
+        "--rebuild", action="store_true", help="only rebuild the claims and the .md from the saved JSON"
+    )
     args = p.parse_args(argv)
+    if args.rebuild:
+        rebuild(args)
+        return
     torch.set_num_threads(args.threads)
     source = SklearnDigits()
     x_tr, y_tr = source.load("train")
@@ -625,10 +660,9 @@ def main(argv: list[str] | None = None) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     per_seed = [run_seed(args, args.seed + s, data, names) for s in range(args.seeds)]
     res = aggregate(per_seed, names)
-    s_small = SIGMAS.index(0.03)
     for name in names:  # per-seed spread of one point of the log-ratio curve, used in the claims
-        vals = [s["models"][name]["density_mean_log_ratio"][s_small] for s in per_seed]
-        res[name]["density_mean_log_ratio_s"] = summary(vals)
+        vals = [s["models"][name]["density_mean_log_ratio"][SIGMAS.index(0.1)] for s in per_seed]
+        res[name]["density_mean_log_ratio_m"] = summary(vals)
     full = all(k in res for k in ("score_matching", "anti_score_matching", "gradient_norm", "pgd_l2"))
     claims = build_claims(res, per_seed) if full else []
     claims.append(app_b_claim([s["estimator_spread"] for s in per_seed]))
