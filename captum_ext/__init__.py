@@ -28,6 +28,7 @@ from .regularizers import (
     PGDAdversarialTraining,
     ScoreMatching,
     WeightPenalty,
+    hessian_trace,
     relu_to_softplus,
     taylor_trace,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "AntiScoreMatching",
     "GradientNormRegularizer",
     "taylor_trace",
+    "hessian_trace",
     "InputGradientPenalty",
     "WeightPenalty",
     "PGDAdversarialTraining",
