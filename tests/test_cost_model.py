@@ -191,3 +191,7 @@ def test_memory_budget_is_respected_without_changing_the_result():
     assert float((out - ref).norm() / ref.norm()) < 1e-7  # certified: relative error <= 1e-8 each
     with pytest.raises(ValueError, match="max_memory"):
         caso.attribute(x, max_memory=0)
+    with pytest.raises(ValueError, match="max_memory"):  # one example's factor does not fit
+        caso.attribute(x[:1], hessian="closed_form", rank_tol=0.0, max_memory=100)
+    with pytest.warns(UserWarning, match="max_memory"):  # nothing fits: auto says so
+        caso.attribute(x[:1], rank_tol=0.0, max_memory=100)

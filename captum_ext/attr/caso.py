@@ -634,8 +634,9 @@ class CASO(_ContextAwareAttribution):
             max_memory: bytes the Hessian's own buffers may take (the factor ``B`` and its VJP buffer,
                 or the iterates of the matrix-free paths; not the model's activations). Default: a
                 quarter of RAM up to 8 GiB on CPU, half the free memory on CUDA. ``hessian="auto"``
-                never picks a path predicted not to fit; ``"closed_form"`` builds the factor in
-                groups of examples that fit (same result).
+                never picks a path predicted not to fit (it warns when none does); ``"closed_form"``
+                builds the factor in groups of examples that fit (same result; raises ``ValueError``
+                when one example's factor alone does not fit; not for :class:`SmoothCASO`).
 
         Returns:
             Attributions shaped like ``inputs`` (tuple in, tuple out).
@@ -759,7 +760,13 @@ class CASO(_ContextAwareAttribution):
             plan = plan_auto(graph.probs, d, size, pl, products, budget, rank_tol=rank_tol)
             extra["auto"] = plan.summary()
             mode = plan.path
-        if mode == "closed_form" and s == 1 and graph.n > 1:
+            if plan.predictions[mode].memory > budget:
+                warnings.warn(
+                    f"CASO(hessian='auto'): no correct path is predicted to fit max_memory={budget} bytes; "
+                    f"took {mode!r}, predicted {plan.predictions[mode].memory} bytes.",
+                    stacklevel=5,
+                )
+        if mode == "closed_form" and s == 1:
             groups = self._factor_groups(graph, rank_tol, max_rank, budget)
             if groups is not None:
                 kw = dict(lambda1=lambda1, lambda2=lambda2, c1=c1, solver=solver, tol=tol, max_iter=max_iter)
