@@ -54,6 +54,7 @@ from .hessian import (
     logit_curvature_gap,
     loss_gradient_from_logits,
     low_rank_factor,
+    structural_piecewise_linear,
     unflatten_features,
 )
 from .optim import caso_objective, fista, soft_threshold, sparsity_ratio, sparsity_search
@@ -101,8 +102,10 @@ class AttributionDetails:
         extra: notes, e.g. ``"auto"`` (the cost model's choice, predicted cost per path in backward
             passes, predicted memory, budget; see :meth:`~captum_ext.attr.cost_model.AutoPlan.summary`),
             ``"factor_groups"`` (sizes of the example groups the factor was built in, to fit
-            ``max_memory`` or to pack ranks), ``"fallback"`` (why ``auto`` took the closed form without
-            a curvature probe),
+            ``max_memory`` or to pack ranks), ``"probe"`` (what told ``auto`` whether the net is
+            piecewise linear: ``"structural"`` (its autograd graph, free), ``"cached"`` or
+            ``"numeric (...)"`` (one double backward)), ``"fallback"`` (why ``auto`` took the closed
+            form without a curvature probe),
             ``"binary_logistic"`` (single-logit model), ``"lambda2_raised"`` (times ``L`` was raised).
     """
 
@@ -531,8 +534,10 @@ class CASO(_ContextAwareAttribution):
     * ``"gauss_newton"``: matrix-free products ``J^T A (J v)`` (one Jacobian-vector and one
       vector-Jacobian product each, :class:`~captum_ext.attr.gauss_newton.GaussNewtonHessian`): the
       closed form's Hessian without its ``d x r`` memory or ``r + 1`` backward passes; ``L`` by Lanczos.
-    * ``"auto"`` (default): one double-backward probe tells piecewise-linear nets (where the factor and
-      Gauss-Newton paths are exact) from curved ones (only ``"exact"`` is correct); the answer is kept
+    * ``"auto"`` (default): a free look at the autograd graph
+      (:func:`~captum_ext.attr.hessian.structural_piecewise_linear`) recognises piecewise-linear nets
+      (where the factor and Gauss-Newton paths are exact); when it cannot, one double-backward probe
+      tells piecewise-linear nets from curved ones (only ``"exact"`` is correct), and its answer is kept
       per input signature for later calls (:meth:`forget_probe`); then the cost model
       (:mod:`~captum_ext.attr.cost_model`) takes the correct path with the least predicted work that
       fits ``max_memory``, and reports its choice and predictions in ``last_details.extra["auto"]``.
@@ -899,11 +904,17 @@ class CASO(_ContextAwareAttribution):
             extra["binary_logistic"] = True
         if hessian != "auto":
             return hessian, None, extra
+        # free and sound: every input-dependent node of the graph is a known piecewise-linear operation
+        piecewise, reason = structural_piecewise_linear(graph)
+        if piecewise:
+            extra["probe"] = "structural"
+            return "closed_form", None, extra
         key = tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in graph.inputs)
         cache = self.__dict__.setdefault("_probe_cache", {})
         if key in cache:  # the model's curvature was probed on an earlier call with these inputs
             extra["probe"] = "cached"
             return cache[key], None, extra
+        extra["probe"] = f"numeric (graph has {reason})"
         n, dtype, device = graph.n, graph.dtype, graph.logits.device
         gen = torch.Generator(device="cpu").manual_seed(0)
         d = sum(x[0].numel() for x in graph.inputs)

@@ -451,3 +451,168 @@ def logit_curvature_gap(graph: LossGraph, v: Tensor, w: Tensor) -> Tensor:
     x_norm = flatten_features([x.detach() for x in inputs]).norm(dim=1)
     tiny = torch.finfo(v.dtype).tiny
     return hv.norm(dim=1) * (1 + x_norm) / (jt_w.norm(dim=1) * v.norm(dim=1)).clamp_min(tiny)
+
+
+# ---------------------------------------------------------------------------- structural curvature probe
+#: autograd nodes that are piecewise linear in every input they receive (selections, reshapes, sums,
+#: max / ReLU-type activations, pooling by averages or maxima)
+_PL_ANY = frozenset(
+    {
+        "AbsBackward0",
+        "AdaptiveAvgPool1DBackward0",
+        "AdaptiveAvgPool2DBackward0",
+        "AdaptiveAvgPool3DBackward0",
+        "AdaptiveMaxPool1DBackward0",
+        "AdaptiveMaxPool2DBackward0",
+        "AdaptiveMaxPool3DBackward0",
+        "AddBackward0",
+        "AddBackward1",
+        "AliasBackward0",
+        "AmaxBackward0",
+        "AminBackward0",
+        "AsStridedBackward0",
+        "AvgPool2DBackward0",
+        "AvgPool3DBackward0",
+        "CatBackward0",
+        "ClampBackward1",
+        "ClampMaxBackward0",
+        "ClampMinBackward0",
+        "CloneBackward0",
+        "ConstantPadNdBackward0",
+        "DivBackward1",
+        "ExpandBackward0",
+        "FlipBackward0",
+        "HardtanhBackward0",
+        "IndexBackward0",
+        "IndexSelectBackward0",
+        "GatherBackward0",
+        "LeakyReluBackward0",
+        "LeakyReluBackward1",
+        "MaxBackward0",
+        "MaxBackward1",
+        "MaximumBackward0",
+        "MaxPool2DWithIndicesBackward0",
+        "MaxPool3DWithIndicesBackward0",
+        "MeanBackward0",
+        "MeanBackward1",
+        "MinBackward0",
+        "MinBackward1",
+        "MinimumBackward0",
+        "MulBackward1",
+        "NegBackward0",
+        "PermuteBackward0",
+        "ReflectionPad1DBackward0",
+        "ReflectionPad2DBackward0",
+        "ReluBackward0",
+        "RepeatBackward0",
+        "ReplicationPad1DBackward0",
+        "ReplicationPad2DBackward0",
+        "ReshapeAliasBackward0",
+        "RollBackward0",
+        "SelectBackward0",
+        "SliceBackward0",
+        "SplitBackward0",
+        "SplitWithSizesBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "StackBackward0",
+        "SubBackward0",
+        "SubBackward1",
+        "SumBackward0",
+        "SumBackward1",
+        "TBackward0",
+        "ThresholdBackward0",
+        "ToCopyBackward0",
+        "TransposeBackward0",
+        "UnbindBackward0",
+        "UnsafeViewBackward0",
+        "UnsqueezeBackward0",
+        "UpsampleNearest2DBackward0",
+        "ViewBackward0",
+        "WhereBackward0",
+    }
+)
+#: nodes that are linear in ONE operand: piecewise linear only when no other operand depends on the input
+_PL_SINGLE = frozenset(
+    {
+        "AddmmBackward0",
+        "BmmBackward0",
+        "ConvolutionBackward0",
+        "MmBackward0",
+        "MulBackward0",
+        "MvBackward0",
+        "PreluKernelBackward0",
+    }
+)
+#: batch-norm nodes: affine in the input in eval mode (``_saved_training`` False), curved in training mode
+_BATCH_NORM = frozenset({"NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0"})
+#: output-only nodes: ``log_softmax`` shifts each example's logits by a constant, which the loss ignores
+_HEAD = frozenset({"LogSoftmaxBackward0"})
+
+
+def structural_piecewise_linear(graph: LossGraph) -> tuple[bool, str]:
+    """Whether the logits are piecewise linear in the inputs, read from the autograd graph (no passes).
+
+    Walks ``graph.logits.grad_fn`` back to the input leaves and inspects every node that depends on an
+    input. The answer is ``True`` only when each of them is a known piecewise-linear operation
+    (ReLU-type activations, max / average pooling, reshapes, selections, sums, ``log_softmax`` as the
+    output node) or an operation linear in its one input-dependent operand (matrix products,
+    convolutions and products by tensors that do not depend on the input, eval-mode batch norm, division
+    of an input-dependent numerator). Then the logits' curvature is zero almost everywhere and the loss
+    Hessian is its Gauss-Newton part. Any other node (smooth activations, normalisation by statistics of
+    the input, products of two input-dependent tensors such as attention's ``Q K^T``, custom functions)
+    gives ``False``: "unknown", to be settled by :func:`logit_curvature_gap`. Sound by construction, not
+    complete.
+
+    Returns:
+        ``(piecewise_linear, reason)``; ``reason`` names the first node that was not recognised.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> relu = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> structural_piecewise_linear(build_loss_graph(relu, (torch.randn(2, 4),)))
+        (True, 'all input-dependent nodes are piecewise linear')
+        >>> gelu = nn.Sequential(nn.Linear(4, 3), nn.GELU(), nn.Linear(3, 2))
+        >>> structural_piecewise_linear(build_loss_graph(gelu, (torch.randn(2, 4),)))
+        (False, 'GeluBackward0')
+    """
+    root = graph.logits.grad_fn
+    if root is None:
+        return False, "logits have no grad_fn"
+    leaves = {id(x) for x in graph.inputs}
+    depends: dict[Any, bool] = {}
+    # iterative post-order: a node depends on the input when one of its children does
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in depends:
+            continue
+        if type(node).__name__ == "AccumulateGrad":
+            depends[node] = id(node.variable) in leaves
+            continue
+        children = [nxt for nxt, _ in node.next_functions if nxt is not None]
+        if expanded:
+            depends[node] = any(depends.get(ch, False) for ch in children)
+            continue
+        stack.append((node, True))
+        stack.extend((ch, False) for ch in children if ch not in depends)
+    for node, dep in depends.items():
+        name = type(node).__name__
+        if not dep or name == "AccumulateGrad" or name in _PL_ANY:
+            continue
+        operands = [depends.get(nxt, False) if nxt is not None else False for nxt, _ in node.next_functions]
+        n_dep = sum(operands)
+        if name in _PL_SINGLE and n_dep == 1:
+            continue
+        if name == "DivBackward0" and operands[0] and n_dep == 1:  # x / c, not c / x
+            continue
+        if name in _BATCH_NORM and n_dep == 1 and getattr(node, "_saved_training", None) is False:
+            continue
+        if name in _HEAD and node is root:
+            continue
+        return False, name
+    if graph.binary and not depends.get(root, False):  # pragma: no cover - build_loss_graph rejects this
+        return False, "output does not depend on the inputs"
+    return True, "all input-dependent nodes are piecewise linear"
