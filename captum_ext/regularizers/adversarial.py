@@ -99,6 +99,14 @@ class PGDAdversarialTraining(_AdversarialWrapper):
         clamp: valid input range ``(low, high)``, e.g. ``(0, 1)``, or ``None``.
 
     Records ``adv_ce``, ``delta_l2``, ``delta_linf`` (batch means) and ``total``.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> adv = PGDAdversarialTraining(net, norm="inf", eps=0.1, steps=3, clamp=(0, 1))
+        >>> adv.loss(torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])).backward()
+        >>> sorted(adv.last_parts), adv.last_parts["delta_linf"] <= 0.1 + 1e-6
+        (['adv_ce', 'delta_l2', 'delta_linf', 'total'], True)
     """
 
     def __init__(
@@ -154,6 +162,16 @@ class NormRegularizedAdversarialTraining(_AdversarialWrapper):
         steps: iterations (default 7, B.4).
         step_size: step (default 0.3, B.4).
         clamp: valid input range or ``None``.
+
+    Examples:
+        The one-step ``"l1"`` perturbation is FGSM: every coordinate moves by exactly ``eps``.
+
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> adv = NormRegularizedAdversarialTraining(net, norm="l1", eps=0.1)
+        >>> adv.loss(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])).backward()
+        >>> round(adv.last_parts["delta_linf"], 4), round(adv.last_parts["delta_l2"], 4)
+        (0.1, 0.2)
     """
 
     def __init__(
@@ -214,6 +232,19 @@ class AttentionHarmonizedTraining(_AdversarialWrapper):
             e.g. ``(1, 1, H, W)``), or a callable ``(x, y) -> A`` returning maps for the batch (e.g. a
             lookup into a table of gaze maps). ``loss(x, y, attention=A)`` overrides it per batch.
         clamp: valid input range or ``None``.
+
+    Examples:
+        One map shared by the batch: humans look at the first two features only.
+
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> attention = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+        >>> adv = AttentionHarmonizedTraining(net, eps=0.5, attention=attention)
+        >>> adv.loss(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])).backward()
+        >>> sorted(adv.last_parts)
+        ['adv_ce', 'delta_l2', 'delta_linf', 'total']
+        >>> round(adv.last_parts["delta_l2"], 4)  # |eps * max(A) - 2 eps A| = eps everywhere
+        0.5
     """
 
     def __init__(

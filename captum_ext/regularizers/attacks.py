@@ -94,6 +94,10 @@ def group_norms(values: Tensor, group_size: int) -> Tensor:
 
     Returns:
         Tensor shaped like ``values`` holding ``‖values_S‖₂`` of the group ``S`` each coordinate is in.
+
+    Examples:
+        >>> group_norms(torch.tensor([[3.0, 4.0, 0.0, 1.0]]), group_size=2)
+        tensor([[5., 5., 1., 1.]])
     """
     ids = group_ids(tuple(values.shape[1:]), group_size, values.device).reshape(-1)
     n_groups = int(ids.max()) + 1
@@ -172,6 +176,15 @@ def closed_form_perturbation(
 
     Returns:
         ``δ`` shaped like ``grad``.
+
+    Examples:
+        >>> g = torch.tensor([[3.0, -4.0, 0.0, 1.0]])
+        >>> closed_form_perturbation(g, "l1", eps=0.5)
+        tensor([[ 0.5000, -0.5000,  0.0000,  0.5000]])
+        >>> closed_form_perturbation(g, "group", eps=1.0, group_size=2)
+        tensor([[ 0.6000, -0.8000,  0.0000,  1.0000]])
+        >>> closed_form_perturbation(g, "elastic", eps=0.5, eps2=0.1)
+        tensor([[ 1.1000, -1.3000,  0.0000,  0.7000]])
     """
     if not eps >= 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
@@ -191,6 +204,19 @@ def elastic_penalty(delta: Tensor, eps: float, eps2: float) -> Tensor:
 
     The regularizer an elastic-net adversary pays for its perturbation; its conjugate is
     ``ε‖g‖₁ + ε₂‖g‖²``. Returns shape ``(N,)``.
+
+    Args:
+        delta: perturbation, batch first.
+        eps: ε ≥ 0 (coordinates with ``|δᵢ| ≤ ε`` cost nothing).
+        eps2: ε₂ > 0.
+
+    Returns:
+        The penalty of every example, shape ``(N,)``.
+
+    Examples:
+        >>> delta = torch.tensor([[1.1, -1.3, 0.0, 0.7]])
+        >>> elastic_penalty(delta, eps=0.5, eps2=0.1)  # (0.36 + 0.64 + 0 + 0.04) / 0.4
+        tensor([2.6000])
     """
     if not eps2 > 0:
         raise ValueError(f"eps2 must be positive for the elastic-net penalty, got {eps2}")
@@ -214,6 +240,13 @@ def attention_perturbation(grad: Tensor, attention: Tensor, eps: float) -> Tenso
 
     Returns:
         ``δ`` shaped like ``grad``.
+
+    Examples:
+        The attended feature is pushed against the gradient, the other one along it:
+
+        >>> g = torch.tensor([[3.0, 4.0]])
+        >>> attention_perturbation(g, torch.tensor([[0.0, 1.0]]), eps=1.0)
+        tensor([[ 0.6000, -0.8000]])
     """
     if not eps >= 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
@@ -305,6 +338,16 @@ def pgd_perturbation(
 
     Returns:
         ``δ`` with ``‖δ‖ ≤ eps`` per example (and ``inputs + δ`` inside ``clamp``), detached.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> x, y = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> delta = pgd_perturbation(net, x, y, norm="inf", eps=0.1, steps=5, clamp=(0, 1))
+        >>> bool(delta.abs().max() <= 0.1 + 1e-6), bool(((x + delta) >= 0).all() & ((x + delta) <= 1).all())
+        (True, True)
+        >>> bool(F.cross_entropy(net(x + delta), y) > F.cross_entropy(net(x), y))
+        True
     """
     p = _parse_pgd_norm(norm)
     if not eps >= 0:
@@ -397,6 +440,17 @@ def norm_regularized_perturbation(
 
     Returns:
         ``δ`` shaped like ``inputs``, detached.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> one_step = norm_regularized_perturbation(net, x, y, norm="group", eps=0.5, group_size=2)
+        >>> torch.allclose(group_norms(one_step, 2), torch.tensor(0.5))  # every group has norm eps
+        True
+        >>> it = norm_regularized_perturbation(net, x, y, norm="l1", eps=0.1, iterative=True, steps=3)
+        >>> bool(it.abs().max() <= 0.1 + 1e-6)
+        True
     """
     if norm not in ("l1", "group", "elastic"):
         raise ValueError(f"norm must be 'l1', 'group' or 'elastic', got {norm!r}")

@@ -106,6 +106,21 @@ class RegularizedModel(nn.Module):
         inner: the wrapped module (a plain model or another wrapper).
         last_parts: the parts of the last :meth:`loss` call, as Python floats, e.g.
             ``{"ce": 0.31, "grad_norm": 2.4, "total": 0.33}``.
+
+    Examples:
+        A new regularizer only defines :meth:`penalty` (here: the mean absolute logit):
+
+        >>> class LogitPenalty(RegularizedModel):
+        ...     def penalty(self, x, y, logits):
+        ...         value = (self.model(x) if logits is None else logits).abs().mean()
+        ...         return 0.1 * value, {"logit_abs": float(value.detach())}
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Linear(4, 3)
+        >>> reg = LogitPenalty(net)
+        >>> x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+        >>> reg.loss(x, y).backward()
+        >>> sorted(reg.last_parts), reg.model is net, torch.equal(reg(x), net(x))
+        (['ce', 'logit_abs', 'total'], True, True)
     """
 
     #: Whether :meth:`penalty` needs gradients with respect to the inputs.

@@ -42,6 +42,16 @@ class HessianTrace:
         grad_norm_sq: ``‖∇ₓ f_t(x)‖²``, shape ``(N,)`` (exact).
         n_probes: probe vectors per example (the input dimension when ``exact``).
         exact: whether the trace is exact (one HVP per input coordinate) rather than Hutchinson's.
+
+    Examples:
+        ``f(x) = ‖x‖²`` has the Hessian ``2I``, so its trace is ``2·d``:
+
+        >>> res = hessian_trace(lambda x: (x**2).sum(1, keepdim=True), torch.rand(2, 3, dtype=torch.float64),
+        ...                     target=0, exact=True)
+        >>> res.trace, res.n_probes, res.exact
+        (tensor([6., 6.], dtype=torch.float64), 3, True)
+        >>> sorted(res.summary())
+        ['grad_norm_sq', 'trace', 'trace_stderr']
     """
 
     trace: Tensor

@@ -397,6 +397,17 @@ class GradientNormRegularizer(RegularizedModel):
         lam: λ. Default ``1e-3`` follows the paper (Sec. 5).
 
     Records in ``last_parts``: ``ce``, ``grad_norm`` (mean ‖∇f_y‖², unhalved) and ``total``.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> reg = GradientNormRegularizer(net, lam=1e-3)
+        >>> reg.loss(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])).backward()
+        >>> sorted(reg.last_parts)
+        ['ce', 'grad_norm', 'total']
+        >>> p = reg.last_parts
+        >>> abs(p["total"] - (p["ce"] + 0.5e-3 * p["grad_norm"])) < 1e-6
+        True
     """
 
     needs_input_grad = True
