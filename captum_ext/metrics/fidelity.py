@@ -51,6 +51,21 @@ class AOPCResult(MetricResult):
         aopc: ``(len(steps), N)`` per-example AOPC at each ``L``.
         scores: ``(max(steps) + 1, N)`` target output ``f(x^(l))`` after ``l`` removal steps.
         target: ``(N,)`` explained classes.
+
+    Examples:
+        ``f(x) = x₁ + x₂ + x₃`` at ``x = (3, 2, 1)`` explained by ``x`` itself: the most relevant first
+        removal gives the outputs 6, 3, 1, 0, so ``AOPC_1 = (0 + 3) / 2`` and
+        ``AOPC_3 = (0 + 3 + 5 + 6) / 4``:
+
+        >>> net = torch.nn.Linear(3, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(1.0)
+        >>> x = torch.tensor([[3.0, 2.0, 1.0]])
+        >>> res = aopc(net, x, x, target=0, steps=(1, 3), output="logit")
+        >>> res.scores.flatten(), res.mean()
+        (tensor([6., 3., 1., 0.]), tensor([1.5000, 3.5000]))
+        >>> res.to_dict()
+        {'steps': [1, 3], 'aopc': [[1.5], [3.5]]}
     """
 
     steps: tuple[int, ...]
@@ -217,6 +232,20 @@ class FidelityDrop(MetricResult):
             negative means the processed attribution is more faithful).
         base: AOPC of the base attributions.
         processed: AOPC of the post-processed attributions.
+
+    Examples:
+        The reversed ranking (``-x``) removes the least relevant feature first: its AOPC is lower
+        (0.5 and 2.5 instead of 1.5 and 3.5), a drop of 66.7% and 28.6%:
+
+        >>> net = torch.nn.Linear(3, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(1.0)
+        >>> x = torch.tensor([[3.0, 2.0, 1.0]])
+        >>> res = relative_fidelity_drop(net, x, x, -x, target=0, steps=(1, 3), output="logit")
+        >>> res.drop, res.base.mean(), res.processed.mean()
+        (tensor([66.6667, 28.5714]), tensor([1.5000, 3.5000]), tensor([0.5000, 2.5000]))
+        >>> sorted(res.to_dict())
+        ['base', 'drop', 'processed', 'steps']
     """
 
     steps: tuple[int, ...]

@@ -78,6 +78,18 @@ class LeakageResult(MetricResult):
             attribution in mass mode).
         top_k: the number of top units scored, or ``None`` for the mass share.
         units: units per example.
+
+    Examples:
+        On ``x = y·e_j`` the signal is the coordinate ``j``; an attribution that puts 2 there and 1 on
+        each of the 5 other coordinates leaks 5/7 of its mass:
+
+        >>> from captum_ext.datasets import SignedBasisToy
+        >>> x, y, mask = SignedBasisToy(4, d=6).tensors()
+        >>> res = feature_leakage(x, x.abs() + 1.0, mask)
+        >>> round(res.mean(), 4), res.top_k, res.units
+        (0.7143, None, 6)
+        >>> feature_leakage(x, x.abs(), mask, top_k=2).to_dict()
+        {'leakage': [0.5, 0.5, 0.5, 0.5], 'top_k': 2, 'units': 6}
     """
 
     leakage: Tensor

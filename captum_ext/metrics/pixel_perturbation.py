@@ -64,6 +64,22 @@ class PixelPerturbationResult(MetricResult):
         baseline_correct: ``(N,)`` hits on the unperturbed inputs.
         baseline_probs: ``(N,)`` target probabilities on the unperturbed inputs.
         target: ``(N,)`` the classes scored.
+
+    Examples:
+        Only the first feature decides the class; removing the three least relevant ones keeps the
+        accuracy, removing everything (baseline 0: tied logits, class 0 wins) halves it:
+
+        >>> net = torch.nn.Linear(4, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
+        >>> x = torch.tensor([[1.0, 0.3, 0.2, 0.1], [-1.0, 0.5, 0.1, 0.9]])
+        >>> y = torch.tensor([0, 1])
+        >>> attr = x * net.weight[y].detach()  # gradient x input
+        >>> res = pixel_perturbation(net, x, attr, target=y, baselines=0.0, fractions=(0.75, 1.0))
+        >>> res.baseline_accuracy, res.accuracy, res.counts
+        (1.0, tensor([1.0000, 0.5000], dtype=torch.float64), (3, 4))
+        >>> sorted(res.to_dict())[:4]
+        ['accuracy', 'baseline_accuracy', 'baseline_label_prob', 'counts']
     """
 
     fractions: tuple[float, ...]

@@ -114,6 +114,17 @@ class AttackResult(MetricResult):
         original_maps: ``(N, P)`` saliency before the attack (pixel level).
         attacked_maps: ``(N, P)`` saliency after the attack.
         target: ``(N,)`` explained classes.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        >>> res = attribution_attack(net, torch.rand(4, 16), epsilon=1.0, steps=10)
+        >>> bool(res.prediction_kept.all()), bool((res.delta_norm <= 1.0 + 1e-6).all())
+        (True, True)
+        >>> res.mean()["topk_intersection"] < 1.0  # the attack moved the top-k pixels
+        True
+        >>> sorted(res.to_dict())
+        ['delta_norm', 'prediction_kept', 'spearman', 'topk_intersection']
     """
 
     perturbed: Tensor = field(repr=False, metadata=NOT_IN_DICT)
@@ -388,6 +399,19 @@ class SimilarityResult(MetricResult):
     Attributes:
         scores: metric name -> ``(N,)`` tensor.
         attributions: ``(attributions_a, attributions_b)`` when requested.
+
+    Examples:
+        Two linear models of different seeds: the saliency of a linear model is its weight row, the
+        same for every example, so all examples score alike.
+
+        >>> from captum.attr import Saliency
+        >>> _ = torch.manual_seed(0)
+        >>> a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+        >>> res = stability(a, torch.rand(4, 5), Saliency, other_forward_func=b, target=0)
+        >>> sorted(res.scores), res.scores["topk"].shape
+        (['spearman', 'topk'], torch.Size([4]))
+        >>> res.mean()
+        {'spearman': 0.0, 'topk': 0.5}
     """
 
     scores: dict[str, Tensor]

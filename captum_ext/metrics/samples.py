@@ -40,6 +40,17 @@ class ClassSamples(MetricResult):
         labels: ``(N,)`` class each sample was generated for.
         initial_logits: ``(N,)`` target logit at the starting noise.
         final_logits: ``(N,)`` target logit at the returned sample.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> s = class_conditional_samples(net, (1, 4, 4), target=[0, 1, 2], steps=5)
+        >>> s.samples.shape, s.labels
+        (torch.Size([3, 1, 4, 4]), tensor([0, 1, 2]))
+        >>> bool((s.final_logits > s.initial_logits).all())
+        True
+        >>> sorted(s.to_dict())  # the samples themselves stay out of the JSON summary
+        ['final_logits', 'initial_logits', 'labels']
     """
 
     samples: Tensor = field(metadata=NOT_IN_DICT)
@@ -82,6 +93,18 @@ class GANTestResult(MetricResult):
         accuracy: share of samples the independent classifier assigns to their intended class.
         per_class: ``(classes,)`` accuracy per intended class (NaN for classes without samples).
         correct: ``(N,)`` per-sample hits.
+
+    Examples:
+        A judge that reads the class off the largest feature scores two samples, one recognised:
+
+        >>> judge = torch.nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = judge.weight.copy_(torch.eye(2))
+        >>> res = gan_test(judge, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), target=[0, 1])
+        >>> res.accuracy, res.per_class, res.correct
+        (0.5, tensor([1., 0.], dtype=torch.float64), tensor([1., 0.], dtype=torch.float64))
+        >>> res.to_dict()
+        {'accuracy': 0.5, 'per_class': [1.0, 0.0]}
     """
 
     accuracy: float
