@@ -13,7 +13,9 @@ a matmul, the top eigenvalue is that of the ``r x r`` matrix ``B^T B``, and
 
 :class:`ExactHessian` computes ``H v`` by double backward (valid for any twice-differentiable model)
 and the top eigenvalue by power iteration, which is the reference algorithm of the paper.
-:func:`logit_curvature_gap` tells the two cases apart with one double backward.
+:func:`structural_piecewise_linear` recognises piecewise-linear nets from the autograd graph for free;
+:func:`logit_curvature_gap` tells the two cases apart with one double backward where it cannot. The
+kept eigenpairs of ``A`` come from its secular equation (:func:`kept_eigenpairs`), not a dense eigh.
 
 Everything works on a batch: per-example quantities are computed together because examples do not
 interact (the caller checks that the model is in eval mode). Flat vectors are ``(n, d)`` with ``d``
@@ -356,7 +358,8 @@ def low_rank_factor(
     """Closed-form Gauss-Newton factor ``B`` of the input Hessian (exact for piecewise-linear nets).
 
     Costs one batched vector-Jacobian product per kept eigenvector of ``A`` plus one for the gradient,
-    grouped ``vjp_batch`` at a time. The graph is released afterwards.
+    grouped ``vjp_batch`` at a time; the eigenpairs come from :func:`kept_eigenpairs`. The graph is
+    released afterwards.
 
     Args:
         graph: from :func:`build_loss_graph`.
