@@ -223,10 +223,11 @@ def kept_eigenpairs(
 
     With at least 128 classes, tries :func:`softmax_covariance_top_eigh` for the top 8, then 64 pairs
     (``O(c)`` work per pair instead of the ``O(c^3)`` dense eigh; 30 ms instead of 0.25 s at
-    ``c = 1000``, one example at a time): the mass beyond the pairs found is ``tr(A) - sum lam_k`` with ``tr(A) = sum p_i (1 - p_i)`` known exactly, so the rank
-    rule of :func:`choose_rank` can be applied without the rest of the spectrum. When more pairs are
-    needed, or ``rank_tol < 1e-9`` (where the rank would hinge on eigenvalues near the floor), it
-    falls back to ``torch.linalg.eigh`` of the whole matrix.
+    ``c = 1000``, one example at a time): the mass beyond the pairs found is ``tr(A) - sum lam_k``
+    with ``tr(A) = sum p_i (1 - p_i)`` known exactly, so the rank rule of :func:`choose_rank` can be
+    applied without the rest of the spectrum. When more pairs are needed, or ``rank_tol < 1e-9``
+    (where the rank would hinge on eigenvalues near the floor), it falls back to
+    ``torch.linalg.eigh`` of the whole matrix.
 
     Args:
         probs: ``(n, c)`` probabilities (float64).
