@@ -89,7 +89,8 @@ class AttributionDetails:
         target: class whose loss was explained.
         in_window: for the sparsity search, whether the chosen sparsity lies in the window.
         probe_gap: for ``hessian="auto"``, relative curvature of the logits along a random direction
-            (zero for piecewise-linear nets; see :func:`captum_ext.attr.hessian.logit_curvature_gap`).
+            (zero for piecewise-linear nets; see :func:`captum_ext.attr.hessian.logit_curvature_gap`);
+            None when the structural probe or the cache decided (``extra["probe"]``).
         n_hvp: Hessian-vector products evaluated by double backward (exact path).
         n_vjp: vector-Jacobian products (backward passes) used to build the closed-form factor.
         converged: whether the solution is certified to ``tol`` (see ``error_bound``).
