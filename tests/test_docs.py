@@ -96,16 +96,6 @@ def _public_objects():
                 yield f"{module}.{name}", obj
 
 
-# public names allowed to lack an example for now, each named explicitly
-WITHOUT_EXAMPLE = {
-    "captum_ext.AttributionDetails",  # added by the lead (captum_ext/attr/caso.py is being edited)
-}
-
-
 def test_every_public_class_and_function_has_an_example():
     missing = {name for name, obj in _public_objects() if ">>>" not in (inspect.getdoc(obj) or "")}
-    assert not missing - WITHOUT_EXAMPLE, (
-        f"public names without a docstring example: {sorted(missing - WITHOUT_EXAMPLE)}"
-    )
-    stale = WITHOUT_EXAMPLE - missing
-    assert not stale, f"these now have an example: remove them from WITHOUT_EXAMPLE: {sorted(stale)}"
+    assert not missing, f"public names without a docstring example: {sorted(missing)}"

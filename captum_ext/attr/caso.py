@@ -108,6 +108,21 @@ class AttributionDetails:
             ``"numeric (...)"`` (one double backward)), ``"fallback"`` (why ``auto`` took the closed
             form without a curvature probe),
             ``"binary_logistic"`` (single-logit model), ``"lambda2_raised"`` (times ``L`` was raised).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from captum_ext import CASO
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+        >>> caso = CASO(model)
+        >>> x = torch.randn(2, 4, dtype=torch.float64)
+        >>> delta = caso.attribute(x, target=0, sparsity=(0.5, 1.0))
+        >>> d = caso.last_details
+        >>> d.hessian, d.solver, d.extra["probe"]  # ReLU net: exact closed form, read off the graph
+        ('closed_form', 'certified', 'structural')
+        >>> d.converged.tolist(), bool((d.error_bound < 1e-6).all()), d.in_window.tolist()
+        ([True, True], True, [True, True])
     """
 
     lambda1: Tensor
