@@ -55,8 +55,8 @@ from benchmarks._repro import (  # noqa: E402
     write_report,
 )
 from captum_ext import CAFO, CASO  # noqa: E402
-from captum_ext.datasets import BlockMNIST, SklearnDigits  # noqa: E402
 from captum_ext.attr.hessian import build_loss_graph, low_rank_factor, softmax_covariance  # noqa: E402
+from captum_ext.datasets import BlockMNIST, SklearnDigits  # noqa: E402
 from captum_ext.training import evaluate, fit  # noqa: E402
 
 CONF_BINS = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0 + 1e-9)
