@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from captum_ext import CASO
-from captum_ext.attr.hessian import build_loss_graph, logit_curvature_gap, structural_piecewise_linear
+from captum_ext.attr.hessian import (
+    build_loss_graph,
+    logit_curvature_gap,
+    structural_curvature,
+    structural_piecewise_linear,
+)
 
 torch.set_num_threads(1)
 
@@ -147,10 +152,45 @@ def test_auto_reports_which_probe_decided(untouched):
     assert caso.last_details.extra["probe"] == "structural"
     assert caso.last_details.hessian == "closed_form"
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)
-    with untouched(gelu):
+    with untouched(gelu):  # a known smooth operation: curved, decided from the graph without a probe
         caso = CASO(gelu)
         caso.attribute(x)
-        assert caso.last_details.extra["probe"].startswith("numeric (graph has GeluBackward0")
+        assert caso.last_details.extra["probe"] == "structural (smooth: GeluBackward0)"
+        assert caso.last_details.hessian == "exact" and caso.last_details.probe_gap is None
+    sine = nn.Sequential(nn.Linear(6, 5), _Sin(), nn.Linear(5, 3)).double().eval()
+    with untouched(sine):  # an operation the graph walk does not know: one numeric probe, then cached
+        caso = CASO(sine)
+        caso.attribute(x)
+        assert caso.last_details.extra["probe"].startswith("numeric (graph has SinBackward0")
         assert caso.last_details.hessian == "exact"
         caso.attribute(x)
         assert caso.last_details.extra["probe"] == "cached"
+
+
+class _Sin(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [
+        (lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)), "smooth"),
+        (lambda: nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)), "smooth"),
+        (lambda: nn.Sequential(nn.Linear(6, 5), _Sin(), nn.Linear(5, 3)), "unknown"),
+        (lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), "piecewise_linear"),
+    ],
+)
+def test_structural_curvature_classes_and_smooth_nets_are_curved(make, kind):
+    torch.manual_seed(0)
+    model = make().double().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    graph = build_loss_graph(model, (x,))
+    got, names = structural_curvature(graph)
+    assert got == kind and (not names) == (kind == "piecewise_linear")
+    if kind == "smooth":  # "smooth" must only be said of nets the numeric probe finds curved
+        g = torch.Generator().manual_seed(1)
+        v = torch.randn(3, 6, generator=g, dtype=torch.float64)
+        w = torch.randn(3, 3, generator=g, dtype=torch.float64)
+        w = w - w.mean(1, keepdim=True)
+        assert bool((logit_curvature_gap(graph, v, w) > 1e-6).all())

@@ -54,7 +54,7 @@ from .hessian import (
     logit_curvature_gap,
     loss_gradient_from_logits,
     low_rank_factor,
-    structural_piecewise_linear,
+    structural_curvature,
     unflatten_features,
 )
 from .optim import caso_objective, fista, soft_threshold, sparsity_ratio, sparsity_search
@@ -551,8 +551,10 @@ class CASO(_ContextAwareAttribution):
       vector-Jacobian product each, :class:`~captum_ext.attr.gauss_newton.GaussNewtonHessian`): the
       closed form's Hessian without its ``d x r`` memory or ``r + 1`` backward passes; ``L`` by Lanczos.
     * ``"auto"`` (default): a free look at the autograd graph
-      (:func:`~captum_ext.attr.hessian.structural_piecewise_linear`) recognises piecewise-linear nets
-      (where the factor and Gauss-Newton paths are exact); when it cannot, one double-backward probe
+      (:func:`~captum_ext.attr.hessian.structural_curvature`) recognises piecewise-linear nets
+      (where the factor and Gauss-Newton paths are exact) and nets made of known smooth operations
+      (GELU, tanh, LayerNorm, softmax, products of input-dependent tensors: only ``"exact"`` is
+      correct); when it cannot tell, one double-backward probe
       tells piecewise-linear nets from curved ones (only ``"exact"`` is correct), and its answer is kept
       per input signature for later calls (:meth:`forget_probe`); then the cost model
       (:mod:`~captum_ext.attr.cost_model`) takes the correct path with the least predicted work that
@@ -921,10 +923,14 @@ class CASO(_ContextAwareAttribution):
         if hessian != "auto":
             return hessian, None, extra
         # free and sound: every input-dependent node of the graph is a known piecewise-linear operation
-        piecewise, reason = structural_piecewise_linear(graph)
-        if piecewise:
+        kind, names = structural_curvature(graph)
+        if kind == "piecewise_linear":
             extra["probe"] = "structural"
             return "closed_form", None, extra
+        if kind == "smooth":  # curved for sure, and differentiable twice: no probe needed
+            extra["probe"] = f"structural (smooth: {', '.join(sorted(set(names)))})"
+            return "exact", None, extra
+        reason = names[0]
         key = tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in graph.inputs)
         cache = self.__dict__.setdefault("_probe_cache", {})
         if key in cache:  # the model's curvature was probed on an earlier call with these inputs

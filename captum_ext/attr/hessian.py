@@ -639,9 +639,61 @@ def structural_piecewise_linear(graph: LossGraph) -> tuple[bool, str]:
         >>> structural_piecewise_linear(build_loss_graph(gelu, (torch.randn(2, 4),)))
         (False, 'GeluBackward0')
     """
-    root = graph.logits.grad_fn
-    if root is None:
-        return False, "logits have no grad_fn"
+    kind, names = _classify_graph(graph)
+    if kind == "piecewise_linear":
+        return True, "all input-dependent nodes are piecewise linear"
+    return False, names[0]
+
+
+#: autograd nodes of smooth, genuinely curved operations that all have a double backward: a graph whose
+#: only non-piecewise-linear nodes are of these kinds is curved and the exact path can differentiate it
+_SMOOTH = frozenset(
+    {
+        "GeluBackward0",
+        "TanhBackward0",
+        "SigmoidBackward0",
+        "SoftplusBackward0",
+        "EluBackward0",
+        "SiluBackward0",
+        "MishBackward0",
+        "LogSigmoidBackward0",
+        "NativeLayerNormBackward0",
+        "SoftmaxBackward0",
+        "ExpBackward0",
+        "LogBackward0",
+        "SqrtBackward0",
+        "RsqrtBackward0",
+    }
+)
+
+
+def structural_curvature(graph: LossGraph) -> tuple[str, tuple[str, ...]]:
+    """Classify the logits' dependence on the inputs from the autograd graph (no passes).
+
+    Returns:
+        ``(kind, names)``: ``kind`` is ``"piecewise_linear"`` (as :func:`structural_piecewise_linear`
+        says, ``names`` empty), ``"smooth"`` (every unrecognised input-dependent node is a smooth
+        operation with a double backward, e.g. GELU, tanh, LayerNorm, softmax: take the exact path
+        without probing) or ``"unknown"`` (settle it with :func:`logit_curvature_gap`); ``names`` are
+        the unrecognised nodes' types in graph order. Calling a net "smooth" is always safe: the exact
+        path is correct for every twice-differentiable net, only slower than the closed form.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> gelu = nn.Sequential(nn.Linear(4, 3), nn.GELU(), nn.Linear(3, 2))
+        >>> structural_curvature(build_loss_graph(gelu, (torch.randn(2, 4),)))
+        ('smooth', ('GeluBackward0',))
+        >>> structural_curvature(build_loss_graph(lambda x: x * x, (torch.randn(2, 4),)))
+        ('smooth', ('MulBackward0',))
+        >>> structural_curvature(build_loss_graph(torch.sin, (torch.randn(2, 4),)))
+        ('unknown', ('SinBackward0',))
+    """
+    return _classify_graph(graph)
+
+
+def _input_dependence(graph: LossGraph, root: Any) -> dict[Any, bool]:
+    """Every node reachable from ``root`` mapped to whether it depends on one of the inputs."""
     leaves = {id(x) for x in graph.inputs}
     depends: dict[Any, bool] = {}
     # iterative post-order: a node depends on the input when one of its children does
@@ -659,6 +711,16 @@ def structural_piecewise_linear(graph: LossGraph) -> tuple[bool, str]:
             continue
         stack.append((node, True))
         stack.extend((ch, False) for ch in children if ch not in depends)
+    return depends
+
+
+def _classify_graph(graph: LossGraph) -> tuple[str, tuple[str, ...]]:
+    root = graph.logits.grad_fn
+    if root is None:
+        return "unknown", ("logits have no grad_fn",)
+    depends = _input_dependence(graph, root)
+    names: list[str] = []
+    smooth = True
     for node, dep in depends.items():
         name = type(node).__name__
         if not dep or name == "AccumulateGrad" or name in _PL_ANY:
@@ -673,10 +735,13 @@ def structural_piecewise_linear(graph: LossGraph) -> tuple[bool, str]:
             continue
         if name in _HEAD and node is root:
             continue
-        return False, name
-    if graph.binary and not depends.get(root, False):  # pragma: no cover - build_loss_graph rejects this
-        return False, "output does not depend on the inputs"
-    return True, "all input-dependent nodes are piecewise linear"
+        names.append(name)
+        # a product or quotient of input-dependent tensors (attention's Q K^T) is smooth and curved
+        bilinear = (name in _PL_SINGLE and n_dep > 1) or name == "DivBackward0"
+        smooth = smooth and (name in _SMOOTH or bilinear)
+    if not names:
+        return "piecewise_linear", ()
+    return ("smooth" if smooth else "unknown"), tuple(names)
 
 
 # ---------------------------------------------------------------------------- top eigenpairs of A
