@@ -659,12 +659,17 @@ _SMOOTH = frozenset(
         "LogSigmoidBackward0",
         "NativeLayerNormBackward0",
         "SoftmaxBackward0",
+        "SafeSoftmaxBackward0",
         "ExpBackward0",
         "LogBackward0",
         "SqrtBackward0",
         "RsqrtBackward0",
     }
 )
+
+
+#: products and quotients: smooth with a double backward whichever operands depend on the input
+_PRODUCTS = frozenset({"DivBackward0", "BaddbmmBackward0", "MvBackward0", "DotBackward0"})
 
 
 def structural_curvature(graph: LossGraph) -> tuple[str, tuple[str, ...]]:
@@ -737,7 +742,7 @@ def _classify_graph(graph: LossGraph) -> tuple[str, tuple[str, ...]]:
             continue
         names.append(name)
         # a product or quotient of input-dependent tensors (attention's Q K^T) is smooth and curved
-        bilinear = (name in _PL_SINGLE and n_dep > 1) or name == "DivBackward0"
+        bilinear = (name in _PL_SINGLE and n_dep > 1) or name in _PRODUCTS
         smooth = smooth and (name in _SMOOTH or bilinear)
     if not names:
         return "piecewise_linear", ()
