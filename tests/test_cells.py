@@ -175,6 +175,26 @@ def test_serial_pools_and_cache_agree(tmp_path):
     assert again == serial and (stats.cached, stats.computed) == (3, 3)
 
 
+def _threads_and_data(shared, cell):
+    return torch.get_num_threads(), float(shared["base"].sum())
+
+
+def test_pool_workers_start_with_the_cells_thread_count_and_the_data_file_is_removed(tmp_path, monkeypatch):
+    # the thread count is set once per worker (not switched per cell), and the pickled data go
+    # through one temporary file that is deleted when the run ends, also when a cell fails
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    shared = {"base": torch.arange(6.0)}
+    values, stats = run_cells(_threads_and_data, shared, CELLS, executor=2, worker_threads=1)
+    assert values == [(1, 15.0)] * 6 and stats.computed == 6
+    two, _ = run_cells(_threads_and_data, shared, CELLS[:1], executor=1, worker_threads=2)
+    assert two == [(2, 15.0)]
+    assert not list(tmp_path.glob("captum_ext-cells-*"))
+    with pytest.raises(RuntimeError, match="cell 3"):
+        run_cells(_boom, {}, CELLS, executor=2)
+    assert not list(tmp_path.glob("captum_ext-cells-*"))
+
+
 def _boom(shared, cell):
     if cell["i"] == 3:
         raise RuntimeError("cell 3 failed")

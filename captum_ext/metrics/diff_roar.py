@@ -738,6 +738,7 @@ def diff_roar(
         max_in_flight=max_in_flight,
         show_progress=show_progress,
         desc="DiffROAR cells",
+        worker_threads=threads,
     )
     n_main = 2 * len(fracs) * len(seed_list)
     acc = (
