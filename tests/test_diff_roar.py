@@ -170,6 +170,24 @@ def test_keep_masks_have_exact_counts_and_are_disjoint(n, p, frac, seed):
             assert scores[i][bottom[i]].max() <= scores[i][~bottom[i]].min()
 
 
+def test_ties_are_broken_uniformly_and_only_among_equal_scores():
+    # row pattern: a run of four equal scores, a run of two, distinct values; 20 000 seeded rows
+    g = torch.Generator().manual_seed(0)
+    row = torch.tensor([1.0, 5.0, 1.0, 1.0, 3.0, 1.0, 3.0, 0.5])
+    rank = rank_units(row.expand(20000, -1).contiguous(), g)
+    assert bool((rank[:, 1] == 0).all()) and bool((rank[:, 7] == 7).all())
+    assert set(rank[:, [4, 6]].unique().tolist()) == {1, 2}
+    assert set(rank[:, [0, 2, 3, 5]].unique().tolist()) == {3, 4, 5, 6}
+    # each of the four tied units takes each of the four ranks about 1/4 of the time (sd ~0.003)
+    freq = torch.stack([(rank[:, [0, 2, 3, 5]] == r).double().mean(0) for r in range(3, 7)])
+    assert torch.allclose(freq, torch.full_like(freq, 0.25), atol=0.015)
+    assert abs(float((rank[:, 4] == 1).double().mean()) - 0.5) < 0.015
+    # the same generator state gives the same ranks; no generator: earlier position first
+    again = rank_units(row.expand(20000, -1).contiguous(), torch.Generator().manual_seed(0))
+    assert torch.equal(rank, again)
+    assert rank_units(row[None]).tolist() == [[3, 0, 4, 5, 1, 6, 2, 7]]
+
+
 def test_count_rounding_is_half_up_and_exact():
     assert count_for_fraction(0.05, 1568) == 78  # 78.4
     assert count_for_fraction(0.1, 1568) == 157  # 156.8

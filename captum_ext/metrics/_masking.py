@@ -202,15 +202,37 @@ def rank_units(scores: Tensor, generator: torch.Generator | None = None) -> Tens
     if scores.dim() != 2:
         raise ValueError(f"scores must be (N, P), got shape {tuple(scores.shape)}")
     n, p = scores.shape
-    if generator is None:
-        order = torch.argsort(scores, dim=1, descending=True, stable=True)
-    else:
-        shuffle = torch.argsort(torch.rand(n, p, generator=generator), dim=1).to(scores.device)
-        shuffled = scores.gather(1, shuffle)
-        order = shuffle.gather(1, torch.argsort(shuffled, dim=1, descending=True, stable=True))
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    if generator is not None and p > 1:
+        order = _shuffle_ties(scores.gather(1, order), order, generator)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(p, device=scores.device).expand(n, p))
     return rank
+
+
+def _shuffle_ties(ordered: Tensor, order: Tensor, generator: torch.Generator) -> Tensor:
+    """``order`` with every run of equal ``ordered`` values put in a uniformly random order.
+
+    ``ordered`` is ``scores`` sorted along rows by ``order``, so tied units are adjacent. Only the
+    tied units are drawn and sorted (by a random key, then stably by their run), so the cost is
+    one row-wise sort of the scores plus a little for the ties.
+    """
+    n, p = order.shape
+    same = ordered[:, 1:] == ordered[:, :-1]  # position j + 1 ties with position j
+    if not bool(same.any()):
+        return order
+    follows = torch.zeros(n, p, dtype=torch.bool, device=order.device)  # equal to its predecessor
+    follows[:, 1:] = same
+    tied = follows.clone()
+    tied[:, :-1] |= same
+    where = tied.view(-1).nonzero().squeeze(1)  # flat positions of tied units, in order
+    run = (~follows.view(-1)[where]).long().cumsum(0)  # run id of each, non-decreasing
+    perm = torch.argsort(torch.rand(where.numel(), generator=generator).to(order.device))
+    perm = perm[torch.argsort(run[perm], stable=True)]  # each run's members, randomly ordered
+    flat = order.reshape(-1)
+    shuffled = flat.clone()
+    shuffled[where] = flat[where[perm]]
+    return shuffled.view(n, p)
 
 
 def keep_mask_from_rank(rank: Tensor, k: int, which: str) -> Tensor:
