@@ -4,13 +4,15 @@ Captum keeps its own helpers in private modules (``captum._utils``) that are ren
 so we keep the few we need here, following the same public conventions:
 
 * ``inputs`` is a tensor or a tuple of tensors, batch first;
-* ``target`` is ``None``, an int, a list of ints, or a tensor (0-d, or 1-d with one entry per example
-  or a single entry);
+* ``target`` is anything Captum accepts (``None``, an int, a tuple for multi-dimensional outputs, a
+  tensor, a list of ints or of tuples), parsed by :func:`format_target` alone (:func:`expand_target`
+  is its classifier case);
 * ``additional_forward_args`` is ``None``, one object, or a tuple of objects appended to the inputs.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +20,10 @@ import torch
 from torch import Tensor
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
-TargetType = int | Sequence[int] | Tensor | None
+#: Captum's target forms: None, an int, a tuple (multi-dimensional output), a tensor, a list of ints
+#: or a list of tuples (one entry per example).
+TargetLike = int | tuple[int, ...] | Tensor | Sequence[int] | Sequence[tuple[int, ...]] | None
+TargetType = TargetLike
 
 
 def format_inputs(inputs: TensorOrTuple) -> tuple[tuple[Tensor, ...], bool]:
@@ -94,47 +99,130 @@ def run_forward(
     return out
 
 
-def expand_target(target: TargetType, n: int, num_classes: int, device: torch.device) -> Tensor | None:
-    """Turn any Captum-style classification ``target`` into a ``LongTensor`` of shape ``(n,)``.
+def expand_target(target: TargetLike, n: int, num_classes: int, device: torch.device) -> Tensor | None:
+    """Any Captum ``target`` of a classifier (output ``(n, num_classes)``) as a ``LongTensor`` ``(n,)``.
 
-    Returns ``None`` when ``target`` is ``None`` (the caller decides the default, usually the
-    predicted class). Raises ``ValueError`` for a wrong length or an index outside ``[0, classes)``.
+    The classifier case of :func:`format_target` (the one parser of targets in the package) on
+    ``device``. Returns ``None`` when ``target`` is ``None`` (the caller decides the default,
+    usually the predicted class).
+
+    Examples:
+        >>> expand_target([2, 0], 2, 3, torch.device("cpu")).tolist()
+        [2, 0]
+        >>> expand_target((1,), 2, 3, torch.device("cpu")).tolist()
+        [1, 1]
+    """
+    t = format_target(target, n, (n, num_classes))
+    return None if t is None else t[:, 0].to(device)
+
+
+def format_target(
+    target: TargetLike, n: int, output_shape: Sequence[int], name: str = "target"
+) -> Tensor | None:
+    """Any Captum ``target`` as a ``(N, D)`` LongTensor of output indices, range-checked.
+
+    ``D = len(output_shape) - 1`` is the number of non-batch output dimensions (1 for a classifier's
+    ``(N, classes)`` scores). Accepted forms, as in Captum: ``None`` (returned as ``None``), an int
+    (``D == 1``), a tuple of ``D`` ints, a tensor (0-d, ``(N,)``, ``(1,)``, or ``(N, D)`` /
+    ``(D,)`` for multi-dimensional outputs), a list of ``N`` ints, or a list of ``N`` tuples.
+
+    Args:
+        target: the target.
+        n: the batch size.
+        output_shape: the model's output shape (batch first; only the non-batch sizes are used).
+        name: the argument's name in error messages.
+
+    Returns:
+        ``None`` or a LongTensor ``(n, D)`` on the CPU.
+
+    Raises:
+        TypeError: for bools, floats and unknown types.
+        ValueError: wrong length, wrong tuple size, or an index outside the output's range.
+
+    Examples:
+        >>> format_target([2, 0], 2, (2, 3)).tolist()
+        [[2], [0]]
+        >>> format_target((1, 4), 2, (2, 3, 5)).tolist()
+        [[1, 4], [1, 4]]
     """
     if target is None:
         return None
-    if isinstance(target, bool):
-        raise TypeError("target must be an int, a list of ints or a tensor, not a bool")
-    if isinstance(target, int):
-        t = torch.full((n,), target, dtype=torch.long, device=device)
-    elif isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex():
-            raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}")
-        flat = target.reshape(-1).to(device=device, dtype=torch.long)
-        if target.dim() > 1 and not (target.dim() == 2 and target.shape[1] == 1):
-            raise ValueError(
-                f"target tensor must be 0-d or 1-d for a classifier, got shape {tuple(target.shape)}"
-            )
-        if flat.numel() == 1:
-            t = flat.expand(n).clone()
-        elif flat.numel() == n:
-            t = flat
+    dims = tuple(int(s) for s in output_shape[1:])
+    d = len(dims)
+    if d == 0:
+        raise ValueError(f"{name}: the model's output has no dimension besides the batch; use target=None")
+
+    def bad_type(obj: Any) -> TypeError:
+        return TypeError(
+            f"{name} must be an int, a tuple of ints, a list of ints or tuples, or an integer tensor; "
+            f"got {type(obj).__name__}"
+        )
+
+    def as_int(v: Any) -> int:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (numbers.Integral, Tensor))
+            or (isinstance(v, Tensor) and v.numel() != 1)
+        ):
+            raise bad_type(v)
+        if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()):
+            raise bad_type(v)
+        return int(v)
+
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"{name} tensor must hold integers, got dtype {target.dtype}")
+        t = target.detach().to("cpu", torch.long)
+        if t.numel() == 1 and d == 1:
+            t = t.reshape(1, 1).expand(n, 1)
+        elif t.dim() == 1 and d == 1 and t.shape[0] == n:
+            t = t.reshape(n, 1)
+        elif t.dim() == 2 and d == 1 and t.shape == (n, 1):
+            pass
+        elif t.dim() == 1 and d > 1 and t.shape[0] == d:
+            t = t.reshape(1, d).expand(n, d)
+        elif t.dim() == 2 and t.shape == (n, d):
+            pass
         else:
-            raise ValueError(f"target has {flat.numel()} entries but the batch has {n} examples")
+            raise ValueError(
+                f"{name} tensor of shape {tuple(target.shape)} does not fit a batch of {n} examples and an "
+                f"output of shape {tuple(output_shape)}: give one index per example ({n},)"
+                + (f" or an (N, {d}) tensor" if d > 1 else "")
+            )
+    elif isinstance(target, tuple):
+        if len(target) != d:
+            raise ValueError(
+                f"{name} tuple {target} has {len(target)} indices, the output has {d} dimension(s)"
+            )
+        t = torch.tensor([as_int(v) for v in target], dtype=torch.long).reshape(1, d).expand(n, d)
+    elif isinstance(target, (numbers.Integral, bool)):
+        if d != 1:
+            raise ValueError(f"{name} is an int but the output has {d} non-batch dimensions: give a tuple")
+        t = torch.full((n, 1), as_int(target), dtype=torch.long)
     elif isinstance(target, Sequence) and not isinstance(target, str):
         items = list(target)
-        if any(isinstance(x, tuple) for x in items):
-            raise ValueError(
-                "tuple targets index multi-dimensional outputs; captum_ext methods explain "
-                "classifiers whose output is (batch, classes), so give one class index per example"
-            )
         if len(items) != n:
-            raise ValueError(f"target has {len(items)} entries but the batch has {n} examples")
-        t = torch.as_tensor([int(x) for x in items], dtype=torch.long, device=device)
+            raise ValueError(f"{name} has {len(items)} entries but the batch has {n} examples")
+        rows = []
+        for item in items:
+            row = tuple(item) if isinstance(item, (tuple, list)) else (item,)
+            if len(row) != d:
+                raise ValueError(
+                    f"{name} entry {item!r} has {len(row)} indices, the output has {d} dimension(s)"
+                )
+            rows.append([as_int(v) for v in row])
+        t = torch.tensor(rows, dtype=torch.long).reshape(n, d)
     else:
-        raise TypeError(f"unsupported target type {type(target).__name__}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-        raise ValueError(
-            f"target indices must lie in [0, {num_classes}) for a model with {num_classes} "
-            f"classes; got values in [{int(t.min())}, {int(t.max())}]"
-        )
+        raise bad_type(target)
+    t = t.contiguous()
+    if n:
+        upper = torch.tensor(dims, dtype=torch.long)
+        out_of_range = (t < 0) | (t >= upper)
+        if out_of_range.any():
+            row, col = (int(i) for i in out_of_range.nonzero()[0])
+            raise ValueError(
+                f"{name} index {int(t[row, col])} (example {row}) is out of range for an output of shape "
+                f"{tuple(output_shape)}: indices must lie in [0, {dims[col]})"
+                + (f" (a classifier with {dims[0]} classes)" if d == 1 else "")
+            )
     return t

@@ -3,12 +3,15 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from captum_ext._format import expand_target
+from captum_ext.attr import CASO
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
@@ -60,6 +63,39 @@ def test_format_target_multi_dimensional_outputs():
         format_target([(0,), (1,)], 2, out_shape)
     with pytest.raises(ValueError, match="tuple"):
         format_target(1, 2, out_shape)
+
+
+TARGET_FORMS = [
+    2,
+    [0, 1, 2],
+    (1,),
+    [(0,), (1,), (2,)],
+    torch.tensor([2, 0, 1]),
+    torch.tensor(1),
+    torch.tensor([[0], [1], [2]]),
+    [np.int64(2), np.int64(0), np.int64(1)],
+]
+
+
+@pytest.mark.parametrize("target", TARGET_FORMS)
+def test_one_target_parser_for_attributions_and_metrics(target):
+    # CASO, the manipulation wrappers and the regularizers parse targets with expand_target, the
+    # classifier case of format_target: every Captum form means the same thing on both sides
+    expected = format_target(target, 3, (3, 4))[:, 0]
+    assert torch.equal(expand_target(target, 3, 4, torch.device("cpu")), expected)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4)).double().eval()
+    x = torch.randn(3, 1, 2, 3, dtype=torch.float64)
+    ours = CASO(model).attribute(x, target=target)
+    assert torch.equal(ours, CASO(model).attribute(x, target=expected))
+
+
+@pytest.mark.parametrize("target", [[True, False, True], [(1, 2)] * 3, 4, [0.5, 1.0, 2.0]])
+def test_attribution_targets_are_refused_like_metric_targets(target):
+    with pytest.raises((TypeError, ValueError)) as theirs:
+        format_target(target, 3, (3, 4))
+    with pytest.raises(theirs.type, match="target"):
+        expand_target(target, 3, 4, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
@@ -127,6 +163,14 @@ class _Toy(MetricResult):
     nested: dict
     model: nn.Module = dataclasses.field(metadata=NOT_IN_DICT)
 
+    def plot(self, ax=None, **kwargs):
+        return ax
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoPlot(MetricResult):
+    values: Tensor
+
 
 def test_metric_result_to_dict_is_json_and_frozen():
     res = _Toy(torch.tensor([[1.0, 2.0]]), ("a",), {"k": torch.tensor(3)}, nn.Linear(1, 1))
@@ -135,8 +179,8 @@ def test_metric_result_to_dict_is_json_and_frozen():
     json.dumps(d)
     with pytest.raises(dataclasses.FrozenInstanceError):
         res.values = torch.zeros(1)  # type: ignore[misc]
-    with pytest.raises(NotImplementedError):
-        res.plot()
+    with pytest.raises(TypeError, match="abstract method '?plot"):  # every result must draw itself
+        _NoPlot(torch.zeros(1))
 
 
 # ------------------------------------------------------------------------------------ fill / units

@@ -630,7 +630,8 @@ class CASO(_ContextAwareAttribution):
 
         Args:
             inputs: tensor or tuple of tensors, batch first.
-            target: class per example (int, list, or tensor); default the predicted class.
+            target: class per example in any form Captum accepts (int, 1-tuple, list, tensor);
+                default the predicted class.
             additional_forward_args: extra arguments passed to ``forward_func`` after the inputs.
             lambda1: l1 weight (>= 0), a number or one value per example (1-d tensor). Ignored when
                 ``sparsity`` is given.
@@ -1102,7 +1103,8 @@ class CAFO(_ContextAwareAttribution):
 
         Args:
             inputs: tensor or tuple of tensors, batch first.
-            target: class per example (int, list, or tensor); default the predicted class.
+            target: class per example in any form Captum accepts (int, 1-tuple, list, tensor);
+                default the predicted class.
             additional_forward_args: extra arguments passed to ``forward_func`` after the inputs.
             lambda1: l1 weight (>= 0). Ignored when ``sparsity`` is given.
             lambda2: l2 weight (> 0); ``None`` means ``c1``.

@@ -17,19 +17,22 @@ everywhere:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._format import (
+    TargetLike,
     TensorOrTuple,
     format_additional_args,
     format_inputs,
+    format_target,
     run_forward,
     select_additional_args,
 )
@@ -52,10 +55,6 @@ __all__ = [
     "resolve_target",
     "select_output",
 ]
-
-#: Captum's target forms: None, an int, a tuple (multi-dimensional output), a tensor, a list of ints
-#: or a list of tuples (one entry per example).
-TargetLike = int | tuple[int, ...] | Tensor | Sequence[int] | Sequence[tuple[int, ...]] | None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,117 +161,6 @@ def check_finite(tensors: Tensor | tuple[Tensor, ...], name: str) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # targets
-
-
-def format_target(
-    target: TargetLike, n: int, output_shape: Sequence[int], name: str = "target"
-) -> Tensor | None:
-    """Any Captum ``target`` as a ``(N, D)`` LongTensor of output indices, range-checked.
-
-    ``D = len(output_shape) - 1`` is the number of non-batch output dimensions (1 for a classifier's
-    ``(N, classes)`` scores). Accepted forms, as in Captum: ``None`` (returned as ``None``), an int
-    (``D == 1``), a tuple of ``D`` ints, a tensor (0-d, ``(N,)``, ``(1,)``, or ``(N, D)`` /
-    ``(D,)`` for multi-dimensional outputs), a list of ``N`` ints, or a list of ``N`` tuples.
-
-    Args:
-        target: the target.
-        n: the batch size.
-        output_shape: the model's output shape (batch first; only the non-batch sizes are used).
-        name: the argument's name in error messages.
-
-    Returns:
-        ``None`` or a LongTensor ``(n, D)`` on the CPU.
-
-    Raises:
-        TypeError: for bools, floats and unknown types.
-        ValueError: wrong length, wrong tuple size, or an index outside the output's range.
-
-    Examples:
-        >>> format_target([2, 0], 2, (2, 3)).tolist()
-        [[2], [0]]
-        >>> format_target((1, 4), 2, (2, 3, 5)).tolist()
-        [[1, 4], [1, 4]]
-    """
-    if target is None:
-        return None
-    dims = tuple(int(s) for s in output_shape[1:])
-    d = len(dims)
-    if d == 0:
-        raise ValueError(f"{name}: the model's output has no dimension besides the batch; use target=None")
-
-    def bad_type(obj: Any) -> TypeError:
-        return TypeError(
-            f"{name} must be an int, a tuple of ints, a list of ints or tuples, or an integer tensor; "
-            f"got {type(obj).__name__}"
-        )
-
-    def as_int(v: Any) -> int:
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, Tensor))
-            or (isinstance(v, Tensor) and v.numel() != 1)
-        ):
-            raise bad_type(v)
-        if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex()):
-            raise bad_type(v)
-        return int(v)
-
-    if isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"{name} tensor must hold integers, got dtype {target.dtype}")
-        t = target.detach().to("cpu", torch.long)
-        if t.numel() == 1 and d == 1:
-            t = t.reshape(1, 1).expand(n, 1)
-        elif t.dim() == 1 and d == 1 and t.shape[0] == n:
-            t = t.reshape(n, 1)
-        elif t.dim() == 2 and d == 1 and t.shape == (n, 1):
-            pass
-        elif t.dim() == 1 and d > 1 and t.shape[0] == d:
-            t = t.reshape(1, d).expand(n, d)
-        elif t.dim() == 2 and t.shape == (n, d):
-            pass
-        else:
-            raise ValueError(
-                f"{name} tensor of shape {tuple(target.shape)} does not fit a batch of {n} examples and an "
-                f"output of shape {tuple(output_shape)}: give one index per example ({n},)"
-                + (f" or an (N, {d}) tensor" if d > 1 else "")
-            )
-    elif isinstance(target, tuple):
-        if len(target) != d:
-            raise ValueError(
-                f"{name} tuple {target} has {len(target)} indices, the output has {d} dimension(s)"
-            )
-        t = torch.tensor([as_int(v) for v in target], dtype=torch.long).reshape(1, d).expand(n, d)
-    elif isinstance(target, (int, bool)):
-        if d != 1:
-            raise ValueError(f"{name} is an int but the output has {d} non-batch dimensions: give a tuple")
-        t = torch.full((n, 1), as_int(target), dtype=torch.long)
-    elif isinstance(target, Sequence) and not isinstance(target, str):
-        items = list(target)
-        if len(items) != n:
-            raise ValueError(f"{name} has {len(items)} entries but the batch has {n} examples")
-        rows = []
-        for item in items:
-            row = tuple(item) if isinstance(item, (tuple, list)) else (item,)
-            if len(row) != d:
-                raise ValueError(
-                    f"{name} entry {item!r} has {len(row)} indices, the output has {d} dimension(s)"
-                )
-            rows.append([as_int(v) for v in row])
-        t = torch.tensor(rows, dtype=torch.long).reshape(n, d)
-    else:
-        raise bad_type(target)
-    t = t.contiguous()
-    if n:
-        upper = torch.tensor(dims, dtype=torch.long)
-        out_of_range = (t < 0) | (t >= upper)
-        if out_of_range.any():
-            row, col = (int(i) for i in out_of_range.nonzero()[0])
-            raise ValueError(
-                f"{name} index {int(t[row, col])} (example {row}) is out of range for an output of shape "
-                f"{tuple(output_shape)}: indices must lie in [0, {dims[col]})"
-            )
-    return t
 
 
 def check_labels(labels: Any, n: int, num_classes: int, name: str = "target") -> Tensor:
@@ -487,8 +375,8 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot convert a {type(value).__name__} to JSON")
 
 
-class MetricResult:
-    """Base of every metric result: subclasses are frozen dataclasses.
+class MetricResult(abc.ABC):
+    """Base of every metric result: subclasses are frozen dataclasses that implement ``plot``.
 
     ``to_dict()`` returns a JSON-able dict of the fields (tensors become nested lists; fields whose
     ``metadata`` has ``{"to_dict": False}`` -- models, raw attributions -- are left out).
@@ -499,6 +387,11 @@ class MetricResult:
         >>> @dataclasses.dataclass(frozen=True)
         ... class Toy(MetricResult):
         ...     values: Tensor
+        ...
+        ...     def plot(self, ax=None, **kwargs):
+        ...         ax = self._axes(ax)
+        ...         ax.plot(self.values.tolist(), **kwargs)
+        ...         return ax
         >>> Toy(torch.tensor([0.5, 1.0])).to_dict()
         {'values': [0.5, 1.0]}
     """
@@ -513,9 +406,9 @@ class MetricResult:
             if f.metadata.get("to_dict", True)
         }
 
+    @abc.abstractmethod
     def plot(self, ax: Any = None, **kwargs: Any) -> Any:
         """Draw the result on ``ax`` (a new figure when ``None``); returns the Axes."""
-        raise NotImplementedError(f"{type(self).__name__} has no plot()")
 
     @staticmethod
     def _axes(ax: Any, figsize: tuple[float, float] = (5.0, 3.5)) -> Any:
