@@ -529,8 +529,12 @@ def _write_shared(shared: Any) -> str:
     """Pickle ``shared`` to a new temporary file (the caller deletes it) and return its path."""
     blob = _pickled(shared)
     fd, path = tempfile.mkstemp(prefix="captum_ext-cells-", suffix=".pkl")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(blob)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+    except BaseException:  # a full disk: leave no partial file behind
+        os.unlink(path)
+        raise
     return path
 
 
@@ -583,6 +587,11 @@ def _mp_context() -> Any:
     return ctx
 
 
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise ValueError(f"executor: the number of worker processes must be >= 1, got {workers}")
+
+
 def process_pool(
     workers: int, threads: int | None = None, shared: _SharedRef | None = None
 ) -> cf.ProcessPoolExecutor:
@@ -592,8 +601,7 @@ def process_pool(
     the worker starts (``None``: torch's default), and loads ``shared`` (a handle written by
     :func:`run_cells`) into the worker.
     """
-    if workers < 1:
-        raise ValueError(f"executor: the number of worker processes must be >= 1, got {workers}")
+    _check_workers(workers)
     return cf.ProcessPoolExecutor(
         max_workers=workers,
         mp_context=_mp_context(),
@@ -760,8 +768,7 @@ def run_cells(
                     f"get_executor()) or a concurrent.futures.Executor; got {type(executor).__name__}"
                 )
             if isinstance(executor, int):
-                if executor < 1:
-                    raise ValueError(f"executor: the number of worker processes must be >= 1, got {executor}")
+                _check_workers(executor)  # before the data file is written
                 ref: Any = _SharedRef(token, tmp_file := _write_shared(shared))
                 owned_pool = pool = process_pool(executor, worker_threads, ref)
                 workers = executor

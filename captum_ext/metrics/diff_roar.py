@@ -512,11 +512,12 @@ def diff_roar(
     per ``(scheme, k)``.
 
     **Scale-out.** Cells run in this process (``executor=None``), in a process pool created here
-    (``executor=2``: the data reach each worker once, through the pool's initializer), on a Dask
-    cluster (``executor=client``: the data are scattered to every worker once with
-    ``client.scatter(..., broadcast=True)``), or on any ``concurrent.futures`` executor (the data
-    are written once to a temporary file that each worker reads once). At most ``max_in_flight``
-    cells are queued. Recipe for several machines::
+    (``executor=2``: the data are pickled once to a temporary file that each worker's initializer
+    reads once, and each worker runs ``threads`` torch threads from its start), on a Dask cluster
+    (``executor=client``: the data are pickled once and scattered to every worker as bytes with
+    ``client.scatter(..., broadcast=True)``), or on any ``concurrent.futures`` executor (the same
+    temporary file, read at each worker's first cell). At most ``max_in_flight`` cells are queued.
+    Recipe for several machines::
 
         # one machine (the scheduler):  dask scheduler --port 8786
         # every machine (same Python env, captum_ext and the module defining the factory installed):
@@ -527,9 +528,9 @@ def diff_roar(
         res = diff_roar(model, train, test, Saliency(model).attribute, model_factory=MyFactory(),
                         executor=client, cache_dir="/shared/cache")  # cache_dir optional
 
-    The data reach each worker once per call (``client.scatter(..., broadcast=True)``: about
-    ``4 * (N_train + N_test) * D`` bytes plus the ranks, e.g. ~110 MB for 6 000 CIFAR images), then
-    each cell sends a few hundred bytes. ``model_factory`` and ``trainer`` must be importable on the
+    The data reach each worker once per call (``client.scatter(..., broadcast=True)`` of one pickle:
+    about ``4 * (N_train + N_test) * D`` bytes plus the ranks, e.g. ~110 MB for 6 000 CIFAR
+    images), then each cell sends a few hundred bytes. ``model_factory`` and ``trainer`` must be importable on the
     workers (install the package that defines them there, or ``client.upload_file("my_module.py")``;
     Dask pickles lambdas and closures by value). ``cache_dir`` is read and written by this (the
     coordinating) process only; two coordinators sharing one cache on a network file system need
