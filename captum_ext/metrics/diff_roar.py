@@ -530,11 +530,11 @@ def diff_roar(
 
     The data reach each worker once per call (``client.scatter(..., broadcast=True)`` of one pickle:
     about ``4 * (N_train + N_test) * D`` bytes plus the ranks, e.g. ~110 MB for 6 000 CIFAR
-    images), then each cell sends a few hundred bytes. ``model_factory`` and ``trainer`` must be importable on the
-    workers (install the package that defines them there, or ``client.upload_file("my_module.py")``;
-    Dask pickles lambdas and closures by value). ``cache_dir`` is read and written by this (the
-    coordinating) process only; two coordinators sharing one cache on a network file system need
-    working POSIX locks there to split the work.
+    images), then each cell sends a few hundred bytes. ``model_factory`` and ``trainer`` must be
+    importable on the workers (install the package that defines them there, or
+    ``client.upload_file("my_module.py")``; Dask pickles lambdas and closures by value).
+    ``cache_dir`` is read and written by this (the coordinating) process only; two coordinators
+    sharing one cache on a network file system need working POSIX locks there to split the work.
 
     **Cache.** With ``cache_dir`` every finished cell is written at once (atomically, with its key
     and a checksum, verified on read), so a killed run resumes where it stopped, a finished run is
