@@ -23,7 +23,6 @@ TensorOrTuple = Tensor | tuple[Tensor, ...]
 #: Captum's target forms: None, an int, a tuple (multi-dimensional output), a tensor, a list of ints
 #: or a list of tuples (one entry per example).
 TargetLike = int | tuple[int, ...] | Tensor | Sequence[int] | Sequence[tuple[int, ...]] | None
-TargetType = TargetLike
 
 
 def format_inputs(inputs: TensorOrTuple) -> tuple[tuple[Tensor, ...], bool]:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._format import (
-    TargetType,
+    TargetLike,
     TensorOrTuple,
     expand_target,
     format_additional_args,
@@ -311,7 +311,7 @@ class _ContextAwareAttribution(GradientAttribution):
     def _run(
         self,
         inputs: TensorOrTuple,
-        target: TargetType,
+        target: TargetLike,
         additional_forward_args: Any,
         lambda1_grid: Callable[[int, torch.device, torch.dtype], Tensor] | None,
         internal_batch_size: int | None,
@@ -605,7 +605,7 @@ class CASO(_ContextAwareAttribution):
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTuple,
-        target: TargetType = None,
+        target: TargetLike = None,
         additional_forward_args: Any = None,
         *,
         lambda1: float | Tensor = 0.0,
@@ -693,7 +693,7 @@ class CASO(_ContextAwareAttribution):
         self,
         inputs: TensorOrTuple,
         lambda1_values: Sequence[float] | Tensor,
-        target: TargetType = None,
+        target: TargetLike = None,
         additional_forward_args: Any = None,
         **kwargs: Any,
     ) -> TensorOrTuple:
@@ -1089,7 +1089,7 @@ class CAFO(_ContextAwareAttribution):
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTuple,
-        target: TargetType = None,
+        target: TargetLike = None,
         additional_forward_args: Any = None,
         *,
         lambda1: float = 0.0,
@@ -1131,7 +1131,7 @@ class CAFO(_ContextAwareAttribution):
         self,
         inputs: TensorOrTuple,
         lambda1_values: Sequence[float] | Tensor,
-        target: TargetType = None,
+        target: TargetLike = None,
         additional_forward_args: Any = None,
         *,
         lambda2: float | None = None,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._format import (
-    TargetType,
+    TargetLike,
     TensorOrTuple,
     expand_target,
     format_additional_args,
@@ -69,7 +69,7 @@ def _flat_grads(grads: tuple[Tensor | None, ...], inputs: tuple[Tensor, ...]) ->
 
 
 def _scores(
-    model: Any, inputs: tuple[Tensor, ...], args: tuple[Any, ...], target: TargetType
+    model: Any, inputs: tuple[Tensor, ...], args: tuple[Any, ...], target: TargetLike
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(probabilities, target, per-example loss, logits)`` with graphs to ``inputs``."""
     logits = run_forward(model, inputs, args)
@@ -88,7 +88,7 @@ def check_equivalence(
     model_a: Any,
     model_b: Any,
     inputs: TensorOrTuple,
-    target: TargetType = None,
+    target: TargetLike = None,
     additional_forward_args: Any = None,
 ) -> EquivalenceReport:
     """Compare two classifiers' probabilities and input-gradients on a batch.

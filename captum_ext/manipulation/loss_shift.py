@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._format import TargetType, expand_target
+from .._format import TargetLike, expand_target
 
 __all__ = ["sine_shift", "LossGradientManipulation"]
 
@@ -121,7 +121,7 @@ class LossGradientManipulation(nn.Module):
         """``g(x)`` per example (see :func:`sine_shift`)."""
         return sine_shift(inputs, self.eps, self.m, self.direction, self.phase)
 
-    def per_example_loss(self, inputs: Tensor, target: TargetType) -> Tensor:
+    def per_example_loss(self, inputs: Tensor, target: TargetLike) -> Tensor:
         """``CE(f(x), t) + g(x)`` per example, shape ``(N,)``; ``target`` in any Captum form."""
         if not isinstance(inputs, Tensor):
             raise TypeError("LossGradientManipulation takes one input tensor")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._format import TargetType, expand_target
+from .._format import TargetLike, expand_target
 from .base import restore_modes
 
 __all__ = [
@@ -264,7 +264,7 @@ def attention_perturbation(grad: Tensor, attention: Tensor, eps: float) -> Tenso
 # --------------------------------------------------------------------------------------------------
 # attacks
 # --------------------------------------------------------------------------------------------------
-def _prepare(model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
+def _prepare(model: nn.Module, inputs: Tensor, target: TargetLike) -> Tensor:
     if not isinstance(model, nn.Module) and not callable(model):
         raise TypeError("model must be a callable returning (batch, classes) logits")
     if not isinstance(inputs, Tensor):
@@ -306,7 +306,7 @@ def input_gradient(
 def pgd_perturbation(
     model: nn.Module,
     inputs: Tensor,
-    target: TargetType,
+    target: TargetLike,
     *,
     norm: float | str = 2,
     eps: float = 2.0,
@@ -399,7 +399,7 @@ def _random_in_ball(x: Tensor, p: float, eps: float, generator: torch.Generator 
 def norm_regularized_perturbation(
     model: nn.Module,
     inputs: Tensor,
-    target: TargetType,
+    target: TargetLike,
     *,
     norm: str = "l1",
     eps: float = 0.1,

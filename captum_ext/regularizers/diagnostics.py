@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._format import (
-    TargetType,
+    TargetLike,
     TensorOrTuple,
     expand_target,
     format_additional_args,
@@ -74,7 +74,7 @@ class HessianTrace:
 def hessian_trace(
     model: Callable[..., Tensor],
     inputs: TensorOrTuple,
-    target: TargetType = None,
+    target: TargetLike = None,
     *,
     additional_forward_args: Any = None,
     n_probes: int = 32,
@@ -181,7 +181,7 @@ def _chunk_trace(
     model: Callable[..., Tensor],
     xs: tuple[Tensor, ...],
     args: tuple[Any, ...],
-    target: TargetType,
+    target: TargetLike,
     n_total: int,
     idx: Tensor,
     k: int,
