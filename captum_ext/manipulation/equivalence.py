@@ -8,6 +8,8 @@ wrappers: equal probabilities, arbitrarily different logit-gradients.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +26,7 @@ from .._format import (
     run_forward,
 )
 
-__all__ = ["EquivalenceReport", "check_equivalence"]
+__all__ = ["EquivalenceReport", "check_equivalence", "rounding_tolerance"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,20 @@ class EquivalenceReport:
         logit_grad_rel_diff: ``max_n ‖∇f_a,t − ∇f_b,t‖₂ / ‖∇f_a,t‖₂``.
         loss_grad_max_diff: ``max |∇ℓ_a − ∇ℓ_b|``.
         loss_grad_rel_diff: ``max_n ‖∇ℓ_a − ∇ℓ_b‖₂ / ‖∇ℓ_a‖₂``.
+        tolerance: the rounding bound on ``max_prob_diff`` for two models with equal probabilities
+            in exact arithmetic, ``2u·(4 + max|f_a| + max|f_b|)`` with ``u`` the unit roundoff of
+            the logits' dtype (2⁻²⁴ ≈ 6e-8 for float32, 2⁻⁵³ for float64) and ``max|f|`` each
+            model's largest absolute logit on the batch: adding a shift ``g`` to the logits rounds
+            each to ``u·|f + g|``, and a softmax moves by at most the largest logit error (see
+            :meth:`~captum_ext.manipulation.SoftmaxShift.paint` for the bound in terms of the
+            picture). Default ``1e-5`` when built by hand.
 
     Examples:
         >>> report = EquivalenceReport(1e-7, 1.0, 2e-7, 3.0, 0.9, 1e-7, 1e-6)
         >>> report.equivalent(), report.as_dict()["logit_grad_max_diff"]
         (True, 3.0)
+        >>> report.verdict()
+        'equivalent: probabilities agree to 1e-07 (tolerance 1e-05), same prediction on 100% of examples'
     """
 
     max_prob_diff: float
@@ -53,10 +64,32 @@ class EquivalenceReport:
     logit_grad_rel_diff: float
     loss_grad_max_diff: float
     loss_grad_rel_diff: float
+    tolerance: float = 1e-5
 
-    def equivalent(self, atol: float = 1e-5) -> bool:
-        """Whether the probabilities agree to ``atol`` (discriminative equivalence on this batch)."""
-        return self.max_prob_diff <= atol
+    def equivalent(self, atol: float | None = None) -> bool:
+        """Discriminative equivalence on this batch: probabilities agree to ``atol`` and every
+        prediction agrees.
+
+        Args:
+            atol: tolerance on ``max_prob_diff``; default :attr:`tolerance` (follows the dtype and
+                the logits' size).
+
+        Returns:
+            ``max_prob_diff <= atol and predictions_agree == 1``.
+        """
+        atol = self.tolerance if atol is None else float(atol)
+        return self.max_prob_diff <= atol and self.predictions_agree == 1.0
+
+    def verdict(self) -> str:
+        """One line: equivalent or not, the probability gap against the tolerance, the agreement."""
+        head = "equivalent" if self.equivalent() else "NOT equivalent"
+        text = (
+            f"{head}: probabilities agree to {self.max_prob_diff:.3g} (tolerance {self.tolerance:.3g}), "
+            f"same prediction on {100 * self.predictions_agree:.0f}% of examples"
+        )
+        if self.tolerance > 1e-3:
+            text += "; the logits are too large for this dtype to resolve the probabilities well"
+        return text
 
     def as_dict(self) -> dict[str, float]:
         """The report as a plain dictionary (for JSON)."""
@@ -93,9 +126,11 @@ def check_equivalence(
 ) -> EquivalenceReport:
     """Compare two classifiers' probabilities and input-gradients on a batch.
 
-    Neither model is changed: gradients come from :func:`torch.autograd.grad` with respect to copies
-    of the inputs, and no training flag is touched (call it on models in eval mode for deterministic
-    layers).
+    Neither model is changed, in any mode: gradients come from :func:`torch.autograd.grad` with
+    respect to copies of the inputs, no training flag is touched, and every buffer of a module (e.g.
+    the running statistics a BatchNorm layer in training mode updates on each forward pass) is
+    restored afterwards. Models in training mode are compared as they compute in training mode
+    (BatchNorm with batch statistics, Dropout random); use eval mode for a deterministic comparison.
 
     Args:
         model_a: reference classifier, ``(batch, classes)`` logits.
@@ -120,6 +155,25 @@ def check_equivalence(
     """
     xs, _ = format_inputs(inputs)
     args = format_additional_args(additional_forward_args)
+    with _buffers_restored(model_a), _buffers_restored(model_b):
+        return _compare(model_a, model_b, xs, args, target)
+
+
+@contextlib.contextmanager
+def _buffers_restored(model: Any) -> Iterator[None]:
+    """Copy every buffer of a module back after the body (running statistics, counters)."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()] if isinstance(model, torch.nn.Module) else []
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
+def _compare(
+    model_a: Any, model_b: Any, xs: tuple[Tensor, ...], args: tuple[Any, ...], target: TargetLike
+) -> EquivalenceReport:
     with torch.enable_grad():
         xs = tuple(x.detach().requires_grad_(True) for x in xs)
         if target is None:
@@ -147,4 +201,26 @@ def check_equivalence(
         logit_grad_rel_diff=rel(a_logit, b_logit),
         loss_grad_max_diff=float((a_loss - b_loss).abs().max()),
         loss_grad_rel_diff=rel(a_loss, b_loss),
+        tolerance=rounding_tolerance(fa.detach(), fb.detach()),
     )
+
+
+def rounding_tolerance(logits_a: Tensor, logits_b: Tensor) -> float:
+    """``2u·(4 + max|f_a| + max|f_b|)``: how far rounding alone can move two equal probability vectors.
+
+    Args:
+        logits_a: the first model's logits.
+        logits_b: the second model's logits.
+
+    Returns:
+        The bound, with ``u`` the unit roundoff of the wider of the two dtypes.
+
+    Examples:
+        >>> f = torch.zeros(2, 3)
+        >>> rounding_tolerance(f, f) == 8 * torch.finfo(torch.float32).eps / 2
+        True
+    """
+    dtype = torch.promote_types(logits_a.dtype, logits_b.dtype)
+    u = torch.finfo(dtype).eps / 2
+    size = float(logits_a.abs().max()) + float(logits_b.abs().max())
+    return 2.0 * u * (4.0 + size)

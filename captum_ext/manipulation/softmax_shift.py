@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["SoftmaxShift", "LinearShift", "PaintShift"]
@@ -22,7 +23,49 @@ def _as_patterns(pattern: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     pats = tuple(pattern) if isinstance(pattern, list | tuple) else (pattern,)
     if not pats or not all(isinstance(p, Tensor) for p in pats):
         raise TypeError("pattern/picture must be a tensor or a tuple of tensors (one per input)")
+    for k, p in enumerate(pats):
+        if not p.is_floating_point():
+            raise TypeError(f"pattern/picture {k} must be floating point, got {p.dtype}")
+        if p.numel() == 0:
+            raise ValueError(f"pattern/picture {k} is empty (shape {tuple(p.shape)})")
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(
+                f"pattern/picture {k} holds NaN or infinite values; replace them (torch.nan_to_num)"
+            )
     return tuple(p.detach().clone() for p in pats)
+
+
+def _probe(model: nn.Module, pictures: tuple[Tensor, ...], target: int) -> None:
+    """Check at construction that the model takes inputs shaped like the pictures and has class
+    ``target``: one forward pass on zeros in eval mode, no gradient; flags and buffers restored.
+
+    A model that needs more arguments than the pictures (``additional_forward_args``) cannot be
+    probed; its shapes are checked at the first call instead.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    param = next((q for q in model.parameters() if q.is_floating_point()), pictures[0])
+    zeros = tuple(torch.zeros((1, *p.shape), dtype=param.dtype, device=param.device) for p in pictures)
+    try:
+        model.eval()
+        with torch.no_grad():
+            logits = model(*zeros)
+    except TypeError:
+        return
+    except RuntimeError as err:
+        shapes = [tuple(p.shape) for p in pictures]
+        raise ValueError(
+            f"the picture shape(s) {shapes} must be the shape of one example of the model's input(s); "
+            f"the model failed on a batch of that shape: {err}"
+        ) from err
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        with torch.no_grad():
+            for b, value in buffers:
+                b.copy_(value)
+    if isinstance(logits, Tensor) and logits.dim() == 2 and not 0 <= target < logits.shape[1]:
+        raise ValueError(f"target {target} is out of range for a model with {logits.shape[1]} classes")
 
 
 def _inner_products(patterns: tuple[Tensor, ...], inputs: tuple[Any, ...]) -> Tensor:
@@ -102,15 +145,22 @@ class PaintShift(LinearShift):
         super().__init__(picture, 1.0)
         if isinstance(target, bool) or not isinstance(target, int):
             raise TypeError(f"target must be an int class index, got {type(target).__name__}")
-        self.target = int(target)
+        if target < 0:
+            raise ValueError(f"target must be a non-negative class index, got {target}")
+        # a buffer, so the painted class is saved and loaded with the picture
+        self.register_buffer("target_class", torch.tensor(int(target)))
+
+    @property
+    def target(self) -> int:
+        """The painted class ``t`` (stored as the buffer ``target_class``)."""
+        return int(self.target_class)
 
     def forward(self, *inputs: Any, logits: Tensor) -> Tensor:  # type: ignore[override]
         """``⟨M, x⟩ − f_t(x)`` per example."""
-        if not 0 <= self.target < logits.shape[1]:
-            raise ValueError(
-                f"target {self.target} is out of range for a model with {logits.shape[1]} classes"
-            )
-        return _inner_products(self.patterns(), inputs) - logits[:, self.target]
+        t = self.target
+        if not 0 <= t < logits.shape[1]:
+            raise ValueError(f"target {t} is out of range for a model with {logits.shape[1]} classes")
+        return _inner_products(self.patterns(), inputs) - logits[:, t]
 
 
 class SoftmaxShift(nn.Module):
@@ -118,9 +168,20 @@ class SoftmaxShift(nn.Module):
 
     .. math:: \tilde f_i(x) = f_i(x) + g(x)\quad\text{for every class } i
 
-    Predictions, probabilities, the cross-entropy loss and its input-gradients are unchanged (up to
-    floating-point error); every logit-gradient becomes ``∇fᵢ + ∇g`` (Srinivas & Fleuret, Sec. 2 and
-    App. A). Use it to show that logit-gradient explanations need not reflect the classifier.
+    Predictions, probabilities, the cross-entropy loss and its input-gradients are unchanged up to
+    rounding; every logit-gradient becomes ``∇fᵢ + ∇g`` (Srinivas & Fleuret, Sec. 2 and App. A). Use
+    it to show that logit-gradient explanations need not reflect the classifier.
+
+    **Rounding bound.** ``g`` is common to all classes, so its own rounding error cancels in the
+    softmax; what remains is the rounding of each sum ``fᵢ + g`` (at most ``u·|fᵢ + g|``, ``u`` the unit
+    roundoff: 2⁻²⁴ ≈ 6.0e-8 in float32, 2⁻⁵³ ≈ 1.1e-16 in float64), and a softmax moves by at most the
+    largest logit error. So per example
+
+    .. math:: \max_i |\tilde p_i - p_i| \le u\,\big(4 + \max_i|f_i| + \max_i|f_i + g|\big),
+
+    the ``4u`` for the two softmaxes' own rounding. :meth:`add_pattern` and :meth:`paint` state it in
+    terms of the pattern, the input and the logits; :func:`~captum_ext.manipulation.check_equivalence`
+    uses it (times 2) as its default tolerance.
 
     Args:
         model: classifier returning ``(batch, classes)`` logits.
@@ -163,6 +224,11 @@ class SoftmaxShift(nn.Module):
         Returns:
             The wrapped model: ``∇f̃ᵢ = ∇fᵢ + strength · pattern`` for every class ``i``.
 
+        Rounding: ``max |p̃ − p| ≤ u·(4 + 2·max|f| + strength·‖P‖₂‖x‖₂)`` per example (class
+        docstring; ``|⟨P, x⟩| ≤ ‖P‖₂‖x‖₂``). In float32 (u ≈ 6e-8) with ``strength·‖P‖‖x‖`` = 1e3 that
+        is ≈ 6e-5; at 1e7 it is ≈ 0.6, and predictions change (measured: half of them): keep the
+        shifted logits below ~1e4 in float32, or compute in float64.
+
         Examples:
             >>> import torch
             >>> from captum.attr import Saliency
@@ -184,6 +250,21 @@ class SoftmaxShift(nn.Module):
         returns exactly ``M`` for class ``t`` at every input (``|M|`` with Captum's default
         ``abs=True``), while the classifier's probabilities are unchanged.
 
+        Which Captum methods then show the picture is listed (measured) in
+        :mod:`captum_ext.manipulation`: gradient methods return ``M``, the input-times-gradient
+        family ``M ⊙ x``.
+
+        The picture and the target are validated here: ``M`` must be finite (NaN refused) and, when
+        the model can be called on the picture's shape alone, one forward pass on zeros (eval mode,
+        no gradient, the model left as it was) checks the shape and that class ``t`` exists. The
+        target is the buffer ``shift.target_class``, saved and loaded with the picture.
+
+        Rounding: the shifted logits are ``fᵢ − f_t + ⟨M, x⟩``, so per example
+        ``max |p̃ − p| ≤ u·(4 + 3·max|f| + ‖M‖₂‖x‖₂)`` (class docstring). In float32 with
+        ``‖M‖‖x‖`` ≈ 1e3 (picture scale 100, ``|x|`` ≈ 10) that is ≈ 6e-5 (measured 1.2e-5), above
+        a fixed ``atol=1e-5``: :func:`~captum_ext.manipulation.check_equivalence`'s default tolerance
+        follows this bound.
+
         Args:
             model: classifier returning ``(batch, classes)`` logits.
             target: the class ``t`` to paint.
@@ -191,6 +272,10 @@ class SoftmaxShift(nn.Module):
 
         Returns:
             The wrapped model.
+
+        Raises:
+            ValueError: a non-finite picture, a picture the model cannot take, a target the model
+                does not have.
 
         Examples:
             >>> import torch
@@ -204,7 +289,16 @@ class SoftmaxShift(nn.Module):
             >>> torch.allclose(fake(x).softmax(1), net(x).softmax(1), atol=1e-6)  # same classifier
             True
         """
-        return cls(model, PaintShift(target, picture))
+        shift = PaintShift(target, picture)
+        _probe(model, shift.patterns(), shift.target)
+        return cls(model, shift)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise TypeError(
+            "torch.jit.script cannot compile SoftmaxShift: its forward takes the model's arguments as "
+            "*args/**kwargs. Use torch.jit.trace(wrapper, example_inputs), which records the shifted "
+            "logits for fixed input shapes."
+        )
 
     def shift_values(self, *args: Any, logits: Tensor | None = None, **kwargs: Any) -> Tensor:
         """``g`` evaluated on a batch, shape ``(N,)``."""

@@ -137,7 +137,7 @@ class PGDAdversarialTraining(_AdversarialWrapper):
         self.norm, self.eps, self.steps = norm, float(eps), int(steps)
         self.step_size, self.random_start, self.clamp = step_size, bool(random_start), clamp
         _parse_pgd_norm(norm)
-        _check_clamp(torch.zeros(1), clamp)
+        _check_clamp(None, clamp)
         if not eps >= 0:
             raise ValueError(f"eps must be non-negative, got {eps}")
         if self.steps < 0:
@@ -234,7 +234,7 @@ class NormRegularizedAdversarialTraining(_AdversarialWrapper):
             raise ValueError(f"eps2 must be positive for the elastic net, got {eps2}")
         if not eps >= 0:
             raise ValueError(f"eps must be non-negative, got {eps}")
-        _check_clamp(torch.zeros(1), clamp)
+        _check_clamp(None, clamp)
         self.norm, self.eps, self.eps2, self.group_size = norm, float(eps), float(eps2), int(group_size)
         self.iterative, self.steps, self.step_size = bool(iterative), int(steps), float(step_size)
         self._factor = 1.0
@@ -316,7 +316,7 @@ class AttentionHarmonizedTraining(_AdversarialWrapper):
             raise ValueError(f"eps must be non-negative, got {eps}")
         if attention is not None and not (isinstance(attention, Tensor) or callable(attention)):
             raise TypeError("attention must be a tensor or a callable (x, y) -> tensor")
-        _check_clamp(torch.zeros(1), clamp)
+        _check_clamp(None, clamp)
         self.eps, self.clamp = float(eps), clamp
         self.attention = attention
         self._batch_attention: Tensor | None = None
@@ -331,6 +331,7 @@ class AttentionHarmonizedTraining(_AdversarialWrapper):
 
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         """The attention-harmonised perturbation for a batch."""
+        _check_clamp(x, self.clamp)
         a = self._batch_attention
         if a is None:
             if self.attention is None:

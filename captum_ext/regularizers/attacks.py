@@ -139,7 +139,9 @@ def _apply_clamp(inputs: Tensor, delta: Tensor, clamp: Clamp) -> Tensor:
     return torch.maximum(torch.minimum(inputs + delta, hi_t), lo_t) - inputs
 
 
-def _check_clamp(inputs: Tensor, clamp: Clamp) -> None:
+def _check_clamp(inputs: Tensor | None, clamp: Clamp) -> None:
+    """Validate ``clamp``; with ``inputs``, refuse inputs outside it (clamping would move them by more
+    than the attack's radius: standardised data with ``clamp=(0, 1)`` moved by up to 2.0 at ε = 0.1)."""
     if clamp is None:
         return
     if not (isinstance(clamp, tuple | list) and len(clamp) == 2):
@@ -147,6 +149,17 @@ def _check_clamp(inputs: Tensor, clamp: Clamp) -> None:
     lo, hi = clamp
     if torch.any(torch.as_tensor(lo) > torch.as_tensor(hi)):
         raise ValueError(f"clamp low must not exceed high, got {clamp!r}")
+    if inputs is None:
+        return
+    lo_t = torch.as_tensor(lo, dtype=inputs.dtype, device=inputs.device)
+    hi_t = torch.as_tensor(hi, dtype=inputs.dtype, device=inputs.device)
+    if bool(((inputs < lo_t) | (inputs > hi_t)).any()):
+        raise ValueError(
+            f"inputs lie outside clamp={clamp!r} (min {float(inputs.min()):.4g}, max "
+            f"{float(inputs.max()):.4g}): clamping would move them by more than the attack's radius. "
+            "Give the clamp in the units of the inputs (standardised data: the standardised range), "
+            "or clamp=None."
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,7 +345,8 @@ def pgd_perturbation(
         steps: number of ascent steps (default 7, Madry et al.'s CIFAR setting).
         step_size: α; default ``2.5·eps/steps`` (the rule of Madry et al.'s robustness library).
         random_start: start uniformly inside the ball (Madry et al.) instead of at 0.
-        clamp: ``(low, high)`` valid input range, e.g. ``(0, 1)``; ``None`` for no range.
+        clamp: ``(low, high)`` valid input range, e.g. ``(0, 1)``; ``None`` for no range. Inputs
+            outside it are refused (``ValueError``): clamping them would break the ``eps`` bound.
         loss_fn: ``(logits, labels) -> per-example loss``; default cross-entropy.
         generator: random generator for the random start.
 
@@ -435,7 +449,7 @@ def norm_regularized_perturbation(
         iterative: use the iterative variant of B.4.
         steps: ascent steps (default 7, B.4).
         step_size: α (default 0.3, B.4).
-        clamp: ``(low, high)`` valid input range or ``None``.
+        clamp: ``(low, high)`` valid input range or ``None``; inputs outside it are refused.
         loss_fn: ``(logits, labels) -> per-example loss``; default cross-entropy.
 
     Returns:

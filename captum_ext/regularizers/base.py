@@ -38,21 +38,26 @@ __all__ = ["RegularizedModel", "unwrap", "restore_modes", "mode_dependent_layers
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Return the plain model inside any number of nested :class:`RegularizedModel` wrappers.
+    """Return the plain model inside nested :class:`RegularizedModel` and data-parallel wrappers.
+
+    ``nn.DataParallel`` and ``DistributedDataParallel`` are peeled off too (their ``module``), so
+    ``unwrap(w).state_dict()`` has the plain model's keys (no ``module.`` prefix) and loads into the
+    unwrapped architecture.
 
     Args:
         model: a wrapper or a plain module.
 
     Returns:
-        The innermost module that is not a :class:`RegularizedModel`.
+        The innermost module that is neither a :class:`RegularizedModel` nor a data-parallel wrapper.
 
     Examples:
         >>> net = nn.Linear(4, 3)
-        >>> unwrap(net) is net
-        True
+        >>> unwrap(net) is net, unwrap(nn.DataParallel(net)) is net
+        (True, True)
     """
-    while isinstance(model, RegularizedModel):
-        model = model.inner
+    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while isinstance(model, (RegularizedModel, *parallel)):
+        model = model.inner if isinstance(model, RegularizedModel) else model.module
     return model
 
 
@@ -209,8 +214,18 @@ class RegularizedModel(nn.Module):
 
     @property
     def model(self) -> nn.Module:
-        """The plain model (every wrapper removed): save ``wrapper.model.state_dict()``."""
+        """The plain model (every wrapper and data-parallel wrapper removed): save
+        ``wrapper.model.state_dict()``. Attacks and penalties run their auxiliary forward passes on it
+        (one device); the task loss's forward pass goes through :attr:`inner`."""
         return unwrap(self.inner)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(wrapper)`` scripts the plain model: its forward is the wrapper's.
+
+        The wrapper's own ``forward(*args, **kwargs)`` cannot be compiled by TorchScript, and the
+        scripted module is for inference, where the wrapper adds nothing (``loss`` is not scripted).
+        """
+        return self.model
 
     def forward(self, *args, **kwargs):  # noqa: D401 - same contract as the wrapped model
         """Return the wrapped model's output unchanged."""

@@ -21,6 +21,7 @@ Combine penalties by nesting wrappers; every part is reported:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from .base import RegularizedModel, auxiliary_forward, class_scores, reusable
 
-__all__ = ["InputGradientPenalty", "WeightPenalty", "norm_penalty", "weight_norm"]
+__all__ = ["InputGradientPenalty", "WeightPenalty", "norm_penalty", "weight_norm", "penalised_parameters"]
 
 _P_NAMES = {1: "l1", 2: "l2", math.inf: "linf"}
 
@@ -63,26 +64,78 @@ def norm_penalty(values: Tensor, p: float, squared: bool = True) -> Tensor:
     return flat.abs().amax(1)
 
 
-def weight_norm(model: nn.Module, p: float, squared: bool = True, include_bias: bool = False) -> Tensor:
-    """ℓp norm of all the model's weights taken together as one vector (0-d tensor, differentiable).
+ParamFilter = Callable[[str, nn.Parameter], bool]
+
+_NORM_LAYERS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def penalised_parameters(
+    model: nn.Module, include_bias: bool = False, include: ParamFilter | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs a weight penalty acts on.
+
+    Default rule: every trainable parameter except biases (names ending in ``bias``, unless
+    ``include_bias``) and except the affine parameters (γ, β) of normalisation layers (BatchNorm,
+    InstanceNorm, LayerNorm, GroupNorm): γ scales a normalised activation, and shrinking it is not
+    shrinking a weight (the usual weight-decay practice). ``include`` replaces the rule.
+
+    Args:
+        model: the plain model.
+        include_bias: also select biases (of non-normalisation layers).
+        include: ``include(name, parameter) -> bool`` deciding for every trainable parameter; when
+            given, ``include_bias`` must be left ``False``.
+
+    Returns:
+        The selected pairs, in ``named_parameters`` order.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+        >>> [n for n, _ in penalised_parameters(net)]
+        ['0.weight', '2.weight']
+        >>> [n for n, _ in penalised_parameters(net, include=lambda n, w: n.startswith("2."))]
+        ['2.weight', '2.bias']
+    """
+    if include is not None and include_bias:
+        raise ValueError("give either include (a filter) or include_bias, not both")
+    if include is None:
+        in_norm = {
+            id(w) for m in model.modules() if isinstance(m, _NORM_LAYERS) for w in m.parameters(recurse=False)
+        }
+
+        def include(name: str, w: nn.Parameter) -> bool:
+            return id(w) not in in_norm and (include_bias or not name.endswith("bias"))
+
+    return [(n, w) for n, w in model.named_parameters() if w.requires_grad and include(n, w)]
+
+
+def weight_norm(
+    model: nn.Module,
+    p: float,
+    squared: bool = True,
+    include_bias: bool = False,
+    include: ParamFilter | None = None,
+) -> Tensor:
+    """ℓp norm of the selected weights taken together as one vector (0-d tensor, differentiable).
 
     Args:
         model: the module whose parameters are penalised.
         p: 1, 2 or ``math.inf``.
         squared: for ``p = 2``, the squared norm ``Σw²``.
         include_bias: also penalise parameters whose name ends in ``bias``.
+        include: a filter replacing the default selection (see :func:`penalised_parameters`).
 
     Returns:
         ``Σ|w|``, ``Σw²`` (or its root) or ``max|w|`` over the selected parameters.
     """
     p = _check_p(p)
-    params = [
-        w
-        for name, w in model.named_parameters()
-        if w.requires_grad and (include_bias or not name.endswith("bias"))
-    ]
+    params = [w for _, w in penalised_parameters(model, include_bias, include)]
     if not params:
-        raise ValueError("the model has no trainable weights to penalise")
+        raise ValueError("the model has no trainable weights to penalise (check include / include_bias)")
     if p == 1:
         return torch.stack([w.abs().sum() for w in params]).sum()
     if p == 2:
@@ -156,9 +209,11 @@ class InputGradientPenalty(RegularizedModel):
 class WeightPenalty(RegularizedModel):
     r"""Penalise the ℓp norm of the model's weights: ``task loss + lam · ‖w‖_p``.
 
-    All selected parameters form one vector (``weight_norm``); biases are excluded by default
-    (Bötte & Pfeiffer regularise "the weights"). ``p = 2`` with ``squared=True`` is ordinary
-    weight decay written into the loss.
+    All selected parameters form one vector (``weight_norm``). By default these are the weights of
+    the plain model: biases and the affine parameters (γ, β) of normalisation layers are excluded
+    (Bötte & Pfeiffer regularise "the weights"; :func:`penalised_parameters` states the rule);
+    ``wrapper.penalised_names()`` lists them, ``include=`` replaces the rule. ``p = 2`` with
+    ``squared=True`` is ordinary weight decay written into the loss.
 
     Args:
         model: classifier (or another wrapper); the penalty acts on the plain model's parameters.
@@ -166,6 +221,8 @@ class WeightPenalty(RegularizedModel):
         lam: penalty weight. The paper does not report it; ``1e-4`` is our default.
         squared: for ``p = 2``, penalise ``Σw²`` (default) rather than ``‖w‖₂``.
         include_bias: also penalise biases.
+        include: ``include(name, parameter) -> bool`` selecting the penalised parameters instead of
+            the default rule (e.g. ``lambda n, w: w.dim() > 1`` for every matrix and kernel).
 
     Records ``weight_l1`` / ``weight_l2`` / ``weight_linf`` (unweighted norm).
 
@@ -179,6 +236,8 @@ class WeightPenalty(RegularizedModel):
         >>> p = reg.last_parts
         >>> abs(p["total"] - (p["ce"] + 1e-3 * p["weight_l1"])) < 1e-6
         True
+        >>> reg.penalised_names()
+        ['weight']
     """
 
     def __init__(
@@ -188,13 +247,25 @@ class WeightPenalty(RegularizedModel):
         lam: float = 1e-4,
         squared: bool = True,
         include_bias: bool = False,
+        include: ParamFilter | None = None,
     ) -> None:
         super().__init__(model)
         self.p = _check_p(p)
         if not lam >= 0:
             raise ValueError(f"lam must be non-negative, got {lam}")
+        if include is not None and not callable(include):
+            raise TypeError(
+                f"include must be a callable (name, parameter) -> bool, got {type(include).__name__}"
+            )
         self.lam, self.squared, self.include_bias = float(lam), bool(squared), bool(include_bias)
+        self.include = include
+        if not self.penalised_names():
+            raise ValueError("the model has no trainable weights to penalise (check include / include_bias)")
+
+    def penalised_names(self) -> list[str]:
+        """Names (in the plain model) of the parameters this penalty acts on."""
+        return [n for n, _ in penalised_parameters(self.model, self.include_bias, self.include)]
 
     def penalty(self, x: Tensor, y: Tensor, logits: Tensor | None) -> tuple[Tensor, dict[str, float]]:
-        value = weight_norm(self.model, self.p, self.squared, self.include_bias)
+        value = weight_norm(self.model, self.p, self.squared, self.include_bias, self.include)
         return self.lam * value, {f"weight_{_P_NAMES[self.p]}": float(value.detach())}
