@@ -2,8 +2,10 @@
 
 Adding the same scalar function ``g(x)`` to every logit, ``f̃ᵢ(x) = fᵢ(x) + g(x)``, leaves the softmax,
 hence every prediction, probability, cross-entropy value and loss-gradient, unchanged (App. A, eqs. 5-6),
-while every logit-gradient moves by ``∇g(x)``. Logit-gradient saliency maps (Captum's ``Saliency``,
-``InputXGradient``, ...) can therefore be made to show anything without changing the classifier.
+while every logit-gradient moves by ``∇g(x)``. Logit-gradient saliency maps can therefore be made to
+show anything without changing the classifier: which Captum methods then return the picture ``M``
+(``Saliency``, ``GuidedBackprop``, ...) and which ``M ⊙ x`` (``InputXGradient``, ``DeepLift``,
+``IntegratedGradients``, ...) is the measured table of :mod:`captum_ext.manipulation`.
 """
 
 from __future__ import annotations
