@@ -8,24 +8,16 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks._repro import small_cnn
 from captum_ext.datasets import SklearnDigits
 from captum_ext.regularizers import NormRegularizedAdversarialTraining, group_norms
 from captum_ext.regularizers.monitor import DeadUnitMonitor, dead_unit_share
 
 
 def digits_cnn(seed: int) -> nn.Sequential:
-    """The reproduction's digits CNN (benchmarks/_repro.py: small_cnn)."""
+    """The reproduction's digits CNN (benchmarks/reproduce_gong.py), seeded."""
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 5, stride=2, padding=2),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
+    return small_cnn(10)
 
 
 def test_warmup_scales_the_group_radius_linearly_in_training_steps_only():
@@ -80,6 +72,7 @@ def _train_steps(warmup_steps: int, steps: int = 12) -> list[warnings.WarningMes
     return [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
+@pytest.mark.slow  # ~2 s on a quiet core: 24 training steps of the digits CNN
 def test_group_norm_training_without_warmup_is_flagged_and_warmup_keeps_units_alive():
     # The reproduction's setting (digits CNN, 4x4 patches, eps 0.4, clamp (0, 1), Adam 1e-3,
     # batch 64), seed 2: without warm-up the fully-connected ReLU layer dies within a few steps
