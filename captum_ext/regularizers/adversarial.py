@@ -56,9 +56,10 @@ __all__ = [
 class _AdversarialWrapper(RegularizedModel):
     """Common ``loss``: perturb, then the task loss at ``x + delta``; records the perturbation size.
 
-    In training mode the attack's clean forward pass also feeds a :class:`DeadUnitMonitor`, which
+    In training mode the attack's first full-batch forward pass (the clean batch for the one-step
+    attacks, the random start for PGD) also feeds a :class:`DeadUnitMonitor`, which
     warns once when the share of ReLU units dead on the whole batch jumps (a collapsing training run);
-    the latest share is ``wrapper.dead_units.last``.
+    the latest per-layer shares are ``wrapper.dead_units.last``.
     """
 
     def __init__(self, model: nn.Module) -> None:

@@ -22,7 +22,7 @@ running statistics and ``num_batches_tracked`` move exactly as in plain training
 Every auxiliary forward pass (attacks, gradient penalties, the noisy copies of the trace estimators)
 runs with **frozen statistics**: in eval mode (running statistics, nothing updated, Dropout off),
 every module's flag restored afterwards. A penalty reuses the task loss's logits only when that gives
-the same numbers (no such layer in training mode, no autocast), saving one forward pass.
+the same numbers (no such layer in training mode), saving one forward pass.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def autocast_active() -> bool:
 
 def reusable(model: nn.Module, logits: Tensor | None) -> bool:
     """Whether a penalty may reuse the task loss's ``logits`` (same numbers as a frozen forward)."""
-    return logits is not None and not mode_dependent_layers(model) and not autocast_active()
+    return logits is not None and not mode_dependent_layers(model)
 
 
 def check_batch(x: Tensor, y: Tensor) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import relu_to_softplus
-from .base import RegularizedModel, auxiliary_forward, class_scores, reusable
+from .base import RegularizedModel, autocast_active, auxiliary_forward, class_scores, reusable
 
 __all__ = ["ESTIMATORS", "taylor_trace", "ScoreMatching", "AntiScoreMatching", "GradientNormRegularizer"]
 
@@ -177,7 +177,8 @@ def _logit_grad_and_trace(
             f"divides differences of the logits by sigma^2, below the resolution of {x.dtype}. Keep the "
             "model in float32 (torch.autocast is fine: the trace is computed with autocast off)."
         )
-    reuse = reusable(model, logits)  # decided before the context puts the model in eval mode
+    # decided before the context puts the model in eval mode; autocast logits are too coarse
+    reuse = reusable(model, logits) and not autocast_active()
     with auxiliary_forward(model, float32=True):
         if not reuse or logits is None:
             logits = model(x)
