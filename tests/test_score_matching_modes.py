@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_ext.regularizers import AntiScoreMatching, ScoreMatching
+from captum_ext.regularizers import AntiScoreMatching, ScoreMatching, hessian_trace
 
 
 def bn_softplus_net(dtype=torch.float64) -> nn.Module:
@@ -37,6 +37,11 @@ def test_trace_in_train_mode_is_the_frozen_statistics_trace(cls):
     assert net.training and int(net[1].num_batches_tracked) == 1
     frozen = trace_of(wrapper.eval(), x, y)  # the trace with those statistics
     assert in_training == pytest.approx(frozen, rel=1e-9, abs=1e-12)
+    # and it estimates the exact trace of the model with frozen statistics (2000 antithetic pairs;
+    # measured deviation 1e-4, Monte-Carlo spread of the batch mean about 1e-3)
+    estimate = trace_of(cls(net, sigma=1e-2, n_samples=2000).train(), x, y)
+    exact = hessian_trace(net.eval(), x, target=y, exact=True).trace.mean()  # after the step's update
+    assert estimate == pytest.approx(float(exact), abs=5e-3)
 
 
 @pytest.mark.parametrize("cls", [ScoreMatching, AntiScoreMatching])
