@@ -1,0 +1,310 @@
+"""Exact sparse CASO on a low-rank Hessian: semismooth Newton on an ``r``-dimensional dual, certified.
+
+Pure tensor maths, no models. Per problem, with ``H = B B^T`` (``B`` of shape ``d x r``) and
+``2 lambda2 > L = lambda_max(B^T B)``, the minimisation form of CASO (as in :mod:`.optim`)::
+
+    min_D  F(D) = -g.D - 1/2 D.B B^T D + lambda2 ||D||^2 + lambda1 ||D||_1
+
+is ``mu = 2 lambda2 - L`` strongly convex. Writing ``-1/2 ||B^T D||^2 = min_u 1/2 ||u||^2 - u.B^T D``
+and minimising over ``D`` first (a separable prox) gives ``min F = min_u phi(u)`` with::
+
+    phi(u) = 1/2 ||u||^2 - ||soft(g + B u, lambda1)||^2 / (4 lambda2)
+    D(u)   = soft(g + B u, lambda1) / (2 lambda2)
+
+``phi`` is piecewise quadratic, ``1``-smooth and ``mu / (2 lambda2)`` strongly convex; its gradient is
+``u - B^T D(u)`` and an element of its generalised Hessian is ``I - B^T diag(a) B / (2 lambda2)`` with
+``a = 1[|g + B u| > lambda1]`` (ties ``|g + B u| = lambda1`` take ``0``, an element of the Clarke
+Jacobian of the soft threshold). Semismooth Newton with an Armijo line search on ``phi`` needs one
+``r x r`` solve and a few ``d x r`` products per step, and stops exactly once the active set is right.
+
+Certificate: ``B grad phi(u)`` lies in ``dF(D(u))``, and the returned bound uses the minimum-norm element
+of ``dF(D)`` of the returned ``D``, evaluated in float64 with a round-off allowance: by strong convexity
+``||D - D*|| <= ||s|| / mu`` for every ``s`` in ``dF(D)``. Derivation: ``docs/sparse_dual.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .optim import soft_threshold
+from .solvers import default_tol
+
+__all__ = ["SparseDualResult", "sparse_dual_solve"]
+
+
+@dataclass
+class SparseDualResult:
+    """Output of :func:`sparse_dual_solve`; leading shape ``(n,)`` or ``(n, m)`` as ``g`` without ``d``.
+
+    Attributes:
+        delta: the minimiser estimate ``D``, shaped like ``g``.
+        h_delta: ``B B^T D``, shaped like ``g``.
+        u: the dual variable ``(..., r)``; ``u = B^T D`` at the optimum (a warm start for nearby problems).
+        iterations: Newton steps taken per problem (``0`` when ``r = 0`` or ``u0`` was already optimal).
+        converged: ``rel_error_bound <= tol``.
+        residual: norm of the minimum-norm subgradient of the minimised objective at ``delta`` (float64).
+        error_bound: certified bound on ``||delta - D*||``: ``(residual + round-off) / mu`` (float64).
+        rel_error_bound: ``error_bound / ||delta||`` (``0`` when both are zero).
+        mu: strong convexity modulus ``2 lambda2 - L`` used, with ``L`` rounded up (float64).
+    """
+
+    delta: Tensor
+    h_delta: Tensor
+    u: Tensor
+    iterations: Tensor
+    converged: Tensor
+    residual: Tensor
+    error_bound: Tensor
+    rel_error_bound: Tensor
+    mu: Tensor
+
+
+def _per_problem(value: Tensor | float, name: str, n: int, m: int, like: Tensor) -> Tensor:
+    """A number, ``(n,)`` (per example) or ``(n, m)`` (per problem) as ``(n, m, 1)`` of ``like``'s kind."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.dim() == 0:
+        return t.reshape(1, 1, 1).expand(n, m, 1)
+    if t.shape == (n,):
+        return t.reshape(n, 1, 1).expand(n, m, 1)
+    if t.shape == (n, m):
+        return t.reshape(n, m, 1)
+    raise ValueError(
+        f"{name} must be a number, shape ({n},) per example or ({n}, {m}) per problem; got {tuple(t.shape)}"
+    )
+
+
+def _check_inputs(B: Tensor, g: Tensor) -> None:
+    if B.dim() != 3:
+        raise ValueError(f"B must have shape (n, d, r), got {tuple(B.shape)}")
+    if g.dim() not in (2, 3) or g.shape[0] != B.shape[0] or g.shape[-1] != B.shape[1]:
+        raise ValueError(
+            f"g must have shape (n, d) or (n, m, d) matching B {tuple(B.shape)}, got {tuple(g.shape)}"
+        )
+    if not (B.is_floating_point() and g.dtype == B.dtype and g.device == B.device):
+        raise ValueError(
+            "B and g must share one floating dtype and device, "
+            f"got {B.dtype}/{g.dtype} on {B.device}/{g.device}"
+        )
+    if not (bool(torch.isfinite(B).all()) and bool(torch.isfinite(g).all())):
+        raise ValueError("B and g must be finite (found NaN or inf); check the model's gradients")
+
+
+def _top_eigenvalue_upper(B: Tensor) -> tuple[Tensor, Tensor]:
+    """``(L rounded up, ||B||_F^2)`` per example in float64, from the ``r x r`` Gram matrix."""
+    n, d, r = B.shape
+    b64 = B.to(torch.float64)
+    if r == 0:
+        zero = torch.zeros(n, dtype=torch.float64, device=B.device)
+        return zero, zero
+    gram = b64.transpose(1, 2) @ b64
+    top = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0)
+    frob = gram.diagonal(dim1=1, dim2=2).sum(1)
+    eps = torch.finfo(torch.float64).eps
+    # the Gram's entries carry at most (d + 2) eps |b_i|.|b_j| of round-off, and eigvalsh is backward stable
+    return top + (d + r + 4) * eps * frob, frob
+
+
+def _phi_parts(B: Tensor, g: Tensor, u: Tensor, lam1: Tensor, two_l2: Tensor) -> tuple[Tensor, ...]:
+    """``z = g + B u``, ``s = soft(z)``, ``B^T s`` and ``phi(u)`` (shape ``(n, m, 1)``)."""
+    z = g + torch.einsum("ndr,nmr->nmd", B, u)
+    s = soft_threshold(z, lam1)
+    bts = torch.einsum("ndr,nmd->nmr", B, s)
+    phi = 0.5 * (u * u).sum(-1, keepdim=True) - (s * s).sum(-1, keepdim=True) / (2.0 * two_l2)
+    return z, s, bts, phi
+
+
+def _active(z: Tensor, lam1: Tensor) -> Tensor:
+    """Generalised derivative of the soft threshold: ``1`` strictly outside ``[-lambda1, lambda1]``;
+    ``0`` at ties (inside the Clarke interval ``[0, 1]``); everywhere ``1`` when ``lambda1 = 0``."""
+    return (z.abs() > lam1) | (lam1 == 0)
+
+
+def _certificate(
+    B: Tensor, g: Tensor, delta: Tensor, lam1: Tensor, two_l2: Tensor, mu: Tensor, frob: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(residual, error_bound)`` in float64 for the given ``delta``, each ``(n, m, 1)``."""
+    b64, g64, x = B.to(torch.float64), g.to(torch.float64), delta.to(torch.float64)
+    l1, tl2 = lam1.to(torch.float64), two_l2.to(torch.float64)
+    hx = torch.einsum("ndr,nmr->nmd", b64, torch.einsum("ndr,nmd->nmr", b64, x))
+    grad = -g64 - hx + tl2 * x
+    sub = torch.where(x != 0, grad + l1 * torch.sign(x), soft_threshold(grad, l1))
+    residual = sub.norm(dim=-1, keepdim=True)
+    # round-off of this float64 evaluation (zero when delta = 0: then every term is exact)
+    d, r = B.shape[1], B.shape[2]
+    eps = torch.finfo(torch.float64).eps
+    xn = x.norm(dim=-1, keepdim=True)
+    nonzero = (xn > 0).to(torch.float64)
+    scale = nonzero * (g64.norm(dim=-1, keepdim=True) + l1 * math.sqrt(d)) + (tl2 + frob[:, None, None]) * xn
+    allowance = (d + r + 4) * eps * scale
+    return residual, (residual + allowance) / mu
+
+
+def sparse_dual_solve(
+    B: Tensor,
+    g: Tensor,
+    lambda1: Tensor | float,
+    lambda2: Tensor | float,
+    *,
+    tol: float | None = None,
+    max_iter: int = 50,
+    u0: Tensor | None = None,
+) -> SparseDualResult:
+    """Exact CASO solve for ``H = B B^T`` and ``lambda1 >= 0`` by semismooth Newton on the ``r``-dim dual.
+
+    Minimises ``-g.D - 1/2 D.B B^T D + lambda2 ||D||^2 + lambda1 ||D||_1`` per problem (the maximised
+    CASO objective negated). Each problem runs Newton steps
+    ``u <- u - t (I - B^T diag(a) B / (2 lambda2))^{-1} grad phi(u)`` with ``t`` halved until Armijo's
+    test on ``phi`` holds, and stops (frozen, so results do not depend on the batch) once its certified
+    relative error is at most ``tol`` or its active set ``a`` repeats after a full step (then ``u``
+    solves the quadratic piece exactly). The certificate is re-evaluated in float64 at the end; a
+    problem whose bound stays above ``tol`` after ``max_iter`` steps (or whose precision is exhausted,
+    e.g. float32 at tiny ``2 lambda2 - L``) is returned with ``converged=False`` and its bound: the
+    caller must warn.
+
+    With ``lambda1 = 0`` one Newton step from ``u = 0`` is the Woodbury solve
+    ``(2 lambda2 I - B B^T)^{-1} g``. With ``r = 0`` the answer ``soft(g, lambda1) / (2 lambda2)`` needs
+    no step. Zero columns of ``B`` (padding to a common rank) change nothing.
+
+    Args:
+        B: factors ``(n, d, r)`` with ``H = B B^T`` per example.
+        g: loss gradients ``(n, d)``, or ``(n, m, d)`` for ``m`` problems per example sharing ``B``.
+        lambda1: ``>= 0``; a number, ``(n,)`` per example, or ``g.shape[:-1]`` per problem.
+        lambda2: ``> L / 2`` with ``L = lambda_max(B^T B)``; same shapes as ``lambda1``.
+        tol: target for ``||D - D*|| / ||D||`` (default: ``1e-8`` in float64, ``1e-4`` otherwise).
+        max_iter: Newton steps per problem.
+        u0: optional warm start ``(..., r)`` (e.g. ``u`` of a nearby ``lambda1``); default zero.
+
+    Returns:
+        :class:`SparseDualResult`.
+
+    Raises:
+        ValueError: on bad shapes, non-finite data, ``lambda1 < 0``, or ``2 lambda2 <= L`` (the problem
+            has no maximiser; choose ``lambda2 > L / 2``).
+
+    Examples:
+        >>> B = torch.tensor([[[1.0], [1.0]]], dtype=torch.float64)  # H = [[1, 1], [1, 1]], L = 2
+        >>> g = torch.tensor([[1.0, 0.25]], dtype=torch.float64)
+        >>> res = sparse_dual_solve(B, g, 0.5, 2.0)
+        >>> res.delta  # (2 lambda2 I - H) D = g - lambda1 sign(D) on the support {0}
+        tensor([[0.1667, 0.0000]], dtype=torch.float64)
+        >>> bool(res.converged), int(res.iterations)
+        (True, 1)
+    """
+    _check_inputs(B, g)
+    squeeze = g.dim() == 2
+    g3 = g[:, None, :] if squeeze else g
+    n, m, d = g3.shape
+    r = B.shape[2]
+    lam1 = _per_problem(lambda1, "lambda1", n, m, g3)
+    lam2 = _per_problem(lambda2, "lambda2", n, m, g3)
+    if not bool(torch.isfinite(lam1).all()) or bool((lam1 < 0).any()):
+        raise ValueError("lambda1 must be finite and >= 0")
+    if not bool(torch.isfinite(lam2).all()) or bool((lam2 <= 0).any()):
+        raise ValueError("lambda2 must be finite and > 0")
+    if tol is None:
+        tol = default_tol(g.dtype)
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be non-negative, got {max_iter}")
+    l_up, frob = _top_eigenvalue_upper(B)
+    two_l2 = 2.0 * lam2
+    mu = two_l2.to(torch.float64) - l_up[:, None, None]
+    if bool((mu <= 0).any()):
+        bad = torch.nonzero((mu <= 0).reshape(n, m).any(1))[0, 0].item()
+        raise ValueError(
+            f"2 * lambda2 must exceed L = lambda_max(B B^T) for a strongly concave CASO problem; example "
+            f"{bad}: 2 * lambda2 = {float(two_l2[bad].min()):.6g}, L = {float(l_up[bad]):.6g}. "
+            "Choose lambda2 > L / 2 (CASO's default lambda2 = L / 2 + c1)."
+        )
+    if u0 is None:
+        u = g3.new_zeros(n, m, r)
+    else:
+        u = (u0[:, None, :] if squeeze else u0).to(g3).clone()
+        if u.shape != (n, m, r):
+            raise ValueError(f"u0 must have shape {(n, r) if squeeze else (n, m, r)}, got {tuple(u0.shape)}")
+    iters = torch.zeros(n, m, dtype=torch.long, device=g.device)
+    if r > 0:
+        u, iters = _newton(B, g3, u, lam1, two_l2, mu, tol, max_iter)
+    _, s, bts, _ = _phi_parts(B, g3, u, lam1, two_l2)
+    delta = s / two_l2
+    h_delta = torch.einsum("ndr,nmr->nmd", B, bts / two_l2)
+    residual, bound = _certificate(B, g3, delta, lam1, two_l2, mu, frob)
+    dn = delta.to(torch.float64).norm(dim=-1, keepdim=True)
+    rel = torch.where(bound == 0, torch.zeros_like(bound), bound / dn)  # x / 0 = inf for a non-zero bound
+    out = (delta, h_delta, u, iters, rel[..., 0] <= tol, residual[..., 0], bound[..., 0], rel[..., 0])
+    if squeeze:
+        out = tuple(t[:, 0] for t in out)
+    return SparseDualResult(*out, mu=mu[..., 0, 0] if squeeze else mu[..., 0])
+
+
+def _newton(
+    B: Tensor,
+    g: Tensor,
+    u: Tensor,
+    lam1: Tensor,
+    two_l2: Tensor,
+    mu: Tensor,
+    tol: float,
+    max_iter: int,
+) -> tuple[Tensor, Tensor]:
+    """Batched semismooth Newton with Armijo backtracking; returns ``(u, iterations)``."""
+    n, m, d = g.shape
+    r = B.shape[2]
+    dtype = g.dtype
+    eps = torch.finfo(dtype).eps
+    eye = torch.eye(r, dtype=torch.float64, device=g.device)
+    mu_w = mu.to(dtype)
+    z, s, bts, phi = _phi_parts(B, g, u, lam1, two_l2)
+    running = torch.ones(n, m, 1, dtype=torch.bool, device=g.device)
+    iters = torch.zeros(n, m, dtype=torch.long, device=g.device)
+    for _ in range(max_iter):
+        # stopping test in working precision: minimum-norm subgradient of the primal at D(u)
+        delta = s / two_l2
+        hx = torch.einsum("ndr,nmr->nmd", B, bts / two_l2)
+        grad_p = -g - hx + two_l2 * delta
+        sub = torch.where(delta != 0, grad_p + lam1 * torch.sign(delta), soft_threshold(grad_p, lam1))
+        bound = sub.norm(dim=-1, keepdim=True) / mu_w
+        small = (bound <= 0.5 * tol * delta.norm(dim=-1, keepdim=True)) | (bound == 0)
+        running = running & ~small
+        if not bool(running.any()):
+            break
+        # Newton direction from the generalised Hessian I - B^T diag(a) B / (2 lambda2), in float64
+        a = _active(z, lam1).to(dtype)
+        gram = B.transpose(1, 2)[:, None] @ (a[..., None] * B[:, None])  # (n, m, r, r)
+        hess = eye - gram.to(torch.float64) / two_l2[..., None].to(torch.float64)
+        grad = u - bts / two_l2
+        chol, info = torch.linalg.cholesky_ex(hess)
+        step = -torch.cholesky_solve(grad.to(torch.float64)[..., None], chol)[..., 0]
+        # a failed factorisation (round-off only: hess >= mu / (2 lambda2) I) falls back to a gradient step
+        step = torch.where((info != 0)[..., None], -grad.to(torch.float64), step).to(dtype)
+        slope = (grad * step).sum(-1, keepdim=True)
+        t = torch.ones_like(phi)
+        pending = running.clone()
+        full = running.clone()
+        new = (u, z, s, bts, phi)
+        for _trial in range(60):
+            cand_u = u + t * step
+            cand = (cand_u, *_phi_parts(B, g, cand_u, lam1, two_l2))
+            # Armijo with an allowance for the round-off of phi's two terms (they cancel near the optimum)
+            slack = 16 * eps * (0.5 * (cand_u * cand_u).sum(-1, keepdim=True) + cand[4].abs() + phi.abs())
+            ok = cand[4] <= phi + 1e-4 * t * slope + slack
+            take = pending & ok
+            new = tuple(torch.where(take, c, o) for c, o in zip(cand, new, strict=True))
+            pending = pending & ~ok
+            if not bool(pending.any()):
+                break
+            full = full & ~pending
+            t = torch.where(pending, 0.5 * t, t)
+        stalled = pending  # no decrease found: precision exhausted; keep u and stop
+        same_set = (_active(new[1], lam1) == _active(z, lam1)).all(-1, keepdim=True)
+        iters = iters + (running & ~stalled)[..., 0].long()
+        u, z, s, bts, phi = new
+        # a full step that keeps the active set solved the quadratic piece exactly (up to round-off)
+        exact = running & full & same_set
+        running = running & ~stalled & ~exact
+    return u, iters
