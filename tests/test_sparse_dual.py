@@ -277,6 +277,26 @@ def test_float32_meets_its_tolerance():
         assert rel_err(res.delta[i].double(), ref.delta[i]) <= 100 * torch.finfo(torch.float32).eps
 
 
+def test_float32_confident_scales_are_refined_to_tolerance():
+    """A confident prediction's factor (|B| ~ 1e-14, |g| ~ 1e-30, g nearly along B's top column, paper
+    Thm. 4) at 2 lambda2 = 1.01 L: float32 sums over d = 3000 leave the dual variable ~1e-4 off; the
+    float64-product refinement brings every example within the default tolerance 1e-4, and the
+    certificate covers the true error against float64 on the same data."""
+    gen = torch.Generator().manual_seed(0)
+    n, d = 4, 3000
+    B = torch.randn(n, d, 2, generator=gen, dtype=F64) * torch.tensor([1.0, 0.1], dtype=F64) * 1e-14
+    g = B[:, :, 0] * 1e-16 + torch.randn(n, d, generator=gen, dtype=F64) * 1e-32
+    B, g = B.float(), g.float()
+    lam2, lam1 = (0.505 * top_eigenvalue(B.double())).float(), g.abs().median(1).values
+    res = sparse_dual_solve(B, g, lam1, lam2)
+    ref = sparse_dual_solve(B.double(), g.double(), lam1.double(), lam2.double())
+    assert bool(res.converged.all()) and bool(ref.converged.all())
+    for i in range(n):
+        err = rel_err(res.delta[i].double(), ref.delta[i])
+        assert err <= 1e-4
+        assert err <= float(res.rel_error_bound[i]) + 1e-8  # + the float64 reference's own tolerance
+
+
 # ---------------------------------------------------------------- errors
 def test_refuses_a_nonconcave_problem():
     B, g, lam1, _ = random_problem(12, n=2, d=10, r=2)

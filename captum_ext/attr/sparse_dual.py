@@ -93,14 +93,29 @@ def _check_inputs(B: Tensor, g: Tensor) -> None:
         raise ValueError("B and g must be finite (found NaN or inf); check the model's gradients")
 
 
+#: float64 elements of ``B`` converted at a time (float32 factors are never copied whole to float64)
+_CHUNK = 1 << 22
+#: float64 refinement steps after a float32 solve (each a Newton step whose products run in float64)
+_REFINE_STEPS = 3
+
+
+def _chunks64(B: Tensor) -> list[tuple[slice, Tensor]]:
+    """Row blocks of ``B`` (along ``d``) in float64, each at most ``_CHUNK`` elements (one block, no copy,
+    for a float64 ``B``)."""
+    n, d, r = B.shape
+    if B.dtype == torch.float64:
+        return [(slice(0, d), B)]
+    rows = max(1, _CHUNK // max(1, n * r))
+    return [(slice(a, min(a + rows, d)), B[:, a : a + rows].to(torch.float64)) for a in range(0, d, rows)]
+
+
 def _top_eigenvalue_upper(B: Tensor) -> tuple[Tensor, Tensor]:
     """``(L rounded up, ||B||_F^2)`` per example in float64, from the ``r x r`` Gram matrix."""
     n, d, r = B.shape
-    b64 = B.to(torch.float64)
     if r == 0:
         zero = torch.zeros(n, dtype=torch.float64, device=B.device)
         return zero, zero
-    gram = b64.transpose(1, 2) @ b64
+    gram = sum(b.transpose(1, 2) @ b for _, b in _chunks64(B))
     top = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0)
     frob = gram.diagonal(dim1=1, dim2=2).sum(1)
     eps = torch.finfo(torch.float64).eps
@@ -108,13 +123,66 @@ def _top_eigenvalue_upper(B: Tensor) -> tuple[Tensor, Tensor]:
     return top + (d + r + 4) * eps * frob, frob
 
 
-def _phi_parts(B: Tensor, g: Tensor, u: Tensor, lam1: Tensor, two_l2: Tensor) -> tuple[Tensor, ...]:
-    """``z = g + B u``, ``s = soft(z)``, ``B^T s`` and ``phi(u)`` (shape ``(n, m, 1)``)."""
-    z = g + torch.einsum("ndr,nmr->nmd", B, u)
-    s = soft_threshold(z, lam1)
-    bts = torch.einsum("ndr,nmd->nmr", B, s)
-    phi = 0.5 * (u * u).sum(-1, keepdim=True) - (s * s).sum(-1, keepdim=True) / (2.0 * two_l2)
-    return z, s, bts, phi
+def _mv(B: Tensor, v: Tensor) -> Tensor:
+    """``B v`` ``(n, m, d)`` for ``v`` ``(n, m, r)``, in ``v``'s dtype (float64 by row blocks of ``B``)."""
+    if v.dtype == B.dtype:
+        return torch.einsum("ndr,nmr->nmd", B, v)
+    return torch.cat([torch.einsum("ndr,nmr->nmd", b, v) for _, b in _chunks64(B)], -1)
+
+
+def _rmv(B: Tensor, x: Tensor) -> Tensor:
+    """``B^T x`` ``(n, m, r)`` for ``x`` ``(n, m, d)``, in ``x``'s dtype."""
+    if x.dtype == B.dtype:
+        return torch.einsum("ndr,nmd->nmr", B, x)
+    return sum(torch.einsum("ndr,nmd->nmr", b, x[..., rows]) for rows, b in _chunks64(B))
+
+
+def _weighted_gram(B: Tensor, weight: Tensor) -> Tensor:
+    """``X^T X`` with ``X = diag(weight) B`` per problem ``(n, m, r, r)``, in ``weight``'s dtype."""
+    parts = [(slice(None), B)] if weight.dtype == B.dtype else _chunks64(B)
+    out = 0
+    for rows, b in parts:
+        x = weight[..., rows, None] * b[:, None]  # (n, m, d_block, r)
+        out = out + x.transpose(-1, -2) @ x
+    return out
+
+
+@dataclass
+class _Scaled:
+    """The problem in units where ``||g||_inf = 1`` and ``2 lambda2 = 1`` (per problem), so that no power of
+    a tiny gradient or curvature (confident predictions: ``|g| ~ 1e-30``) underflows in float32.
+
+    With ``c = ||g||_inf`` and ``sigma = 1 / sqrt(2 lambda2)``: ``D = c sigma^2 D'`` where ``D'`` solves the
+    problem with ``g' = g / c``, ``lambda1' = lambda1 / c``, ``B' = sigma B`` and ``2 lambda2' = 1``; its dual
+    variable is ``w = u / (c sigma)``. ``B'`` is never formed: ``sigma`` scales the ``r``-vectors. All
+    products run in the dtype of ``g`` (float64 refinement of a float32 factor: by row blocks).
+    """
+
+    B: Tensor
+    g: Tensor
+    lam1: Tensor
+    sigma: Tensor
+
+    def to64(self) -> _Scaled:
+        f64 = torch.float64
+        return _Scaled(self.B, self.g.to(f64), self.lam1.to(f64), self.sigma.to(f64))
+
+    def parts(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``z = g' + B' w``, ``s = soft(z, lambda1') = D'(w)``, ``B'^T s`` and ``phi(w)`` ``(n, m, 1)``."""
+        z = self.g + _mv(self.B, self.sigma * w)
+        s = soft_threshold(z, self.lam1)
+        bts = self.sigma * _rmv(self.B, s)
+        phi = 0.5 * ((w * w).sum(-1, keepdim=True) - (s * s).sum(-1, keepdim=True))
+        return z, s, bts, phi
+
+    def curvature(self, bts: Tensor) -> Tensor:
+        """``B' B'^T D'`` from ``B'^T D'``."""
+        return _mv(self.B, self.sigma * bts)
+
+    def hessian(self, active: Tensor) -> Tensor:
+        """The generalised Hessian ``I - B'^T diag(a) B'`` of ``phi`` in float64 ``(n, m, r, r)``."""
+        gram = _weighted_gram(self.B, active.to(self.g.dtype) * self.sigma).to(torch.float64)
+        return torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device) - gram
 
 
 def _active(z: Tensor, lam1: Tensor) -> Tensor:
@@ -123,24 +191,28 @@ def _active(z: Tensor, lam1: Tensor) -> Tensor:
     return (z.abs() > lam1) | (lam1 == 0)
 
 
-def _certificate(
-    B: Tensor, g: Tensor, delta: Tensor, lam1: Tensor, two_l2: Tensor, mu: Tensor, frob: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``(residual, error_bound)`` in float64 for the given ``delta``, each ``(n, m, 1)``."""
-    b64, g64, x = B.to(torch.float64), g.to(torch.float64), delta.to(torch.float64)
-    l1, tl2 = lam1.to(torch.float64), two_l2.to(torch.float64)
-    hx = torch.einsum("ndr,nmr->nmd", b64, torch.einsum("ndr,nmd->nmr", b64, x))
+def _finish(
+    B: Tensor, g: Tensor, u: Tensor, lam1: Tensor, two_l2: Tensor, mu: Tensor, frob: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``D(u)`` evaluated in float64 and rounded once to the working dtype, ``H D``, and the certificate
+    ``(residual, error_bound)`` of that rounded ``D`` in float64 (each ``(n, m, 1)``)."""
+    f64 = torch.float64
+    g64, l1, tl2 = g.to(f64), lam1.to(f64), two_l2.to(f64)
+    z = g64 + _mv(B, u.to(f64))
+    delta = (soft_threshold(z, l1) / tl2).to(g.dtype)
+    x = delta.to(f64)
+    hx = _mv(B, _rmv(B, x))
     grad = -g64 - hx + tl2 * x
     sub = torch.where(x != 0, grad + l1 * torch.sign(x), soft_threshold(grad, l1))
     residual = sub.norm(dim=-1, keepdim=True)
     # round-off of this float64 evaluation (zero when delta = 0: then every term is exact)
     d, r = B.shape[1], B.shape[2]
-    eps = torch.finfo(torch.float64).eps
+    eps = torch.finfo(f64).eps
     xn = x.norm(dim=-1, keepdim=True)
-    nonzero = (xn > 0).to(torch.float64)
+    nonzero = (xn > 0).to(f64)
     scale = nonzero * (g64.norm(dim=-1, keepdim=True) + l1 * math.sqrt(d)) + (tl2 + frob[:, None, None]) * xn
     allowance = (d + r + 4) * eps * scale
-    return residual, (residual + allowance) / mu
+    return delta, hx.to(g.dtype), residual, (residual + allowance) / mu
 
 
 def sparse_dual_solve(
@@ -227,71 +299,86 @@ def sparse_dual_solve(
         u = (u0[:, None, :] if squeeze else u0).to(g3).clone()
         if u.shape != (n, m, r):
             raise ValueError(f"u0 must have shape {(n, r) if squeeze else (n, m, r)}, got {tuple(u0.shape)}")
+    c = g3.abs().amax(-1, keepdim=True)
+    c = torch.where(c > 0, c, torch.ones_like(c))
+    sigma = torch.rsqrt(2.0 * lam2)
+    prob = _Scaled(B, g3 / c, lam1 / c, sigma)
+    w = u / (c * sigma)
     iters = torch.zeros(n, m, dtype=torch.long, device=g.device)
+    mu_scaled = mu * sigma.to(torch.float64) ** 2  # 1 - L / (2 lambda2)
     if r > 0:
-        u, iters = _newton(B, g3, u, lam1, two_l2, mu, tol, max_iter)
-    _, s, bts, _ = _phi_parts(B, g3, u, lam1, two_l2)
-    delta = s / two_l2
-    h_delta = torch.einsum("ndr,nmr->nmd", B, bts / two_l2)
-    residual, bound = _certificate(B, g3, delta, lam1, two_l2, mu, frob)
+        w, iters = _newton(prob, w, mu_scaled.to(g.dtype), tol, max_iter)
+        if g.dtype != torch.float64 and max_iter > 0:
+            # float32 sums over d limit w to ~ sqrt(d) eps32 / mu: refine with float64 products (1-2 steps)
+            w, more = _newton(prob.to64(), w.to(torch.float64), mu_scaled, tol, _REFINE_STEPS)
+            iters = iters + more
+    u = (c * sigma).to(w.dtype) * w
+    delta, h_delta, residual, bound = _finish(B, g3, u, lam1, two_l2, mu, frob)
     dn = delta.to(torch.float64).norm(dim=-1, keepdim=True)
     rel = torch.where(bound == 0, torch.zeros_like(bound), bound / dn)  # x / 0 = inf for a non-zero bound
-    out = (delta, h_delta, u, iters, rel[..., 0] <= tol, residual[..., 0], bound[..., 0], rel[..., 0])
+    out = (
+        delta,
+        h_delta,
+        u.to(g.dtype),
+        iters,
+        rel[..., 0] <= tol,
+        residual[..., 0],
+        bound[..., 0],
+        rel[..., 0],
+    )
     if squeeze:
         out = tuple(t[:, 0] for t in out)
     return SparseDualResult(*out, mu=mu[..., 0, 0] if squeeze else mu[..., 0])
 
 
-def _newton(
-    B: Tensor,
-    g: Tensor,
-    u: Tensor,
-    lam1: Tensor,
-    two_l2: Tensor,
-    mu: Tensor,
-    tol: float,
-    max_iter: int,
-) -> tuple[Tensor, Tensor]:
-    """Batched semismooth Newton with Armijo backtracking; returns ``(u, iterations)``."""
-    n, m, d = g.shape
-    r = B.shape[2]
-    dtype = g.dtype
+def _newton(prob: _Scaled, w: Tensor, mu: Tensor, tol: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Batched semismooth Newton with Armijo backtracking on the scaled dual; ``(w, iterations)``.
+
+    ``mu = 1 - L / (2 lambda2)`` is the scaled problem's strong convexity modulus. A problem stops when
+    its working-precision error bound is below ``tol / 2``, when a full step that kept the active set
+    (an exact solve of the quadratic piece, up to round-off) did not halve that bound (precision
+    exhausted), or when the line search finds no decrease. The Cholesky factor is reused while the
+    active set does not change, so refinement steps cost two ``d x r`` products.
+    """
+    n, m, _ = prob.g.shape
+    r = prob.B.shape[2]
+    dtype = prob.g.dtype
     eps = torch.finfo(dtype).eps
-    eye = torch.eye(r, dtype=torch.float64, device=g.device)
-    mu_w = mu.to(dtype)
-    z, s, bts, phi = _phi_parts(B, g, u, lam1, two_l2)
-    running = torch.ones(n, m, 1, dtype=torch.bool, device=g.device)
-    iters = torch.zeros(n, m, dtype=torch.long, device=g.device)
+    eye = torch.eye(r, dtype=torch.float64, device=w.device)
+    z, s, bts, phi = prob.parts(w)
+    running = torch.ones(n, m, 1, dtype=torch.bool, device=w.device)
+    iters = torch.zeros(n, m, dtype=torch.long, device=w.device)
+    prev_bound = torch.full_like(phi, math.inf)
+    kept = torch.zeros_like(running)  # last step was full and kept the active set
+    active = _active(z, prob.lam1)
+    chol = None
     for _ in range(max_iter):
-        # stopping test in working precision: minimum-norm subgradient of the primal at D(u)
-        delta = s / two_l2
-        hx = torch.einsum("ndr,nmr->nmd", B, bts / two_l2)
-        grad_p = -g - hx + two_l2 * delta
-        sub = torch.where(delta != 0, grad_p + lam1 * torch.sign(delta), soft_threshold(grad_p, lam1))
-        bound = sub.norm(dim=-1, keepdim=True) / mu_w
-        small = (bound <= 0.5 * tol * delta.norm(dim=-1, keepdim=True)) | (bound == 0)
-        running = running & ~small
+        # stopping test in working precision: minimum-norm subgradient of the primal at D'(w) = s
+        grad_p = s - prob.g - prob.curvature(bts)
+        sub = torch.where(s != 0, grad_p + prob.lam1 * torch.sign(s), soft_threshold(grad_p, prob.lam1))
+        bound = sub.norm(dim=-1, keepdim=True) / mu
+        small = (bound <= 0.5 * tol * s.norm(dim=-1, keepdim=True)) | (bound == 0)
+        running = running & ~small & ~(kept & (bound > 0.5 * prev_bound))
         if not bool(running.any()):
             break
-        # Newton direction from the generalised Hessian I - B^T diag(a) B / (2 lambda2), in float64
-        a = _active(z, lam1).to(dtype)
-        gram = B.transpose(1, 2)[:, None] @ (a[..., None] * B[:, None])  # (n, m, r, r)
-        hess = eye - gram.to(torch.float64) / two_l2[..., None].to(torch.float64)
-        grad = u - bts / two_l2
-        chol, info = torch.linalg.cholesky_ex(hess)
-        step = -torch.cholesky_solve(grad.to(torch.float64)[..., None], chol)[..., 0]
-        # a failed factorisation (round-off only: hess >= mu / (2 lambda2) I) falls back to a gradient step
-        step = torch.where((info != 0)[..., None], -grad.to(torch.float64), step).to(dtype)
+        prev_bound = bound
+        # Newton direction from the generalised Hessian I - B'^T diag(a) B' = I - X^T X (a is 0 or 1)
+        if chol is None or not bool(kept[running].all()):
+            chol, info = torch.linalg.cholesky_ex(prob.hessian(active))
+            # a failed factorisation (round-off only: the Hessian is >= mu I) falls back to gradient steps
+            chol = torch.where((info != 0)[..., None, None], eye, chol)
+        grad = w - bts
+        step = -torch.cholesky_solve(grad.to(torch.float64)[..., None], chol)[..., 0].to(dtype)
         slope = (grad * step).sum(-1, keepdim=True)
         t = torch.ones_like(phi)
         pending = running.clone()
         full = running.clone()
-        new = (u, z, s, bts, phi)
+        new = (w, z, s, bts, phi)
         for _trial in range(60):
-            cand_u = u + t * step
-            cand = (cand_u, *_phi_parts(B, g, cand_u, lam1, two_l2))
+            cand_w = w + t * step
+            cand = (cand_w, *prob.parts(cand_w))
             # Armijo with an allowance for the round-off of phi's two terms (they cancel near the optimum)
-            slack = 16 * eps * (0.5 * (cand_u * cand_u).sum(-1, keepdim=True) + cand[4].abs() + phi.abs())
+            slack = 16 * eps * (0.5 * (cand_w * cand_w).sum(-1, keepdim=True) + cand[4].abs() + phi.abs())
             ok = cand[4] <= phi + 1e-4 * t * slope + slack
             take = pending & ok
             new = tuple(torch.where(take, c, o) for c, o in zip(cand, new, strict=True))
@@ -300,11 +387,11 @@ def _newton(
                 break
             full = full & ~pending
             t = torch.where(pending, 0.5 * t, t)
-        stalled = pending  # no decrease found: precision exhausted; keep u and stop
-        same_set = (_active(new[1], lam1) == _active(z, lam1)).all(-1, keepdim=True)
+        stalled = pending  # no decrease found: precision exhausted; keep w and stop
         iters = iters + (running & ~stalled)[..., 0].long()
-        u, z, s, bts, phi = new
-        # a full step that keeps the active set solved the quadratic piece exactly (up to round-off)
-        exact = running & full & same_set
-        running = running & ~stalled & ~exact
-    return u, iters
+        w, z, s, bts, phi = new
+        new_active = _active(z, prob.lam1)
+        kept = full & (new_active == active).all(-1, keepdim=True)
+        active = new_active
+        running = running & ~stalled
+    return w, iters
