@@ -137,16 +137,6 @@ def _rmv(B: Tensor, x: Tensor) -> Tensor:
     return sum(torch.einsum("ndr,nmd->nmr", b, x[..., rows]) for rows, b in _chunks64(B))
 
 
-def _weighted_gram(B: Tensor, weight: Tensor) -> Tensor:
-    """``X^T X`` with ``X = diag(weight) B`` per problem ``(n, m, r, r)``, in ``weight``'s dtype."""
-    parts = [(slice(None), B)] if weight.dtype == B.dtype else _chunks64(B)
-    out = 0
-    for rows, b in parts:
-        x = weight[..., rows, None] * b[:, None]  # (n, m, d_block, r)
-        out = out + x.transpose(-1, -2) @ x
-    return out
-
-
 @dataclass
 class _Scaled:
     """The problem in units where ``||g||_inf = 1`` and ``2 lambda2 = 1`` (per problem), so that no power of
@@ -168,20 +158,27 @@ class _Scaled:
         return _Scaled(self.B, self.g.to(f64), self.lam1.to(f64), self.sigma.to(f64))
 
     def parts(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``z = g' + B' w``, ``s = soft(z, lambda1') = D'(w)``, ``B'^T s`` and ``phi(w)`` ``(n, m, 1)``."""
+        """``z = g' + B' w``, ``s = soft(z, lambda1') = D'(w)``, ``B'^T s`` and ``||s||^2`` ``(n, m, 1)``;
+        ``phi(w) = (||w||^2 - ||s||^2) / 2``."""
         z = self.g + _mv(self.B, self.sigma * w)
         s = soft_threshold(z, self.lam1)
         bts = self.sigma * _rmv(self.B, s)
-        phi = 0.5 * ((w * w).sum(-1, keepdim=True) - (s * s).sum(-1, keepdim=True))
-        return z, s, bts, phi
+        return z, s, bts, (s * s).sum(-1, keepdim=True)
 
     def curvature(self, bts: Tensor) -> Tensor:
         """``B' B'^T D'`` from ``B'^T D'``."""
         return _mv(self.B, self.sigma * bts)
 
     def hessian(self, active: Tensor) -> Tensor:
-        """The generalised Hessian ``I - B'^T diag(a) B'`` of ``phi`` in float64 ``(n, m, r, r)``."""
-        gram = _weighted_gram(self.B, active.to(self.g.dtype) * self.sigma).to(torch.float64)
+        """Generalised Hessian ``I - X^T X`` of ``phi``, ``X = diag(a) B'``, float64 ``(n, m, r, r)``."""
+        parts = [(slice(None), self.B)] if self.g.dtype == self.B.dtype else _chunks64(self.B)
+        gram = 0
+        for rows, b in parts:
+            x = (active[..., rows].to(self.g.dtype) * self.sigma)[..., None] * b[
+                :, None
+            ]  # (n, m, d_block, r)
+            gram = gram + x.transpose(-1, -2) @ x
+        gram = gram.to(torch.float64)
         return torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device) - gram
 
 
@@ -307,10 +304,10 @@ def sparse_dual_solve(
     iters = torch.zeros(n, m, dtype=torch.long, device=g.device)
     mu_scaled = mu * sigma.to(torch.float64) ** 2  # 1 - L / (2 lambda2)
     if r > 0:
-        w, iters = _newton(prob, w, mu_scaled.to(g.dtype), tol, max_iter)
+        w, iters, hess = _newton(prob, w, mu_scaled.to(g.dtype), tol, max_iter)
         if g.dtype != torch.float64 and max_iter > 0:
             # float32 sums over d limit w to ~ sqrt(d) eps32 / mu: refine with float64 products (1-2 steps)
-            w, more = _newton(prob.to64(), w.to(torch.float64), mu_scaled, tol, _REFINE_STEPS)
+            w, more, _ = _newton(prob.to64(), w.to(torch.float64), mu_scaled, tol, _REFINE_STEPS, hess)
             iters = iters + more
     u = (c * sigma).to(w.dtype) * w
     delta, h_delta, residual, bound = _finish(B, g3, u, lam1, two_l2, mu, frob)
@@ -331,55 +328,67 @@ def sparse_dual_solve(
     return SparseDualResult(*out, mu=mu[..., 0, 0] if squeeze else mu[..., 0])
 
 
-def _newton(prob: _Scaled, w: Tensor, mu: Tensor, tol: float, max_iter: int) -> tuple[Tensor, Tensor]:
-    """Batched semismooth Newton with Armijo backtracking on the scaled dual; ``(w, iterations)``.
+def _newton(
+    prob: _Scaled, w: Tensor, mu: Tensor, tol: float, max_iter: int, hess: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """Batched semismooth Newton with Armijo backtracking on the scaled dual.
 
-    ``mu = 1 - L / (2 lambda2)`` is the scaled problem's strong convexity modulus. A problem stops when
-    its working-precision error bound is below ``tol / 2``, when a full step that kept the active set
-    (an exact solve of the quadratic piece, up to round-off) did not halve that bound (precision
-    exhausted), or when the line search finds no decrease. The Cholesky factor is reused while the
-    active set does not change, so refinement steps cost two ``d x r`` products.
+    ``mu = 1 - L / (2 lambda2)`` is the scaled problem's strong convexity modulus, ``(n, m, 1)``. Stopping
+    uses ``B' grad phi(w)``, an element of the primal subdifferential at ``D'(w)``, so ``||D' - D'*|| <=
+    sqrt(1 - mu) ||grad phi|| / mu`` (an ``r``-dimensional test). A problem stops when that bound is below
+    ``tol / 2`` relative to ``||D'||``, when a full step that kept the active set (an exact solve of the
+    quadratic piece, up to round-off) did not halve it (precision exhausted), or when the line search
+    finds no decrease. The Cholesky factor of the generalised Hessian is reused while the active set
+    does not change (``hess``: a factor and the active set it belongs to, passed between precisions).
+
+    Returns:
+        ``(w, iterations, hess)``.
     """
     n, m, _ = prob.g.shape
-    r = prob.B.shape[2]
     dtype = prob.g.dtype
     eps = torch.finfo(dtype).eps
-    eye = torch.eye(r, dtype=torch.float64, device=w.device)
-    z, s, bts, phi = prob.parts(w)
-    running = torch.ones(n, m, 1, dtype=torch.bool, device=w.device)
-    iters = torch.zeros(n, m, dtype=torch.long, device=w.device)
-    prev_bound = torch.full_like(phi, math.inf)
-    kept = torch.zeros_like(running)  # last step was full and kept the active set
+    coef = torch.sqrt(1.0 - mu) / mu
+    z, s, bts, ssq = prob.parts(w)
+    wsq = (w * w).sum(-1, keepdim=True)
     active = _active(z, prob.lam1)
-    chol = None
+    chol, kept = None, torch.zeros_like(ssq, dtype=torch.bool)
+    if hess is not None:
+        chol, kept = hess[0], (hess[1] == active).all(-1, keepdim=True)
+    running = torch.ones_like(kept)
+    iters = torch.zeros(n, m, dtype=torch.long, device=w.device)
+    prev = torch.full_like(ssq, math.inf)
     for _ in range(max_iter):
-        # stopping test in working precision: minimum-norm subgradient of the primal at D'(w) = s
-        grad_p = s - prob.g - prob.curvature(bts)
-        sub = torch.where(s != 0, grad_p + prob.lam1 * torch.sign(s), soft_threshold(grad_p, prob.lam1))
-        bound = sub.norm(dim=-1, keepdim=True) / mu
-        small = (bound <= 0.5 * tol * s.norm(dim=-1, keepdim=True)) | (bound == 0)
-        running = running & ~small & ~(kept & (bound > 0.5 * prev_bound))
+        grad = w - bts
+        bound = coef * grad.norm(dim=-1, keepdim=True)
+        small = bound <= 0.5 * tol * ssq.sqrt()
+        running = running & ~small & ~(kept & (bound > 0.5 * prev))
         if not bool(running.any()):
             break
-        prev_bound = bound
-        # Newton direction from the generalised Hessian I - B'^T diag(a) B' = I - X^T X (a is 0 or 1)
+        prev = bound
         if chol is None or not bool(kept[running].all()):
             chol, info = torch.linalg.cholesky_ex(prob.hessian(active))
             # a failed factorisation (round-off only: the Hessian is >= mu I) falls back to gradient steps
-            chol = torch.where((info != 0)[..., None, None], eye, chol)
-        grad = w - bts
+            if bool((info != 0).any()):
+                eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+                chol = torch.where((info != 0)[..., None, None], eye, chol)
         step = -torch.cholesky_solve(grad.to(torch.float64)[..., None], chol)[..., 0].to(dtype)
+        step = torch.where(running, step, torch.zeros_like(step))
         slope = (grad * step).sum(-1, keepdim=True)
-        t = torch.ones_like(phi)
-        pending = running.clone()
-        full = running.clone()
-        new = (w, z, s, bts, phi)
-        for _trial in range(60):
+        phi = 0.5 * (wsq - ssq)
+        t = torch.ones_like(ssq)
+        pending, full = running, running
+        old = (w, z, s, bts, ssq, wsq)
+        new = old
+        for trial in range(60):
             cand_w = w + t * step
-            cand = (cand_w, *prob.parts(cand_w))
+            cand = (cand_w, *prob.parts(cand_w), (cand_w * cand_w).sum(-1, keepdim=True))
+            phi_c = 0.5 * (cand[5] - cand[4])
             # Armijo with an allowance for the round-off of phi's two terms (they cancel near the optimum)
-            slack = 16 * eps * (0.5 * (cand_w * cand_w).sum(-1, keepdim=True) + cand[4].abs() + phi.abs())
-            ok = cand[4] <= phi + 1e-4 * t * slope + slack
+            ok = phi_c <= phi + 1e-4 * t * slope + 8 * eps * (cand[5] + cand[4] + wsq + ssq)
+            if trial == 0 and bool(ok[running].all()):
+                new = tuple(torch.where(running, c, o) for c, o in zip(cand, old, strict=True))
+                pending = pending & ~ok
+                break
             take = pending & ok
             new = tuple(torch.where(take, c, o) for c, o in zip(cand, new, strict=True))
             pending = pending & ~ok
@@ -387,11 +396,11 @@ def _newton(prob: _Scaled, w: Tensor, mu: Tensor, tol: float, max_iter: int) -> 
                 break
             full = full & ~pending
             t = torch.where(pending, 0.5 * t, t)
-        stalled = pending  # no decrease found: precision exhausted; keep w and stop
-        iters = iters + (running & ~stalled)[..., 0].long()
-        w, z, s, bts, phi = new
+        # pending: no decrease found (precision exhausted); such a problem keeps w and stops
+        iters = iters + (running & ~pending)[..., 0].long()
+        w, z, s, bts, ssq, wsq = new
         new_active = _active(z, prob.lam1)
         kept = full & (new_active == active).all(-1, keepdim=True)
         active = new_active
-        running = running & ~stalled
-    return w, iters
+        running = running & ~pending
+    return w, iters, None if chol is None else (chol, active)
