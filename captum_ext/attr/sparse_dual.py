@@ -169,17 +169,29 @@ class _Scaled:
         """``B' B'^T D'`` from ``B'^T D'``."""
         return _mv(self.B, self.sigma * bts)
 
-    def hessian(self, active: Tensor) -> Tensor:
-        """Generalised Hessian ``I - X^T X`` of ``phi``, ``X = diag(a) B'``, float64 ``(n, m, r, r)``."""
+    def hessian_factor(self, active: Tensor, chol: Tensor | None, need: Tensor) -> Tensor:
+        """Cholesky factors of the generalised Hessians ``I - X^T X``, ``X = diag(a) B'``, in float64
+        ``(n, m, r, r)``: recomputed for the problems marked in ``need`` ``(n, m)`` only (``O(d r^2)`` each),
+        the others kept from ``chol``. A failed factorisation (round-off only: the Hessian is ``>= mu I``)
+        leaves the identity there, i.e. a gradient step."""
+        n, m, d = active.shape
+        r = self.B.shape[2]
+        eye = torch.eye(r, dtype=torch.float64, device=active.device)
+        if chol is None:
+            chol = eye.expand(n, m, r, r).clone()
+        sel = torch.nonzero(need.reshape(-1))[:, 0]
+        ex = torch.div(sel, m, rounding_mode="floor")
+        weight = active.reshape(n * m, d)[sel].to(self.g.dtype) * self.sigma.reshape(n * m, 1)[sel]
         parts = [(slice(None), self.B)] if self.g.dtype == self.B.dtype else _chunks64(self.B)
         gram = 0
         for rows, b in parts:
-            x = (active[..., rows].to(self.g.dtype) * self.sigma)[..., None] * b[
-                :, None
-            ]  # (n, m, d_block, r)
-            gram = gram + x.transpose(-1, -2) @ x
-        gram = gram.to(torch.float64)
-        return torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device) - gram
+            x = weight[:, rows, None] * b[ex]  # (k, d_block, r)
+            gram = gram + x.transpose(1, 2) @ x
+        new, info = torch.linalg.cholesky_ex(eye - gram.to(torch.float64))
+        new = torch.where((info != 0)[:, None, None], eye, new)
+        flat = chol.reshape(n * m, r, r).clone()
+        flat[sel] = new
+        return flat.reshape(n, m, r, r)
 
 
 def _active(z: Tensor, lam1: Tensor) -> Tensor:
@@ -365,12 +377,9 @@ def _newton(
         if not bool(running.any()):
             break
         prev = bound
-        if chol is None or not bool(kept[running].all()):
-            chol, info = torch.linalg.cholesky_ex(prob.hessian(active))
-            # a failed factorisation (round-off only: the Hessian is >= mu I) falls back to gradient steps
-            if bool((info != 0).any()):
-                eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
-                chol = torch.where((info != 0)[..., None, None], eye, chol)
+        need = running & ~kept if chol is not None else running
+        if bool(need.any()):
+            chol = prob.hessian_factor(active, chol, need[..., 0])
         step = -torch.cholesky_solve(grad.to(torch.float64)[..., None], chol)[..., 0].to(dtype)
         step = torch.where(running, step, torch.zeros_like(step))
         slope = (grad * step).sum(-1, keepdim=True)
