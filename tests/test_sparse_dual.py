@@ -316,6 +316,7 @@ def test_refuses_a_nonconcave_problem():
         (lambda B, g, l1, l2: (B, g, -l1, l2), "lambda1"),
         (lambda B, g, l1, l2: (B, g, l1[:1].expand(3), l2), "lambda1"),
         (lambda B, g, l1, l2: (B, g.float(), l1, l2), "dtype"),
+        (lambda B, g, l1, l2: (B[:, :0], g[:, :0], l1, l2), "no features"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, match):

@@ -89,6 +89,8 @@ def _check_inputs(B: Tensor, g: Tensor) -> None:
             "B and g must share one floating dtype and device, "
             f"got {B.dtype}/{g.dtype} on {B.device}/{g.device}"
         )
+    if B.shape[1] == 0:
+        raise ValueError("B and g have no features (d = 0); pass at least one input feature per example")
     if not (bool(torch.isfinite(B).all()) and bool(torch.isfinite(g).all())):
         raise ValueError("B and g must be finite (found NaN or inf); check the model's gradients")
 
