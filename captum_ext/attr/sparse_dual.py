@@ -167,10 +167,6 @@ class _Scaled:
         bts = self.sigma * _rmv(self.B, s)
         return z, s, bts, (s * s).sum(-1, keepdim=True)
 
-    def curvature(self, bts: Tensor) -> Tensor:
-        """``B' B'^T D'`` from ``B'^T D'``."""
-        return _mv(self.B, self.sigma * bts)
-
     def hessian_factor(self, active: Tensor, chol: Tensor | None, need: Tensor) -> Tensor:
         """Cholesky factors of the generalised Hessians ``I - X^T X``, ``X = diag(a) B'``, in float64
         ``(n, m, r, r)``: recomputed for the problems marked in ``need`` ``(n, m)`` only (``O(d r^2)`` each),
