@@ -25,6 +25,7 @@ of ``dF(D)`` of the returned ``D``, evaluated in float64 with a round-off allowa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -95,20 +96,22 @@ def _check_inputs(B: Tensor, g: Tensor) -> None:
         raise ValueError("B and g must be finite (found NaN or inf); check the model's gradients")
 
 
-#: float64 elements of ``B`` converted at a time (float32 factors are never copied whole to float64)
+#: elements of a temporary block of ``B`` (a float64 copy of a float32 factor, or the active rows of a
+#: Gram matrix): large factors are never copied whole
 _CHUNK = 1 << 22
 #: float64 refinement steps after a float32 solve (each a Newton step whose products run in float64)
 _REFINE_STEPS = 3
 
 
-def _chunks64(B: Tensor) -> list[tuple[slice, Tensor]]:
-    """Row blocks of ``B`` (along ``d``) in float64, each at most ``_CHUNK`` elements (one block, no copy,
-    for a float64 ``B``)."""
+def _blocks(B: Tensor, dtype: torch.dtype, temp_per_row: int = 0) -> Iterator[tuple[slice, Tensor]]:
+    """Row blocks of ``B`` (along ``d``) in ``dtype``, sized so that a block's copy (when ``B`` has another
+    dtype) plus the caller's temporaries (``temp_per_row`` elements per row) stay within ``_CHUNK``
+    elements; ``B`` itself, uncopied, when it has ``dtype`` and no temporaries are announced."""
     n, d, r = B.shape
-    if B.dtype == torch.float64:
-        return [(slice(0, d), B)]
-    rows = max(1, _CHUNK // max(1, n * r))
-    return [(slice(a, min(a + rows, d)), B[:, a : a + rows].to(torch.float64)) for a in range(0, d, rows)]
+    per_row = temp_per_row + (n * r if B.dtype != dtype else 0)
+    rows = d if per_row == 0 else max(1, _CHUNK // per_row)
+    for a in range(0, d, rows):
+        yield slice(a, min(a + rows, d)), B[:, a : a + rows].to(dtype)
 
 
 def _top_eigenvalue_upper(B: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,7 +120,7 @@ def _top_eigenvalue_upper(B: Tensor) -> tuple[Tensor, Tensor]:
     if r == 0:
         zero = torch.zeros(n, dtype=torch.float64, device=B.device)
         return zero, zero
-    gram = sum(b.transpose(1, 2) @ b for _, b in _chunks64(B))
+    gram = sum(b.transpose(1, 2) @ b for _, b in _blocks(B, torch.float64))
     top = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0)
     frob = gram.diagonal(dim1=1, dim2=2).sum(1)
     eps = torch.finfo(torch.float64).eps
@@ -129,14 +132,14 @@ def _mv(B: Tensor, v: Tensor) -> Tensor:
     """``B v`` ``(n, m, d)`` for ``v`` ``(n, m, r)``, in ``v``'s dtype (float64 by row blocks of ``B``)."""
     if v.dtype == B.dtype:
         return torch.einsum("ndr,nmr->nmd", B, v)
-    return torch.cat([torch.einsum("ndr,nmr->nmd", b, v) for _, b in _chunks64(B)], -1)
+    return torch.cat([torch.einsum("ndr,nmr->nmd", b, v) for _, b in _blocks(B, v.dtype)], -1)
 
 
 def _rmv(B: Tensor, x: Tensor) -> Tensor:
     """``B^T x`` ``(n, m, r)`` for ``x`` ``(n, m, d)``, in ``x``'s dtype."""
     if x.dtype == B.dtype:
         return torch.einsum("ndr,nmd->nmr", B, x)
-    return sum(torch.einsum("ndr,nmd->nmr", b, x[..., rows]) for rows, b in _chunks64(B))
+    return sum(torch.einsum("ndr,nmd->nmr", b, x[..., rows]) for rows, b in _blocks(B, x.dtype))
 
 
 @dataclass
@@ -180,10 +183,10 @@ class _Scaled:
         sel = torch.nonzero(need.reshape(-1))[:, 0]
         ex = torch.div(sel, m, rounding_mode="floor")
         weight = active.reshape(n * m, d)[sel].to(self.g.dtype) * self.sigma.reshape(n * m, 1)[sel]
-        parts = [(slice(None), self.B)] if self.g.dtype == self.B.dtype else _chunks64(self.B)
         gram = 0
-        for rows, b in parts:
-            x = weight[:, rows, None] * b[ex]  # (k, d_block, r)
+        # row blocks sized for the temporaries b[ex] and x, each (k, rows, r)
+        for rows, b in _blocks(self.B, self.g.dtype, temp_per_row=2 * sel.numel() * r):
+            x = weight[:, rows, None] * b[ex]
             gram = gram + x.transpose(1, 2) @ x
         new, info = torch.linalg.cholesky_ex(eye - gram.to(torch.float64))
         new = torch.where((info != 0)[:, None, None], eye, new)
