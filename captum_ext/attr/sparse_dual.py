@@ -395,9 +395,9 @@ def _newton(
             phi_c = 0.5 * (cand[5] - cand[4])
             # Armijo with an allowance for the round-off of phi's two terms (they cancel near the optimum)
             ok = phi_c <= phi + 1e-4 * t * slope + 8 * eps * (cand[5] + cand[4] + wsq + ssq)
-            if trial == 0 and bool(ok[running].all()):
-                new = tuple(torch.where(running, c, o) for c, o in zip(cand, old, strict=True))
-                pending = pending & ~ok
+            if trial == 0 and bool((ok | ~running).all()):
+                # full steps everywhere; stopped problems have step 0, so their values are recomputed as is
+                new, pending = cand, pending & ~ok
                 break
             take = pending & ok
             new = tuple(torch.where(take, c, o) for c, o in zip(cand, new, strict=True))
