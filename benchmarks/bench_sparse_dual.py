@@ -37,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine  # noqa: E402
+from _oracles import prox_gradient_oracle  # noqa: E402
 from bench_caso import relu_cnn, synthetic_images  # noqa: E402
 
 from captum_ext.attr.hessian import LowRankFactor, build_loss_graph, low_rank_factor  # noqa: E402
@@ -68,22 +69,6 @@ def relu_mlp_f64() -> tuple[nn.Module, torch.Tensor]:
 
 def make_factor(model: nn.Module, x: torch.Tensor) -> LowRankFactor:
     return low_rank_factor(build_loss_graph(model, (x,), (), None))
-
-
-def independent_solution(B: torch.Tensor, g: torch.Tensor, lam1: float, lam2: float) -> np.ndarray:
-    """Float64 ISTA with step 1 / (2 lambda2), written without the library: the map is a contraction with
-    factor q = L / (2 lambda2), so ||x_k - D*|| <= q / (1 - q) ||x_k - x_{k-1}||; stopped at 1e-12."""
-    B, g = B.double().numpy(), g.double().numpy()
-    q = float(np.linalg.eigvalsh(B.T @ B)[-1]) / (2 * lam2) if B.shape[1] else 0.0
-    x = np.zeros_like(g)
-    for _ in range(1_000_000):
-        z = g + B @ (B.T @ x)
-        new = np.sign(z) * np.maximum(np.abs(z) - lam1, 0) / (2 * lam2)
-        step = np.linalg.norm(new - x)
-        x = new
-        if step * q / (1 - q) <= 1e-12 * max(np.linalg.norm(x), 1e-300):
-            return x
-    raise RuntimeError("independent solver did not converge")
 
 
 def paired_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -137,7 +122,8 @@ def bench_case(
     res, ap = dual(), apg()
     errs_dual, errs_apg = [], []
     for i in range(g.shape[0]):
-        ref = torch.from_numpy(independent_solution(B[i], g[i], float(lam1[i]), float(lam2[i])))
+        Bi, gi = B[i].double().numpy(), g[i].double().numpy()
+        ref = torch.from_numpy(prox_gradient_oracle(Bi, gi, float(lam1[i]), float(lam2[i]), rtol=1e-12))
         den = max(float(ref.norm()), 1e-300)
         errs_dual.append(float((res.delta[i].double() - ref).norm()) / den if float(ref.norm()) else 0.0)
         errs_apg.append(float((ap.delta[i, 0].double() - ref).norm()) / den if float(ref.norm()) else 0.0)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import captum_ext.attr.sparse_dual as sparse_dual_module
+from benchmarks._oracles import prox_gradient_oracle
 from captum_ext.attr.hessian import LowRankFactor
 from captum_ext.attr.solvers import accelerated_prox_gradient
 from captum_ext.attr.sparse_dual import sparse_dual_solve
@@ -66,22 +67,6 @@ def enumerate_active_sets(H, g, lam1, lam2):
     return torch.from_numpy(best)
 
 
-def prox_gradient_oracle(B, g, lam1, lam2):
-    """Independent float64 proximal gradient (ISTA) with step 1 / (2 lambda2): the map is a contraction
-    with factor q = L / (2 lambda2), so ||x_k - D*|| <= q / (1 - q) ||x_k - x_{k-1}||; run to 1e-14."""
-    B, g = B.numpy(), g.numpy()
-    q = float(top_eigenvalue(torch.from_numpy(B)[None])[0]) / (2 * lam2)
-    x = np.zeros_like(g)
-    for _ in range(200_000):
-        z = g + B @ (B.T @ x)
-        new = np.sign(z) * np.maximum(np.abs(z) - lam1, 0) / (2 * lam2)
-        step = np.linalg.norm(new - x)
-        x = new
-        if step * q / (1 - q) <= 1e-14 * max(np.linalg.norm(x), 1e-300):
-            return torch.from_numpy(x)
-    raise AssertionError("oracle did not converge")
-
-
 def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
@@ -125,7 +110,9 @@ def test_tight_lambda2_converges_in_few_newton_steps(seed):
     assert bool(res.converged.all())
     assert int(res.iterations.max()) <= 8
     for i in range(3):
-        ref = prox_gradient_oracle(B[i], g[i], float(lam1[i]), float(lam2[i]))
+        ref = torch.from_numpy(
+            prox_gradient_oracle(B[i].numpy(), g[i].numpy(), float(lam1[i]), float(lam2[i]))
+        )
         err = float((res.delta[i] - ref).norm())
         assert err <= 1e-10 * float(ref.norm())
         assert err <= float(res.error_bound[i]) + 1e-13 * float(ref.norm())
