@@ -118,6 +118,30 @@ def test_tight_lambda2_converges_in_few_newton_steps(seed):
         assert err <= float(res.error_bound[i]) + 1e-13 * float(ref.norm())
 
 
+@given(
+    st.integers(0, 10_000),
+    st.integers(8, 40),
+    st.integers(1, 5),
+    st.sampled_from([0.505, 0.6]),
+    st.lists(st.floats(0.0, 0.99), min_size=1, max_size=2),
+)
+def test_random_low_rank_problems_match_the_independent_oracle(seed, d, r, ratio, quantiles):
+    """Several lambda1 per example (a sweep's layout) on random factors at tight lambda2 (0.501 L: the
+    parametrised test above; its oracle is slower)."""
+    B, g, _, lam2 = random_problem(seed, n=2, d=d, r=r, ratio=ratio)
+    grid = torch.quantile(g.abs(), torch.tensor(quantiles, dtype=F64), dim=1).T  # (n, m)
+    m = grid.shape[1]
+    res = sparse_dual_solve(B, g[:, None].expand(-1, m, -1), grid, lam2)
+    assert bool(res.converged.all())
+    for i in range(2):
+        for j in range(m):
+            Bi, gi = B[i].numpy(), g[i].numpy()
+            ref = torch.from_numpy(prox_gradient_oracle(Bi, gi, float(grid[i, j]), float(lam2[i])))
+            err = float((res.delta[i, j] - ref).norm())
+            assert err <= 1e-9 * max(float(ref.norm()), 1e-300) + 1e-300
+            assert err <= float(res.error_bound[i, j]) + 1e-13 * float(ref.norm())
+
+
 @pytest.mark.parametrize("ratio", [0.505, 1.0])
 def test_agrees_with_the_certified_accelerated_solver(ratio):
     B, g, lam1, lam2 = random_problem(7, n=4, d=40, r=5, ratio=ratio)
