@@ -176,7 +176,7 @@ class NormRegularizedAdversarialTraining(_AdversarialWrapper):
     the runs ended at test accuracy 0.10, 0.47 and 0.49 on 3 of 6 seeds, 0.80-0.88 on the others
     (digits CNN, clamp (0, 1), Adam 1e-3, batch 64, 8 epochs; ``"l1"`` at ε = 0.1 without warm-up:
     0.10-0.92). With ``warmup_steps=50`` every seed of each norm trained, test accuracy 0.92-0.96
-    (``scripts/gong_group_seeds.py``). A :class:`~captum_ext.regularizers.monitor.DeadUnitMonitor`
+    (``benchmarks/gong_group_seeds.py``). A :class:`~captum_ext.regularizers.monitor.DeadUnitMonitor`
     warns when a layer dies anyway. The step count is the buffer ``warmup_done`` (saved with the
     wrapper's ``state_dict``, so resumed training continues the schedule); evaluation-mode calls do
     not advance it.

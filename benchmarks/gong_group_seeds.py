@@ -3,7 +3,7 @@
 The setting of benchmarks/reproduce_gong.py: the digits CNN, 4x4 patches, eps 0.4 (group) / 0.1 (l1,
 elastic, eps2 0.05), clamp (0, 1), Adam 1e-3, batch 64, 8 epochs. One thread; about 3 s per run.
 
-    PYTHONPATH=$PWD python scripts/gong_group_seeds.py --warmup-steps 50 --seeds 0 1 2 3 4 5
+    python -m benchmarks.gong_group_seeds --warmup-steps 50 --seeds 0 1 2 3 4 5
 """
 
 from __future__ import annotations
