@@ -17,7 +17,6 @@ other operator gets conjugate gradients.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,9 +26,9 @@ from typing import Any, Literal
 import torch
 from captum.attr import GradientAttribution
 from captum.log import log_usage
-from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch import Tensor
 
+from .._autograd import math_attention_kernel
 from .._format import (
     TargetLike,
     TensorOrTuple,
@@ -41,7 +40,7 @@ from .._format import (
     run_forward,
     select_additional_args,
 )
-from .._model_state import has_stochastic_or_batch_layers
+from .._model_state import check_per_example, check_train_mode, refuse_train_mode_layers
 from .cost_model import default_max_memory, expected_products, kept_ranks, plan_auto
 from .gauss_newton import GaussNewtonHessian
 from .hessian import (
@@ -175,59 +174,6 @@ class AttributionDetails:
         )
 
 
-def _owning_modules(forward_func: Any, depth: int = 3) -> list[nn.Module]:
-    """Modules reachable from ``forward_func``: itself, a bound method's owner, a ``functools.partial``'s
-    function and arguments, and a closure's cells (e.g. ``lambda x: model(x)``)."""
-    if isinstance(forward_func, nn.Module):
-        return [forward_func]
-    if depth == 0:
-        return []
-    found: list[Any] = []
-    if isinstance(forward_func, functools.partial):
-        found = [forward_func.func, *forward_func.args, *forward_func.keywords.values()]
-    else:
-        found.append(getattr(forward_func, "__self__", None))
-        for cell in getattr(forward_func, "__closure__", None) or ():
-            try:
-                found.append(cell.cell_contents)
-            except ValueError:  # empty cell
-                pass
-    mods: list[nn.Module] = []
-    for obj in found:
-        if obj is not None and (isinstance(obj, nn.Module) or callable(obj)):
-            mods.extend(m for m in _owning_modules(obj, depth - 1) if all(m is not k for k in mods))
-    return mods
-
-
-def _check_independent(
-    forward_func: Callable[..., Tensor], inputs: tuple[Tensor, ...], args: tuple[Any, ...], logits: Tensor
-) -> None:
-    """Coupling probe: perturb the first example and check that the other examples' outputs stay put."""
-    n = inputs[0].shape[0]
-    if n < 2:
-        return
-    moved = []
-    for x in inputs:
-        x = x.detach().clone()
-        x[0] = x[0] + 0.1 * (1.0 + x[0].abs())
-        moved.append(x)
-    with torch.no_grad():
-        out = run_forward(forward_func, tuple(moved), args)
-    ref = logits.detach()
-    if out.shape[1] == 1 and ref.shape[1] == 2:  # single-logit model, see build_loss_graph
-        ref = ref[:, 1:]
-    tol = (1e-9 if ref.dtype == torch.float64 else 1e-4) * (1.0 + float(ref[1:].abs().max()))
-    change = float((out[1:] - ref[1:]).abs().max())
-    if not change <= tol:
-        raise ValueError(
-            "the model's outputs for one example change when another example of the batch changes "
-            f"(by {change:.3g}); CASO/CAFO explain each example's own loss and need a per-example, "
-            "deterministic model. Likely cause: BatchNorm or Dropout in training mode behind a lambda or "
-            "functools.partial (call model.eval() first; BatchNorm's running statistics may already have "
-            "been updated by this call)."
-        )
-
-
 def _looks_like_probabilities(logits: Tensor) -> bool:
     out = logits.detach()
     return (
@@ -262,14 +208,7 @@ class _ContextAwareAttribution(GradientAttribution):
 
     # ------------------------------------------------------------------ checks
     def _check_model_mode(self) -> None:
-        modules = _owning_modules(self.forward_func)
-        live = [name for module in modules for name in has_stochastic_or_batch_layers(module)]
-        if live:
-            raise ValueError(
-                f"{type(self).__name__} needs a deterministic, per-example model, but these layers "
-                f"are in training mode: {live[:5]}. Call model.eval() first (captum_ext never "
-                "changes the model's mode for you)."
-            )
+        check_train_mode(self.forward_func, type(self).__name__)
 
     @staticmethod
     def _check_common(inputs: tuple[Tensor, ...], lambda1: Any, c1: float, lambda2: Any = None) -> None:
@@ -333,15 +272,15 @@ class _ContextAwareAttribution(GradientAttribution):
         lam1_all = torch.as_tensor(solve_kwargs["lambda1"], dtype=torch.float64)
         # the math attention kernel has a double backward (flash / efficient ones have none on CPU)
         math_kernel = solve_kwargs.get("hessian", "closed_form") != "closed_form"
-        kernel = sdpa_kernel(SDPBackend.MATH) if math_kernel else contextlib.nullcontext()
-        with torch.enable_grad(), kernel:
+        kernel = math_attention_kernel() if math_kernel else contextlib.nullcontext()
+        with torch.enable_grad(), kernel, refuse_train_mode_layers(type(self).__name__):
             for start in range(0, n, chunk):
                 idx = torch.arange(start, min(n, start + chunk), device=tup[0].device)
                 xs = tuple(x.index_select(0, idx) for x in tup)
                 a = select_additional_args(args, n, idx) if chunk < n else args
                 xs_e, a_e = self._expand(xs, a)
                 graph = build_loss_graph(self.forward_func, xs_e, a_e, None)
-                _check_independent(self.forward_func, xs_e, a_e, graph.logits)
+                check_per_example(self.forward_func, xs_e, a_e, graph.logits, type(self).__name__)
                 if _looks_like_probabilities(graph.logits):
                     warnings.warn(
                         f"{type(self).__name__}: forward_func seems to return probabilities (rows in [0, 1] "
