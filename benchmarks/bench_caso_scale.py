@@ -59,7 +59,7 @@ from captum_ext.attr.cost_model import (  # noqa: E402
     plan_auto,
     predict_costs,
 )
-from captum_ext.attr.gauss_newton import GaussNewtonHessian  # noqa: E402
+from captum_ext.attr.curvature.gauss_newton import GaussNewtonHessian  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = (0.3, 0.9, 0.999, 1 - 1e-6)

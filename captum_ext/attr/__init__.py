@@ -1,5 +1,6 @@
 """Attribution methods (Captum ``GradientAttribution`` subclasses)."""
 
-from .caso import CAFO, CASO, AttributionDetails, SmoothCASO
+from .caso import CAFO, CASO, SmoothCASO
+from .details import AttributionDetails
 
 __all__ = ["CASO", "CAFO", "SmoothCASO", "AttributionDetails"]
