@@ -104,7 +104,7 @@ class StandaloneCASO(CASO):
     def _operator(self, graph, mode, rank_tol, max_rank):
         if mode != "gauss_newton":
             return super()._operator(graph, mode, rank_tol, max_rank)
-        from captum_ext.attr.caso import _Curvature
+        from captum_ext.attr.curvature import Curvature as _Curvature
 
         gn = GaussNewtonHessian(graph, samples=self._samples)
         rank = torch.zeros(gn.gradient.shape[0], dtype=torch.long, device=gn.gradient.device)

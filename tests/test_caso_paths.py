@@ -22,34 +22,15 @@ from captum_ext.attr.engine import CurvaturePathError
 from captum_ext.attr.options import CAFOOptions, CASOOptions, matching_options
 from captum_ext.attr.solvers import fista
 
+from .test_autograd import OnceTanh
 from .test_caso_certified import assert_matches_oracle, scaled_mlp, stable_dense
 from .test_optim import _scipy_split_solve
 
 DT = torch.float64
 
 
-class _OnceTanh(torch.autograd.Function):
-    """tanh whose backward is first-order only, as in fused kernels: autograd's second derivative is 0."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (1 - torch.tanh(x) ** 2)
-
-
-class _TwiceTanh(torch.autograd.Function):
+class _TwiceTanh(OnceTanh):
     """The same function with a differentiable backward: double backward is real."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
 
     @staticmethod
     def backward(ctx, g):
@@ -90,7 +71,7 @@ def _net(act: nn.Module, seed: int = 0) -> nn.Module:
 # ---------------------------------------------------------------- custom autograd.Function
 @pytest.mark.parametrize("hessian", ["auto", "exact", "gauss_newton", "closed_form"])
 def test_once_differentiable_curved_function_is_never_certified(hessian, untouched):
-    model = _net(_Apply(_OnceTanh.apply))
+    model = _net(_Apply(OnceTanh.apply))
     x = torch.randn(3, 8, dtype=DT)
     with untouched(model), pytest.raises(CurvaturePathError, match="OnceTanhBackward"):
         CASO(model).attribute(x, hessian=hessian)

@@ -1,9 +1,9 @@
-"""CASO, SmoothCASO and CAFO (Singla, Wallace, Feng, Feizi, ICML 2019): the Captum facade.
+"""CASO and SmoothCASO (Singla, Wallace, Feng, Feizi, ICML 2019): the Captum facade.
 
-This module only speaks Captum: it formats inputs, targets and additional arguments, validates the
-options into one frozen object (:class:`~captum_ext.attr.options.CASOOptions`), enforces the model
-policy (:mod:`captum_ext._model_state`), chunks the batch and returns outputs shaped like the inputs.
-Everything else is elsewhere, one idea per module:
+This module only speaks Captum: its methods validate their options into one frozen object
+(:class:`~captum_ext.attr.options.CASOOptions`) and hand them to the shared plumbing of
+:mod:`~captum_ext.attr.base` (formatting, model policy, chunking, outputs shaped like the inputs);
+CAFO is in :mod:`~captum_ext.attr.cafo`. Everything else is elsewhere, one idea per module:
 
 * :mod:`~captum_ext.attr.engine`: one chunk's solve (path choice, guard on ``lambda2``, certificates);
 * :mod:`~captum_ext.attr.curvature`: the registered curvature paths and the graph analysis that says
@@ -15,162 +15,34 @@ Everything else is elsewhere, one idea per module:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-from captum.attr import GradientAttribution
 from captum.log import log_usage
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._autograd import math_attention_kernel
 from .._format import (
     TargetLike,
     TensorOrTuple,
-    expand_target,
-    format_additional_args,
-    format_inputs,
     format_output,
     repeat_additional_args,
-    run_forward,
-    select_additional_args,
 )
-from .._model_state import check_per_example, check_train_mode, refuse_train_mode_layers
 from . import engine
+from .base import _ContextAwareAttribution, _grid_fn
 from .curvature import paths
 from .details import AttributionDetails
 from .graph import (
     DEFAULT_RANK_TOL,
     LossGraph,
-    build_loss_graph,
-    loss_gradient_from_logits,
-    unflatten_features,
 )
-from .options import CAFOOptions, CASOOptions, check_lambda1, matching_options
-from .solvers import caso_objective, soft_threshold
+from .options import CASOOptions, matching_options
 
 #: values of ``hessian=``: ``"auto"`` and the registered curvature paths
 HessianMode = Literal[("auto", *paths())]  # type: ignore[valid-type]
 SolverMode = Literal["certified", "paper"]
 
-__all__ = ["CAFO", "CASO", "AttributionDetails", "SmoothCASO"]
-
-
-def _looks_like_probabilities(logits: Tensor) -> bool:
-    out = logits.detach()
-    return (
-        out.shape[1] > 1
-        and bool(((out >= 0) & (out <= 1)).all())
-        and bool(((out.sum(1) - 1).abs() <= 1e-4).all())
-    )
-
-
-class _ContextAwareAttribution(GradientAttribution):
-    """Shared plumbing of CASO and CAFO: validation, chunking, target handling, output shape."""
-
-    #: copies of each example the loss is averaged over (SmoothCASO draws noisy copies)
-    _samples = 1
-
-    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
-        super().__init__(forward_func)
-        self.last_details: AttributionDetails | None = None
-
-    def _expand(
-        self, inputs: tuple[Tensor, ...], args: tuple[Any, ...]
-    ) -> tuple[tuple[Tensor, ...], tuple[Any, ...]]:
-        """Inputs the loss is evaluated at: the inputs themselves (SmoothCASO adds noisy copies)."""
-        return inputs, args
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
-
-    def has_convergence_delta(self) -> bool:
-        return False
-
-    # ------------------------------------------------------------------ driver
-    def _run(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetLike,
-        additional_forward_args: Any,
-        grid_fn: Callable[[int, torch.device, torch.dtype], Tensor] | None,
-        internal_batch_size: int | None,
-        opts: CAFOOptions,
-        sweep: bool,
-    ) -> tuple[tuple[Tensor, ...], bool]:
-        who = type(self).__name__
-        tup, is_tuple = format_inputs(inputs)
-        for i, x in enumerate(tup):
-            if not x.is_floating_point():
-                raise TypeError(f"inputs[{i}] must be floating point, got {x.dtype}")
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"inputs[{i}] contains NaN or infinite values")
-        n = tup[0].shape[0]
-        opts.check_batch(n)
-        check_train_mode(self.forward_func, who)
-        forward, compiled = _eager(self.forward_func)
-        args = format_additional_args(additional_forward_args)
-        if n == 0:
-            raise ValueError("inputs hold no examples (batch size 0)")
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
-        chunk = n if internal_batch_size is None else internal_batch_size
-        outs: list[tuple[Tensor, ...]] = []
-        details: list[AttributionDetails] = []
-        # the math attention kernel has a double backward (flash / efficient ones have none on CPU)
-        with torch.enable_grad(), math_attention_kernel(), refuse_train_mode_layers(who):
-            for start in range(0, n, chunk):
-                idx = torch.arange(start, min(n, start + chunk), device=tup[0].device)
-                xs = tuple(x.index_select(0, idx) for x in tup)
-                a = select_additional_args(args, n, idx) if chunk < n else args
-                xs_e, a_e = self._expand(xs, a)
-                graph = build_loss_graph(forward, xs_e, a_e, None)
-                check_per_example(forward, xs_e, a_e, graph.logits, who)
-                if _looks_like_probabilities(graph.logits):
-                    warnings.warn(
-                        f"{who}: forward_func seems to return probabilities (rows in [0, 1] summing to 1); "
-                        "the loss is the cross-entropy of softmax(output), so pass logits (or "
-                        "log-probabilities) instead.",
-                        stacklevel=3,
-                    )
-                t = expand_target(target, n, graph.logits.shape[1], graph.logits.device)
-                if t is not None:
-                    t = t.index_select(0, idx.to(t.device))
-                elif self._samples > 1:  # explain the clean input's predicted class
-                    with torch.no_grad():
-                        t = run_forward(forward, xs, a).argmax(1)
-                if t is not None:
-                    graph.target = t.repeat_interleave(self._samples)
-                chunk_opts = opts.for_examples(start, start + len(idx), n)
-                flat, det = self._solve(graph, chunk_opts, grid_fn, forward, a_e)
-                outs.append(unflatten_features(flat, xs))
-                details.append(det)
-        self.last_details = AttributionDetails.concat(details)
-        if compiled:
-            self.last_details.extra["compiled"] = compiled
-        result = tuple(torch.cat([o[i] for o in outs]) for i in range(len(tup)))
-        if sweep:  # (n, m, ...) -> (m, n, ...)
-            result = tuple(r.movedim(1, 0) for r in result)
-        return result, is_tuple
-
-
-def _eager(forward_func: Callable[..., Tensor]) -> tuple[Callable[..., Tensor], str]:
-    """A ``torch.compile``'d model's eager original (compiled graphs have no double backward)."""
-    orig = getattr(forward_func, "_orig_mod", None) if isinstance(forward_func, nn.Module) else None
-    orig = orig if orig is not None else getattr(forward_func, "_torchdynamo_orig_callable", None)
-    if orig is None:
-        return forward_func, ""
-    return orig, "differentiated the eager original of the torch.compile'd model (same function)"
-
-
-def _grid_fn(values: Sequence[float] | Tensor) -> Callable[[int, torch.device, torch.dtype], Tensor]:
-    vals = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    if vals.numel() == 0:
-        raise ValueError("lambda1_values must hold at least one value")
-    check_lambda1(vals)
-    return lambda n, dev, dt: vals.to(dev, dt).expand(n, -1)
+__all__ = ["CASO", "SmoothCASO"]
 
 
 class CASO(_ContextAwareAttribution):
@@ -443,122 +315,3 @@ class SmoothCASO(CASO):
             for x, sd in zip(inputs, stds, strict=True)
         )
         return noisy, repeat_additional_args(args, n, s)
-
-
-class CAFO(_ContextAwareAttribution):
-    r"""Context-Aware First-Order interpretation (Singla et al., 2019, Def. 2).
-
-    Maximises :math:`g^T\Delta - \lambda_1\|\Delta\|_1 - \lambda_2\|\Delta\|_2^2` per example, with
-    ``g`` the input-gradient of the cross-entropy at ``target``. The problem is separable, so the
-    optimum is exact in closed form for every ``lambda1``: ``Delta = soft(g, lambda1) / (2 lambda2)``
-    (the paper runs FISTA; the closed form is its limit, at the cost of a single backward pass).
-    ``lambda2=None`` means ``c1`` (paper: 10). ``sparsity=(low, high)`` picks ``lambda1`` per example
-    by the sparsity-ratio rule of Sec. 4.1. SmoothCAFO is ``NoiseTunnel(CAFO(model))``.
-
-    Args:
-        forward_func: the model or any function returning logits ``(batch, classes)``.
-
-    Examples:
-        >>> import torch
-        >>> from torch import nn
-        >>> from captum_ext import CAFO
-        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
-        >>> attr = CAFO(model).attribute(torch.randn(2, 1, 4, 4), target=1, lambda1=1e-3)
-        >>> attr.shape
-        torch.Size([2, 1, 4, 4])
-    """
-
-    @log_usage()
-    @matching_options(CAFOOptions)
-    def attribute(  # type: ignore[override]
-        self,
-        inputs: TensorOrTuple,
-        target: TargetLike = None,
-        additional_forward_args: Any = None,
-        *,
-        lambda1: float = 0.0,
-        lambda2: float | None = None,
-        c1: float = 10.0,
-        sparsity: tuple[float, float] | None = None,
-        abs: bool = False,
-        internal_batch_size: int | None = None,
-    ) -> TensorOrTuple:
-        """Compute CAFO attributions.
-
-        Args:
-            inputs: tensor or tuple of tensors, batch first.
-            target: class per example in any form Captum accepts (int, 1-tuple, list, tensor);
-                default the predicted class.
-            additional_forward_args: extra arguments passed to ``forward_func`` after the inputs.
-            lambda1: l1 weight (>= 0). Ignored when ``sparsity`` is given.
-            lambda2: l2 weight (> 0); ``None`` means ``c1``.
-            c1: default ``lambda2`` (paper: 10).
-            sparsity: ``(low, high)`` window for the unsupervised ``lambda1`` choice, or None.
-            abs: return ``|Delta|`` instead of the signed ``Delta``.
-            internal_batch_size: examples per chunk.
-
-        Returns:
-            Attributions shaped like ``inputs``.
-        """
-        opts = CAFOOptions(lambda1=lambda1, lambda2=lambda2, c1=c1, sparsity=sparsity)
-        out, is_tuple = self._run(
-            inputs, target, additional_forward_args, None, internal_batch_size, opts, False
-        )
-        return format_output(is_tuple, tuple(o.abs() for o in out) if abs else out)
-
-    def sweep(
-        self,
-        inputs: TensorOrTuple,
-        lambda1_values: Sequence[float] | Tensor,
-        target: TargetLike = None,
-        additional_forward_args: Any = None,
-        *,
-        lambda2: float | None = None,
-        c1: float = 10.0,
-        abs: bool = False,
-        internal_batch_size: int | None = None,
-    ) -> TensorOrTuple:
-        """CAFO for several ``lambda1`` values; leading sweep dimension ``(m, *input.shape)``."""
-        opts = CAFOOptions(lambda2=lambda2, c1=c1)
-        grid_fn = _grid_fn(lambda1_values)
-        out, is_tuple = self._run(
-            inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, True
-        )
-        return format_output(is_tuple, tuple(o.abs() for o in out) if abs else out)
-
-    def _solve(self, graph: LossGraph, opts, grid_fn, forward, args) -> tuple[Tensor, AttributionDetails]:
-        n = graph.n
-        dtype, device = graph.dtype, graph.logits.device
-        # g = J^T (p - e_t) with p_t - 1 formed without cancellation (accurate in float32 at p ~ 1)
-        g = loss_gradient_from_logits(graph)
-        graph.release()
-        top = torch.zeros(n, dtype=dtype, device=device)
-        lam2 = top + (opts.c1 if opts.lambda2 is None else float(opts.lambda2))
-        grid = None if grid_fn is None else grid_fn(n, device, dtype)
-
-        def solve(lams: Tensor) -> tuple[Tensor, Tensor]:
-            gm = g[:, None, :]
-            l1 = lams[:, :, None]
-            l2 = lam2[:, None, None]
-            delta = soft_threshold(gm, l1) / (2.0 * l2)
-            return delta, caso_objective(delta, None, gm, l1, l2)
-
-        delta, obj, lam1, eta, in_window = engine.search_or_solve(solve, g, opts.lambda1, grid, opts.sparsity)
-        details = AttributionDetails(
-            lambda1=lam1.detach(),
-            lambda2=lam2,
-            sparsity=eta.detach(),
-            objective=obj.detach(),
-            top_eigenvalue=top,
-            rank=torch.zeros(n, dtype=torch.long, device=device),
-            hessian="none",
-            target=graph.target,
-            in_window=in_window,
-            n_vjp=1,
-            converged=torch.ones(eta.shape, dtype=torch.bool, device=device),  # exact closed form
-            error_bound=torch.zeros(eta.shape, dtype=dtype, device=device),
-            iterations=torch.zeros(eta.shape, dtype=torch.long, device=device),
-            solver="closed_form",
-            extra={"binary_logistic": True} if graph.binary else {},
-        )
-        return delta.detach(), details
