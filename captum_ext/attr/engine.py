@@ -16,6 +16,7 @@ The steps, each in one place:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -347,14 +348,8 @@ def _solve_groups(graph, groups, opts, grid_fn, forward_func, args, extra, who):
         sub_args = select_additional_args(args, n, i)
         sub = build_loss_graph(forward_func, xs, sub_args, graph.target.index_select(0, i))
         lam1 = torch.as_tensor(opts.lambda1)
-        sub_opts = opts.__class__(
-            **{
-                **opts.__dict__,
-                "lambda1": lam1[idx] if lam1.dim() == 1 else opts.lambda1,
-                "hessian": "closed_form",
-                "max_memory": None,
-            }
-        )
+        sub_lam1 = lam1[idx] if lam1.dim() == 1 else opts.lambda1
+        sub_opts = dataclasses.replace(opts, lambda1=sub_lam1, hessian="closed_form", max_memory=None)
         delta, det = solve(sub, sub_opts, grid_fn, forward_func, sub_args, 1, who)
         deltas.append(delta)
         parts.append(det)

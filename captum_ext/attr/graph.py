@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._autograd import input_gradient
 from .._format import run_forward
 
 #: Default share of A's spectral mass the closed form may drop. The Hessian error is then at most
@@ -82,14 +83,8 @@ class LossGraph:
 
     def vjp(self, grad_logits: Tensor, retain_graph: bool = True) -> Tensor:
         """``J^T w`` per example for ``w = grad_logits`` of shape ``(n, c)``; returns ``(n, d)``."""
-        grads = torch.autograd.grad(
-            self.logits,
-            self.inputs,
-            grad_outputs=grad_logits,
-            retain_graph=retain_graph,
-            allow_unused=True,
-        )
-        return flatten_features(_zeros_for_none(grads, self.inputs))
+        grads = input_gradient(self.logits, self.inputs, grad_logits, retain_graph=retain_graph)
+        return flatten_features(grads)
 
     def batched_vjp(self, grad_logits: Tensor, retain_graph: bool = True) -> Tensor:
         """``J^T w_k`` for a stack ``grad_logits`` of shape ``(k, n, c)``; returns ``(k, n, d)``.
@@ -121,10 +116,6 @@ class LossGraph:
     def release(self) -> None:
         """Drop the graph (frees memory held by saved activations)."""
         self.logits = self.logits.detach()
-
-
-def _zeros_for_none(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
-    return [torch.zeros_like(x) if gr is None else gr for gr, x in zip(grads, like, strict=True)]
 
 
 def build_loss_graph(
