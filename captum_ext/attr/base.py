@@ -18,6 +18,7 @@ from .._format import (
     expand_target,
     format_additional_args,
     format_inputs,
+    format_output,
     run_forward,
     select_additional_args,
 )
@@ -63,6 +64,24 @@ class _ContextAwareAttribution(GradientAttribution):
         return False
 
     # ------------------------------------------------------------------ driver
+    def _attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetLike,
+        additional_forward_args: Any,
+        grid_fn: Callable[[int, torch.device, torch.dtype], Tensor] | None,
+        internal_batch_size: int | None,
+        opts: CAFOOptions,
+        abs_: bool,
+    ) -> TensorOrTuple:
+        """Run every chunk, then shape the output like ``inputs`` (``|Delta|`` with ``abs_``); a grid of
+        ``lambda1`` values (``grid_fn``) adds a leading sweep dimension."""
+        sweep = grid_fn is not None
+        out, is_tuple = self._run(
+            inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, sweep
+        )
+        return format_output(is_tuple, tuple(o.abs() for o in out) if abs_ else out)
+
     def _run(
         self,
         inputs: TensorOrTuple,

@@ -12,7 +12,6 @@ from torch import Tensor
 from .._format import (
     TargetLike,
     TensorOrTuple,
-    format_output,
 )
 from . import engine
 from .base import _ContextAwareAttribution, _grid_fn
@@ -81,10 +80,7 @@ class CAFO(_ContextAwareAttribution):
             Attributions shaped like ``inputs``.
         """
         opts = CAFOOptions(lambda1=lambda1, lambda2=lambda2, c1=c1, sparsity=sparsity)
-        out, is_tuple = self._run(
-            inputs, target, additional_forward_args, None, internal_batch_size, opts, False
-        )
-        return format_output(is_tuple, tuple(o.abs() for o in out) if abs else out)
+        return self._attribute(inputs, target, additional_forward_args, None, internal_batch_size, opts, abs)
 
     def sweep(
         self,
@@ -101,10 +97,9 @@ class CAFO(_ContextAwareAttribution):
         """CAFO for several ``lambda1`` values; leading sweep dimension ``(m, *input.shape)``."""
         opts = CAFOOptions(lambda2=lambda2, c1=c1)
         grid_fn = _grid_fn(lambda1_values)
-        out, is_tuple = self._run(
-            inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, True
+        return self._attribute(
+            inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, abs
         )
-        return format_output(is_tuple, tuple(o.abs() for o in out) if abs else out)
 
     def _solve(self, graph: LossGraph, opts, grid_fn, forward, args) -> tuple[Tensor, AttributionDetails]:
         n = graph.n

@@ -25,7 +25,6 @@ from torch import Tensor
 from .._format import (
     TargetLike,
     TensorOrTuple,
-    format_output,
     repeat_additional_args,
 )
 from . import engine
@@ -66,7 +65,7 @@ class CASO(_ContextAwareAttribution):
     * ``"exact"``: Hessian-vector products by double backward (attention under the math kernel) and
       ``L`` by Lanczos; valid for any twice-differentiable model (softplus, GELU, attention, ...).
     * ``"gauss_newton"``: matrix-free products ``J^T A (J v)`` (one Jacobian-vector and one
-      vector-Jacobian product each, :class:`~captum_ext.attr.gauss_newton.GaussNewtonHessian`): the
+      vector-Jacobian product each, :class:`~captum_ext.attr.curvature.gauss_newton.GaussNewtonHessian`): the
       closed form's Hessian without its ``d x r`` memory or ``r + 1`` backward passes; ``L`` by Lanczos.
     * ``"auto"`` (default): a free look at the autograd graph
       (:func:`~captum_ext.attr.hessian.structural_curvature`) recognises piecewise-linear nets
@@ -205,10 +204,7 @@ class CASO(_ContextAwareAttribution):
             max_rank=max_rank,
             max_memory=max_memory,
         )
-        out, is_tuple = self._run(
-            inputs, target, additional_forward_args, None, internal_batch_size, opts, False
-        )
-        return format_output(is_tuple, tuple(o.abs() for o in out) if abs else out)
+        return self._attribute(inputs, target, additional_forward_args, None, internal_batch_size, opts, abs)
 
     def sweep(
         self,
@@ -242,10 +238,9 @@ class CASO(_ContextAwareAttribution):
             opts = CASOOptions(**kwargs)
         except TypeError as err:  # an unknown keyword
             raise TypeError(f"sweep() got unexpected keyword arguments: {err}") from None
-        out, is_tuple = self._run(
-            inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, True
+        return self._attribute(
+            inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, abs_
         )
-        return format_output(is_tuple, tuple(o.abs() for o in out) if abs_ else out)
 
     def _solve(self, graph: LossGraph, opts, grid_fn, forward, args) -> tuple[Tensor, AttributionDetails]:
         return engine.solve(graph, opts, grid_fn, forward, args, self._samples, type(self).__name__)
