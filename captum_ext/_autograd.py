@@ -140,9 +140,10 @@ def input_hvp(
         inputs: the tensors the gradients were taken with respect to.
         vectors: directions, shaped like ``inputs``.
         retain_graph: keep the graph for further products.
-        strict: raise :class:`NoDoubleBackwardError` when the gradients do not depend on the inputs
-            at all (autograd's sign of a detached or ``@once_differentiable`` backward) instead of
-            returning zeros. Use it where the second derivative cannot be zero everywhere.
+        strict: raise :class:`NoDoubleBackwardError` when the gradients have no graph at all or one
+            that does not reach the inputs (autograd's sign of a detached or ``@once_differentiable``
+            backward) instead of returning zeros. Use it where the gradient must depend on the inputs
+            (as that of CASO's loss surrogate always does).
 
     Returns:
         One product per input, shaped like it.
@@ -173,6 +174,11 @@ def input_hvp(
         if is_missing_double_backward(err):
             raise NoDoubleBackwardError(str(err).splitlines()[0]) from err
         raise
+    if strict and all(h is None for h in hv):
+        raise NoDoubleBackwardError(
+            "the input gradient does not depend on the inputs: a layer's backward is detached (e.g. a "
+            "custom autograd.Function whose backward detaches its result)"
+        )
     return _zeros_for_none(hv, inputs)
 
 

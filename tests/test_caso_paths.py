@@ -16,9 +16,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from captum_ext import CASO
+from captum_ext._autograd import NoDoubleBackwardError
 from captum_ext.attr import AttributionDetails
 from captum_ext.attr.curvature import GraphAnalysis, get_path, paths
 from captum_ext.attr.engine import CurvaturePathError
+from captum_ext.attr.hessian import ExactHessian, build_loss_graph
 from captum_ext.attr.options import CAFOOptions, CASOOptions, matching_options
 from captum_ext.attr.solvers import fista
 
@@ -97,6 +99,25 @@ def test_once_differentiable_piecewise_linear_function_takes_the_closed_form():
     assert_matches_oracle(model, x, out, caso.last_details, 0.0, oracle_model=oracle)
 
 
+class _DetachedTanh(OnceTanh):
+    """A backward that detaches its result: autograd's second derivative is silently zero."""
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return (g * (1 - torch.tanh(x) ** 2)).detach()
+
+
+def test_zero_exact_hessian_beside_a_nonzero_gradient_is_a_contradiction():
+    model = _net(_Apply(_DetachedTanh.apply))
+    x = torch.randn(2, 8, dtype=DT)
+    with pytest.raises(CurvaturePathError, match="DetachedTanhBackward"):
+        CASO(model).attribute(x)
+    exact = ExactHessian(build_loss_graph(model, (x,)))  # the operator itself refuses the silent zeros
+    with pytest.raises(NoDoubleBackwardError, match="detached"):
+        exact.hvp(torch.randn(2, 8, dtype=DT))
+
+
 # ---------------------------------------------------------------- MobileNetV3-style block
 class _ClampHardsigmoid(nn.Module):  # Hardsigmoid with a double backward (the fix the error suggests)
     def forward(self, z):
@@ -132,9 +153,16 @@ def test_mobilenet_squeeze_excitation_is_refused_with_what_would_work(classes, u
     assert caso.last_details.hessian == "exact"
     assert_matches_oracle(fixed, x, out, caso.last_details, 0.0, oracle_tol=1e-10)
     L = float(caso.last_details.top_eigenvalue.max())
-    for kw in ({}, {"lambda2": 0.6 * L}, {"lambda2": 0.45 * L}, {"hessian": "closed_form"}):
-        with untouched(model), pytest.raises(CurvaturePathError, match=r"HardsigmoidBackward0.*clamp"):
+    for kw in (
+        {},
+        {"lambda2": 0.6 * L},
+        {"lambda2": 0.45 * L},
+        {"hessian": "closed_form"},
+        {"hessian": "exact"},
+    ):
+        with untouched(model), pytest.raises(CurvaturePathError, match=r"HardsigmoidBackward0.*clamp") as err:
             CASO(model).attribute(x, **kw)
+        assert "Paths exact here" not in str(err.value)  # no path is: none is recommended
 
 
 # ---------------------------------------------------------------- per-call decision

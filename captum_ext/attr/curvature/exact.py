@@ -76,7 +76,7 @@ class ExactHessian:
         cols = []
         for j in range(v.shape[1]):
             parts = unflatten_features(v[:, j], self.graph.inputs)
-            cols.append(flatten_features(input_hvp(self._grads, self.graph.inputs, parts)))
+            cols.append(flatten_features(input_hvp(self._grads, self.graph.inputs, parts, strict=True)))
             self.n_hvp += 1
         return torch.stack(cols, dim=1)
 
