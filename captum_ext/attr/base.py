@@ -74,24 +74,8 @@ class _ContextAwareAttribution(GradientAttribution):
         opts: CAFOOptions,
         abs_: bool,
     ) -> TensorOrTuple:
-        """Run every chunk, then shape the output like ``inputs`` (``|Delta|`` with ``abs_``); a grid of
-        ``lambda1`` values (``grid_fn``) adds a leading sweep dimension."""
-        sweep = grid_fn is not None
-        out, is_tuple = self._run(
-            inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, sweep
-        )
-        return format_output(is_tuple, tuple(o.abs() for o in out) if abs_ else out)
-
-    def _run(
-        self,
-        inputs: TensorOrTuple,
-        target: TargetLike,
-        additional_forward_args: Any,
-        grid_fn: Callable[[int, torch.device, torch.dtype], Tensor] | None,
-        internal_batch_size: int | None,
-        opts: CAFOOptions,
-        sweep: bool,
-    ) -> tuple[tuple[Tensor, ...], bool]:
+        """Solve every chunk (``self._solve``) and shape the output like ``inputs`` (``|Delta|`` with
+        ``abs_``); a grid of ``lambda1`` values (``grid_fn``) adds a leading sweep dimension."""
         who = type(self).__name__
         tup, is_tuple = format_inputs(inputs)
         for i, x in enumerate(tup):
@@ -143,9 +127,9 @@ class _ContextAwareAttribution(GradientAttribution):
         if compiled:
             self.last_details.extra["compiled"] = compiled
         result = tuple(torch.cat([o[i] for o in outs]) for i in range(len(tup)))
-        if sweep:  # (n, m, ...) -> (m, n, ...)
+        if grid_fn is not None:  # (n, m, ...) -> (m, n, ...)
             result = tuple(r.movedim(1, 0) for r in result)
-        return result, is_tuple
+        return format_output(is_tuple, tuple(r.abs() for r in result) if abs_ else result)
 
 
 def _eager(forward_func: Callable[..., Tensor]) -> tuple[Callable[..., Tensor], str]:
