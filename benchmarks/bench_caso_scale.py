@@ -59,7 +59,7 @@ from captum_ext.attr.cost_model import (  # noqa: E402
     plan_auto,
     predict_costs,
 )
-from captum_ext.attr.gauss_newton import GaussNewtonHessian  # noqa: E402
+from captum_ext.attr.curvature.gauss_newton import GaussNewtonHessian  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = (0.3, 0.9, 0.999, 1 - 1e-6)
@@ -104,7 +104,7 @@ class StandaloneCASO(CASO):
     def _operator(self, graph, mode, rank_tol, max_rank):
         if mode != "gauss_newton":
             return super()._operator(graph, mode, rank_tol, max_rank)
-        from captum_ext.attr.caso import _Curvature
+        from captum_ext.attr.curvature import Curvature as _Curvature
 
         gn = GaussNewtonHessian(graph, samples=self._samples)
         rank = torch.zeros(gn.gradient.shape[0], dtype=torch.long, device=gn.gradient.device)

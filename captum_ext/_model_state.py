@@ -1,11 +1,30 @@
-"""Snapshot of everything an attribution or metric promises to leave unchanged on a model."""
+"""The model-untouched contract: a snapshot of a model's mutable state, and the one train-mode policy.
+
+* :class:`ModelState` compares everything an attribution or metric promises to leave unchanged.
+* :func:`has_stochastic_or_batch_layers` names the layers whose forward pass in training mode changes
+  the model (running statistics of every normalisation kind that keeps them: BatchNorm of any
+  dimension, ``SyncBatchNorm``, the lazy variants, ``InstanceNorm(track_running_stats=True)``, any
+  custom layer with ``running_*`` buffers), couples the examples of a batch (train-mode BatchNorm) or
+  is random (Dropout). CASO, CAFO and every metric refuse such a model.
+* :func:`refuse_train_mode_layers` enforces the same policy on models hidden behind a lambda or any
+  opaque callable, for every batch size (one included): a global forward pre-hook raises *before*
+  such a layer runs, so nothing is updated.
+* :func:`check_per_example` is the numeric coupling probe (examples must not influence each other);
+  with a batch of one it compares against a batch of two, so it is sound for every batch size.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from ._format import repeat_additional_args, run_forward
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,167 @@ class ModelState:
     __hash__ = None  # type: ignore[assignment]
 
 
+def _mode_dependent(module: nn.Module) -> bool:
+    """Whether ``module`` in training mode changes state, couples examples or is random."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd):
+        return True  # BatchNorm (Sync, Lazy, any dim) uses batch statistics; Dropout is random
+    if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+        return True  # InstanceNorm(track_running_stats=True) and other running-stat norms
+    return any(name.startswith("running_") for name, _ in module.named_buffers(recurse=False))
+
+
 def has_stochastic_or_batch_layers(model: nn.Module) -> list[str]:
-    """Names of sub-modules in training mode whose output depends on the mode (BatchNorm, Dropout)."""
-    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-    return [n or type(m).__name__ for n, m in model.named_modules() if m.training and isinstance(m, kinds)]
+    """Names of sub-modules in training mode whose forward pass depends on the mode.
+
+    That is: every normalisation layer that keeps running statistics (``BatchNorm1d/2d/3d``,
+    ``SyncBatchNorm``, ``LazyBatchNorm*``, ``InstanceNorm*`` with ``track_running_stats=True``, any
+    layer with ``running_*`` buffers) and Dropout of every kind. GroupNorm, LayerNorm and
+    InstanceNorm without running statistics behave the same in both modes and are not listed.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.InstanceNorm2d(2, track_running_stats=True))
+        >>> has_stochastic_or_batch_layers(net.train())
+        ['1']
+        >>> has_stochastic_or_batch_layers(net.eval())
+        []
+    """
+    return [n or type(m).__name__ for n, m in model.named_modules() if m.training and _mode_dependent(m)]
+
+
+def owning_modules(forward_func: Any, depth: int = 3) -> list[nn.Module]:
+    """Modules reachable from ``forward_func``: itself, a bound method's owner, a ``functools.partial``'s
+    function and arguments, a closure's cells (``lambda x: model(x)``), a compiled module's eager
+    original (``torch.compile``'s ``_orig_mod``) and a Captum attribution's ``forward_func``.
+
+    Examples:
+        >>> net = nn.Linear(2, 2)
+        >>> owning_modules(net.forward)[0] is net
+        True
+    """
+    if isinstance(forward_func, nn.Module):
+        orig = getattr(forward_func, "_orig_mod", None)
+        return [forward_func] + ([orig] if isinstance(orig, nn.Module) else [])
+    if depth == 0:
+        return []
+    found: list[Any] = []
+    if isinstance(forward_func, functools.partial):
+        found = [forward_func.func, *forward_func.args, *forward_func.keywords.values()]
+    else:
+        owner = getattr(forward_func, "__self__", None)
+        found += [owner, getattr(owner, "forward_func", None)]
+        for cell in getattr(forward_func, "__closure__", None) or ():
+            try:
+                found.append(cell.cell_contents)
+            except ValueError:  # empty cell
+                pass
+    mods: list[nn.Module] = []
+    for obj in found:
+        if obj is not None and (isinstance(obj, nn.Module) or callable(obj)):
+            mods.extend(m for m in owning_modules(obj, depth - 1) if all(m is not k for k in mods))
+    return mods
+
+
+def check_train_mode(forward_func: Any, who: str) -> None:
+    """Raise ``ValueError`` when a module reachable from ``forward_func`` has mode-dependent layers
+    in training mode (see :func:`has_stochastic_or_batch_layers`).
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+        >>> check_train_mode(net.eval(), "CASO")
+        >>> try:
+        ...     check_train_mode(net.train(), "CASO")
+        ... except ValueError as err:
+        ...     print(str(err)[:40])
+        CASO needs a deterministic, per-example
+    """
+    modules = owning_modules(forward_func)
+    live = [name for module in modules for name in has_stochastic_or_batch_layers(module)]
+    if live:
+        raise ValueError(_train_mode_message(who, live))
+
+
+def _train_mode_message(who: str, live: list[str]) -> str:
+    return (
+        f"{who} needs a deterministic, per-example model, but these layers are in training mode: "
+        f"{live[:5]}. Call model.eval() first (captum_ext never changes the model's mode for you; in "
+        "training mode these layers update running statistics, are random, or make one example's output "
+        "change when another example of the batch changes)."
+    )
+
+
+@contextlib.contextmanager
+def refuse_train_mode_layers(who: str) -> Iterator[None]:
+    """Refuse any mode-dependent layer in training mode that runs inside the block, before it runs.
+
+    A global forward pre-hook sees every module called, also behind a lambda or another opaque
+    callable that :func:`owning_modules` cannot look into, and raises ``ValueError`` before the layer
+    updates anything: sound for every batch size, one included.
+
+    Examples:
+        >>> bn = nn.BatchNorm1d(2).train()
+        >>> hidden = lambda x: bn(x)  # noqa: E731
+        >>> try:
+        ...     with refuse_train_mode_layers("CASO"):
+        ...         hidden(torch.ones(1, 2, 3))
+        ... except ValueError as err:
+        ...     print(str(err)[:24], bool((bn.running_mean == 0).all()))
+        CASO needs a determinist True
+    """
+
+    def hook(module: nn.Module, args: Any) -> None:
+        if module.training and _mode_dependent(module):
+            raise ValueError(_train_mode_message(who, [type(module).__name__]))
+
+    handle = nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def check_per_example(
+    forward_func: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    args: tuple[Any, ...],
+    logits: Tensor,
+    who: str,
+) -> None:
+    """Coupling probe: move the first example and check that the others' outputs stay put.
+
+    ``logits`` are ``forward_func``'s outputs at ``inputs`` (a single-logit output may have been
+    widened to ``[0, z]``). With a batch of one, the example is paired with a moved copy (a batch of
+    two) and its own output must not change, so the probe is sound for every batch size.
+
+    Raises:
+        ValueError: the outputs of one example depend on another example.
+
+    Examples:
+        >>> net = nn.Linear(3, 2)
+        >>> x = torch.randn(1, 3)
+        >>> check_per_example(net, (x,), (), net(x), "CASO")
+    """
+    n = inputs[0].shape[0]
+    moved, base, ref = [], [], logits.detach()
+    for x in inputs:
+        x = x.detach()
+        shift = x[:1] + 0.1 * (1.0 + x[:1].abs())
+        if n == 1:  # probe a batch of two: the example itself, then a moved copy
+            base.append(x)
+            moved.append(torch.cat([x, shift]))
+        else:
+            moved.append(torch.cat([shift, x[1:]]))
+    probe_args = repeat_additional_args(args, 1, 2) if n == 1 else args
+    with torch.no_grad():
+        out = run_forward(forward_func, tuple(moved), probe_args)
+    if out.shape[1] == 1 and ref.shape[1] == 2:  # single-logit model read as [0, z]
+        ref = ref[:, 1:]
+    stay_out, stay_ref = (out[:1], ref) if n == 1 else (out[1:], ref[1:])
+    tol = (1e-9 if ref.dtype == torch.float64 else 1e-4) * (1.0 + float(stay_ref.abs().max()))
+    change = float((stay_out - stay_ref).abs().max())
+    if not change <= tol:
+        raise ValueError(
+            f"{who}: the model's output for one example changes when another example of the batch "
+            f"changes (by {change:.3g}); {who} explains each example's own loss and needs a per-example, "
+            "deterministic model. Likely cause: a batch-statistics layer (BatchNorm in training mode, "
+            "F.batch_norm(training=True)) or random layer behind an opaque callable; call model.eval()."
+        )

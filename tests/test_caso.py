@@ -8,7 +8,7 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
 from captum_ext import CAFO, CASO
-from captum_ext.attr.optim import soft_threshold
+from captum_ext.attr.solvers import soft_threshold
 
 from ._nets import dense_loss_hessian, relu_cnn, relu_mlp, softplus_mlp
 from .test_optim import _scipy_split_solve

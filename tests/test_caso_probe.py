@@ -159,13 +159,13 @@ def test_auto_reports_which_probe_decided(untouched):
         assert caso.last_details.extra["probe"] == "structural (smooth: GeluBackward0)"
         assert caso.last_details.hessian == "exact" and caso.last_details.probe_gap is None
     sine = nn.Sequential(nn.Linear(6, 5), _Sin(), nn.Linear(5, 3)).double().eval()
-    with untouched(sine):  # an operation the graph walk does not know: one numeric probe, then cached
+    with untouched(sine):  # an operation the graph walk does not know: one numeric probe on every call
         caso = CASO(sine)
         caso.attribute(x)
         assert caso.last_details.extra["probe"].startswith("numeric (graph has SinBackward0")
         assert caso.last_details.hessian == "exact"
         caso.attribute(x)
-        assert caso.last_details.extra["probe"] == "cached"
+        assert caso.last_details.extra["probe"].startswith("numeric (graph has SinBackward0")
 
 
 class _Sin(nn.Module):

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_ext.attr.gauss_newton import GaussNewtonHessian, apply_softmax_covariance
+from captum_ext.attr.curvature.gauss_newton import GaussNewtonHessian, apply_softmax_covariance
 from captum_ext.attr.hessian import (
     ExactHessian,
     build_loss_graph,

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from captum_ext.attr.optim import (
+from captum_ext.attr.solvers import (
     caso_objective,
     fista,
     initial_lambda1_grid,

@@ -1,5 +1,7 @@
 """Attribution methods (Captum ``GradientAttribution`` subclasses)."""
 
-from .caso import CAFO, CASO, AttributionDetails, SmoothCASO
+from .cafo import CAFO
+from .caso import CASO, SmoothCASO
+from .details import AttributionDetails
 
 __all__ = ["CASO", "CAFO", "SmoothCASO", "AttributionDetails"]

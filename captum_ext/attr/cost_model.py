@@ -21,6 +21,7 @@ fits ``max_memory``; ties go to the path listed first in ``PATHS``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -30,10 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .hessian import DEFAULT_RANK_TOL, choose_rank, softmax_covariance
+from .curvature import GraphAnalysis, paths
+from .graph import DEFAULT_RANK_TOL, softmax_covariance
+from .softmax_eig import choose_rank
 
-#: order also breaks ties: the factor gives exact L and a closed-form lambda1 = 0 solve
-PATHS = ("closed_form", "gauss_newton", "exact")
+#: the registered paths; their order breaks ties (the factor gives exact L and a closed-form
+#: lambda1 = 0 solve)
+PATHS = tuple(paths())
 
 
 @dataclass(frozen=True)
@@ -202,13 +206,15 @@ def predict_costs(
         costs: per-pass costs.
         itemsize: bytes per float of the model's dtype.
         piecewise_linear: whether the logits have zero curvature (then the factor and Gauss-Newton
-            paths are exact).
+            paths are exact); every layer is assumed to have a double backward. ``correct`` is what
+            each registered path's ``not_exact_because`` says.
         vjp_batch: VJPs the factor computes in one vectorised backward (its buffer).
         packed: the factor packs columns by each example's rank (``sum r_i`` backward work,
             :mod:`~captum_ext.attr.packed_factor`) instead of ``n max r``.
 
     Returns:
-        ``{path: PathCost}`` for every path of :data:`PATHS`.
+        ``{path: PathCost}`` for every registered path (:func:`~captum_ext.attr.curvature.paths`),
+        each predicted by the path itself (:meth:`~captum_ext.attr.curvature.CurvaturePath.predict`).
 
     Examples:
         >>> pc = predict_costs([2, 3], d=100, products=20)
@@ -222,19 +228,12 @@ def predict_costs(
         raise ValueError("ranks must hold at least one non-negative rank")
     if products < 0 or d < 1:
         raise ValueError(f"products must be >= 0 and d >= 1, got {products}, {d}")
-    n = r.numel()
-    b = costs.backward
-    columns = float(r.sum()) if packed else n * float(r.max())
-    factor_time = columns * b + n * b + n * costs.eigh  # one VJP per column, the gradient, eigenpairs of A
-    factor_mem = int(columns * d * itemsize + min(vjp_batch, float(r.max()) + 1) * n * d * itemsize)
-    gn_time = 2 * n * b + products * n * (costs.jvp + b)  # gradient, J^T u graph, then products
-    exact_time = 2 * n * b + products * n * costs.double_backward
-    direction_mem = 4 * n * d * itemsize  # iterate, momentum, product, gradient
-    return {
-        "closed_form": PathCost("closed_form", factor_time, factor_mem, piecewise_linear),
-        "gauss_newton": PathCost("gauss_newton", gn_time, direction_mem, piecewise_linear),
-        "exact": PathCost("exact", exact_time, direction_mem, True),
-    }
+    assumed = GraphAnalysis(piecewise_linear, True, "assumed", curved_because="assumed curved")
+    out = {}
+    for name, path in paths().items():
+        time, memory = path.predict(r, d, products, costs, itemsize, vjp_batch, packed)
+        out[name] = PathCost(name, time, memory, path.not_exact_because(assumed) is None)
+    return out
 
 
 def choose_path(predictions: dict[str, PathCost], max_memory: int | None = None) -> PathCost:
@@ -255,7 +254,7 @@ def choose_path(predictions: dict[str, PathCost], max_memory: int | None = None)
         >>> choose_path(predict_costs([9], d=4, products=20, piecewise_linear=False)).path
         'exact'
     """
-    correct = [predictions[p] for p in PATHS if p in predictions and predictions[p].correct]
+    correct = [c for c in predictions.values() if c.correct]  # registration order breaks ties
     if not correct:
         raise ValueError("no correct path among the predictions")
     fits = [c for c in correct if max_memory is None or c.memory <= max_memory]
@@ -304,10 +303,13 @@ def plan_auto(
     max_memory: int | None = None,
     costs: PassCosts = DEFAULT_COSTS,
     rank_tol: float = DEFAULT_RANK_TOL,
+    exact: Sequence[str] | None = None,
 ) -> AutoPlan:
     """The cost model's choice for a batch with softmax ``probs`` ``(n, c)``: see :func:`choose_path`.
 
-    ``max_memory=None`` uses :func:`default_max_memory` of ``probs``' device.
+    ``max_memory=None`` uses :func:`default_max_memory` of ``probs``' device. ``exact`` names the
+    paths exact for this graph (from its :class:`~captum_ext.attr.curvature.GraphAnalysis`); by
+    default they follow from ``piecewise_linear``.
 
     Examples:
         >>> p = torch.softmax(torch.tensor([[30.0, 20.0] + [0.0] * 998], dtype=torch.float64), 1)
@@ -320,6 +322,8 @@ def plan_auto(
     budget = default_max_memory(probs.device) if max_memory is None else int(max_memory)
     ranks = kept_ranks(probs, rank_tol)  # the O(c log c) bound: within about one of the exact rank
     preds = predict_costs(ranks, d, products, costs, itemsize, piecewise_linear)
+    if exact is not None:
+        preds = {k: dataclasses.replace(v, correct=k in exact) for k, v in preds.items()}
     return AutoPlan(choose_path(preds, budget).path, preds, ranks, products, budget)
 
 
@@ -330,8 +334,8 @@ def calibrate_pass_costs(graph, repeats: int = 1) -> PassCosts:  # noqa: ANN001 
     measured with ``time.process_time`` (robust to other processes; counts all of this process's
     threads). Keeps the graph alive.
     """
-    from .gauss_newton import GaussNewtonHessian
-    from .hessian import ExactHessian
+    from .curvature.exact import ExactHessian
+    from .curvature.gauss_newton import GaussNewtonHessian
 
     n = graph.n
     d = sum(x[0].numel() for x in graph.inputs)

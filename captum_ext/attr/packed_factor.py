@@ -21,13 +21,8 @@ from torch import Tensor
 
 from .._format import run_forward, select_additional_args
 from .cost_model import DEFAULT_COSTS, PassCosts, kept_ranks
-from .hessian import (
-    DEFAULT_RANK_TOL,
-    LossGraph,
-    LowRankFactor,
-    build_loss_graph,
-    low_rank_factor,
-)
+from .curvature.closed_form import LowRankFactor, low_rank_factor
+from .graph import DEFAULT_RANK_TOL, LossGraph, build_loss_graph
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .optim import soft_threshold
-from .solvers import default_tol
+from .solvers import default_tol, soft_threshold
 
 __all__ = ["SparseDualResult", "sparse_dual_solve"]
 

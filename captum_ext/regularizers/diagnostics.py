@@ -19,6 +19,7 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._autograd import math_attention_kernel
 from .._format import (
     TargetLike,
     TensorOrTuple,
@@ -190,7 +191,8 @@ def _chunk_trace(
     bar: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Trace estimate, sum of squared probe values and ‖∇f‖² for one chunk of examples."""
-    with torch.enable_grad():
+    # the math attention kernel has a double backward (the flash / efficient ones have none)
+    with torch.enable_grad(), math_attention_kernel():
         leaves = tuple(t.detach().requires_grad_(True) for t in xs)
         logits = run_forward(model, leaves, args)
         t = expand_target(target, n_total, logits.shape[1], logits.device)

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._format import run_forward
-from .hessian import LossGraph, loss_gradient_from_logits, unflatten_features
+from ..._format import run_forward
+from ..graph import LossGraph, loss_gradient_from_logits, unflatten_features
+from .analysis import GraphAnalysis
+from .registry import Curvature, CurvaturePath, register
 
 JvpMode = Literal["vjp", "forward"]
 
@@ -94,7 +96,7 @@ class GaussNewtonHessian:
     Examples:
         >>> import torch
         >>> from torch import nn
-        >>> from captum_ext.attr.hessian import build_loss_graph
+        >>> from captum_ext.attr.graph import build_loss_graph
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <...>
         >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
@@ -198,3 +200,28 @@ class GaussNewtonHessian:
         self._jtu = None
         self._dual = None
         self.graph.release()
+
+
+@register
+class GaussNewtonPath(CurvaturePath):
+    """``hessian="gauss_newton"``: matrix-free ``J^T A (J v)``, ``L`` by Lanczos; PSD."""
+
+    name = "gauss_newton"
+    needs = ("double_backward",)  # J v by the double-VJP trick differentiates the backward pass
+
+    def not_exact_because(self, analysis: GraphAnalysis) -> str | None:
+        if not analysis.zero_curvature:
+            return f"it is the Gauss-Newton part only: {analysis.curved_because}"
+        if not analysis.double_backward:
+            return f"its J v products differentiate the backward pass: {analysis.no_double_backward_because}"
+        return None
+
+    def predict(self, ranks, d, products, costs, itemsize, vjp_batch, packed):
+        n = ranks.numel()
+        time = 2 * n * costs.backward + products * n * (costs.jvp + costs.backward)  # gradient, J^T u graph
+        return time, 4 * n * d * itemsize  # iterate, momentum, product, gradient
+
+    def build(self, graph: LossGraph, rank_tol: float, max_rank: int | None, samples: int) -> Curvature:
+        gn = GaussNewtonHessian(graph, samples=samples)
+        rank = torch.zeros(graph.n // samples, dtype=torch.long, device=graph.logits.device)
+        return Curvature(gn, gn.gradient, None, None, 0.0, rank, 2)  # PSD: lambda_min >= 0

@@ -3,7 +3,7 @@
 Pure tensor maths, no models. The Hessian enters only through a *curvature operator*: any object with
 ``hvp(v) -> H v`` for ``v`` of shape ``(n, m, d)`` (``n`` examples, ``m`` problems per example sharing
 one Hessian, ``d`` features), linear in ``v`` (:class:`CurvatureOperator`). The closed-form factor,
-the double-backward :class:`~captum_ext.attr.hessian.ExactHessian` and matrix-free Gauss-Newton
+the double-backward :class:`~captum_ext.attr.curvature.exact.ExactHessian` and matrix-free Gauss-Newton
 operators all qualify.
 
 The problem, per example and per problem (minimisation form of CASO)::
@@ -24,16 +24,13 @@ problems are flagged (``nonconcave``) and never reported as converged.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .optim import soft_threshold
-
-HVP = Callable[[Tensor], Tensor]
+from .objective import HVP, _dot, soft_threshold
 
 
 class CurvatureOperator(Protocol):
@@ -49,10 +46,6 @@ class CurvatureOperator(Protocol):
 def default_tol(dtype: torch.dtype) -> float:
     """Default relative error tolerance of a solve: ``1e-8`` in float64, ``1e-4`` in lower precision."""
     return 1e-8 if dtype == torch.float64 else 1e-4
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(-1, keepdim=True)
 
 
 def _norm(a: Tensor) -> Tensor:
