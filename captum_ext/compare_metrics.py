@@ -184,13 +184,14 @@ def pixel_perturbation_metric(
     """:func:`captum_ext.metrics.pixel_perturbation` per example, averaged over ``fractions``.
 
     The score of an example is its target probability (``output="probability"``) or its hit
-    (prediction == target, ``output="accuracy"``) after removal, averaged over the fractions.
+    (prediction == target, ``output="accuracy"``, named "hits") after removal, averaged over the
+    fractions.
     Removing the *least* relevant pixels should keep the prediction (higher is better); removing
     the *most* relevant should destroy it (lower is better): the direction follows ``order``.
 
     Examples:
         >>> pixel_perturbation_metric(order="most")
-        Metric('pixel perturbation (most, probability)', lower is better)
+        Metric('pixel perturbation (most)', lower is better)
     """
     if order not in ("least", "most"):
         raise ValueError(f"order must be 'least' or 'most', got {order!r}")
@@ -216,7 +217,9 @@ def pixel_perturbation_metric(
         per = res.probs if output == "probability" else res.correct
         return per.double().mean(dim=0)
 
-    return Metric(f"pixel perturbation ({order}, {output})", score, higher_is_better=order == "least")
+    suffix = "" if output == "probability" else ", hits"
+    name = f"pixel perturbation ({order}{suffix})"
+    return Metric(name, score, higher_is_better=order == "least")
 
 
 def aopc_metric(
