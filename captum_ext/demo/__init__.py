@@ -28,7 +28,7 @@ One module per job: :mod:`~captum_ext.demo.config` (presets, pure), :mod:`~captu
 :mod:`captum_ext.cli`.
 """
 
-from ..cli import demo_main as main
+from ..cli import demo_main as main  # noqa: F401 - `captum_ext.demo.main()`, documented on the CLI page
 from .compare import by_confidence, map_difference, select_examples
 from .config import (
     DEFAULT_OUT,
@@ -55,7 +55,6 @@ __all__ = [
     "by_confidence",
     "demo_cnn",
     "format_report",
-    "main",
     "map_difference",
     "resolve_device",
     "run_demo",

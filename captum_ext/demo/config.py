@@ -54,6 +54,11 @@ class DemoConfig:
             all). CASO is compared with CAFO on every test image.
         pixel_fractions: fractions of pixels removed by pixel perturbation.
         roar_fractions: DiffROAR's unmasking levels ``k``.
+
+    Examples:
+        >>> cfg = DemoConfig.for_mode("quick")
+        >>> cfg.n_metric_test, cfg.pixel_fractions
+        (80, (0.25, 0.5, 0.75))
     """
 
     mode: str = "default"

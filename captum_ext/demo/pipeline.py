@@ -46,6 +46,10 @@ class DemoResult:
         files: name -> path of every file written (``figure``, ``comparison_figure``,
             ``metrics_figure``, ``report``, ``results``).
         numbers: the JSON-friendly results (also written to ``results.json``).
+
+    Examples:
+        >>> DemoResult(Path("out"), {}, {"model": {"test_accuracy": 0.9}}).accuracy
+        0.9
     """
 
     out_dir: Path
@@ -59,7 +63,12 @@ class DemoResult:
 
 
 class MissingExtraError(ImportError):
-    """An optional dependency of the demo (matplotlib) is not installed."""
+    """An optional dependency of the demo (matplotlib) is not installed.
+
+    Examples:
+        >>> issubclass(MissingExtraError, ImportError)
+        True
+    """
 
 
 def _require_extras() -> None:

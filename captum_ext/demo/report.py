@@ -227,6 +227,17 @@ def format_report(numbers: dict[str, Any]) -> str:
 
     Returns:
         Markdown text.
+
+    Examples:
+        >>> import tempfile
+        >>> from captum_ext.demo import DemoConfig, run_demo
+        >>> tiny = DemoConfig(mode="custom", n_train=60, epochs=1, n_explain=2, n_show=2, ig_steps=2,
+        ...                   nt_samples=1, metric_nt_samples=1, n_metric_test=4,
+        ...                   pixel_fractions=(0.5,), roar_fractions=(0.5,))
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     numbers = run_demo(out, config=tiny, progress=False, verbose=False, device="cpu").numbers
+        >>> format_report(numbers).splitlines()[0]
+        '# captum_ext demo report'
     """
     out = _header(numbers) + _caso_section(numbers) + _maps_section(numbers) + _metrics_section(numbers)
     out.append("## Runtime per step\n")
