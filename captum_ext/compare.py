@@ -27,6 +27,9 @@ from .metrics._common import check_eval_mode, resolve_attributions, resolve_targ
 
 __all__ = ["compare_attributions"]
 
+#: Below this many examples a percentile bootstrap interval undercovers noticeably: a warning says so.
+MIN_RELIABLE_EXAMPLES = 20
+
 MethodLike = Any  # a captum.attr.Attribution, a callable (inputs, target) -> attributions, or tensors
 
 
@@ -118,7 +121,8 @@ def compare_attributions(
     *paired* bootstrap -- to give a percentile interval of each method's mean score and of every
     difference between two methods. A difference is *significant* when its interval excludes 0, and
     a method's rank is 1 + the number of methods significantly better than it (direction from each
-    metric's ``higher_is_better``).
+    metric's ``higher_is_better``). With fewer than 20 examples the intervals are too narrow (the
+    percentile bootstrap undercovers) and a ``RuntimeWarning`` says so.
 
     Args:
         forward_func: the model (or any callable returning ``(N, classes)`` scores); not modified.
@@ -252,6 +256,14 @@ def _summarise(
         if n_keep < 2:
             raise ValueError(
                 f"metric {metric.name!r}: fewer than two examples with finite scores for every method"
+            )
+        if n_keep < MIN_RELIABLE_EXAMPLES:
+            warnings.warn(
+                f"metric {metric.name!r}: percentile bootstrap intervals from {n_keep} examples are too "
+                f"narrow (they cover less than {100 * confidence:g} % of the time below about "
+                f"{MIN_RELIABLE_EXAMPLES} examples); compare on more examples before trusting a ranking",
+                RuntimeWarning,
+                stacklevel=3,
             )
         summary = paired_bootstrap(s[:, keep], n_boot, seed, confidence)
         mean[:, k], interval[:, k] = summary.mean, summary.interval

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ from captum_ext.compare_metrics import (
     sensitivity_metric,
 )
 from captum_ext.compare_stats import bootstrap_counts, paired_bootstrap
+
+# the toy cases use few examples on purpose; the small-sample warning has its own test
+pytestmark = pytest.mark.filterwarnings("ignore:.*percentile bootstrap intervals from:RuntimeWarning")
 
 
 def _table_metric(table: dict[str, list[float]], name: str = "toy", higher: bool = True) -> Metric:
@@ -105,6 +109,16 @@ def test_nan_scores_drop_the_example_for_every_method_with_a_warning():
         res = _toy(table)
     assert res.n_examples == (7,)
     assert float(res.mean[0, 0]) == pytest.approx(np.mean(TABLE["1"][1:]))
+
+
+@pytest.mark.filterwarnings("default")
+def test_few_examples_warn_that_intervals_are_too_narrow():
+    with pytest.warns(RuntimeWarning, match="intervals from 8 examples are too narrow"):
+        _toy(TABLE)
+    table = {k: v * 3 for k, v in TABLE.items()}  # 24 examples: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _toy(table)
 
 
 def test_result_table_dict_repr_and_plot():
