@@ -21,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "Metric",
     "aopc_metric",
+    "diff_roar_metric",
     "gaussian_perturbation",
     "infidelity_metric",
     "leakage_metric",
@@ -220,6 +221,58 @@ def pixel_perturbation_metric(
     suffix = "" if output == "probability" else ", hits"
     name = f"pixel perturbation ({order}{suffix})"
     return Metric(name, score, higher_is_better=order == "least")
+
+
+def diff_roar_metric(
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    *,
+    baselines: Any = 0.0,
+    aggregate: str = "abs",
+    seed: int = 0,
+    max_examples_per_batch: int | None = None,
+) -> Metric:
+    """DiffROAR without retraining (Shah et al., App. C) per example (higher is better).
+
+    For each ``k`` in ``fractions``: the hit (prediction == target) of the explained model with only
+    the top-``k`` share of the units kept (the rest set to ``baselines``) minus its hit with only the
+    bottom-``k`` share kept; the score averages this over the fractions. Keeping the top-``k`` is
+    removing the least relevant ``1 - k``, so it is computed with two
+    :func:`~captum_ext.metrics.pixel_perturbation` calls (``order="least"`` and ``"most"``, removal
+    fractions ``1 - k``); its mean over the examples is the mean of
+    ``diff_roar(..., retrain=False)``'s curve up to the rounding of ``k`` times the number of units.
+    A random map scores about 0.
+
+    Examples:
+        >>> diff_roar_metric((0.1, 0.5))
+        Metric('DiffROAR (no retraining)', higher is better)
+    """
+    keep = tuple(float(k) for k in fractions)
+    if not keep or not all(0.0 < k < 1.0 for k in keep):
+        raise ValueError(f"fractions k of units kept must lie in (0, 1), got {fractions}")
+    removed = tuple(1.0 - k for k in keep)
+
+    def score(forward_func, inputs, attributions, *, target, additional_forward_args, explain):
+        from .metrics import pixel_perturbation
+
+        hits = []
+        for order in ("least", "most"):  # removing the least relevant keeps the top-k, and vice versa
+            res = pixel_perturbation(
+                forward_func,
+                inputs,
+                attributions,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                baselines=baselines,
+                max_examples_per_batch=max_examples_per_batch,
+                fractions=removed,
+                order=order,
+                aggregate=aggregate,
+                seed=seed,
+            )
+            hits.append(res.correct.double())
+        return (hits[0] - hits[1]).mean(dim=0)
+
+    return Metric("DiffROAR (no retraining)", score, higher_is_better=True)
 
 
 def aopc_metric(

@@ -15,6 +15,7 @@ from captum_ext import compare_attributions
 from captum_ext.compare_metrics import (
     Metric,
     aopc_metric,
+    diff_roar_metric,
     infidelity_metric,
     leakage_metric,
     pixel_perturbation_metric,
@@ -201,3 +202,21 @@ def test_errors_name_the_fix():
         compare_attributions(net, x, {"a": x, "b": x}, [infidelity_metric()], n_boot=10)
     with pytest.raises(TypeError, match="higher_is_better"):
         Metric("m", lambda *a, **k: None, higher_is_better=1)
+
+
+def test_diff_roar_metric_matches_diff_roar_without_retraining():
+    """Its mean over the examples is diff_roar(retrain=False)'s curve, averaged over k."""
+    from captum_ext.metrics import diff_roar
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    x = torch.randn(30, 10, dtype=torch.float64)
+    net = net.double()
+    y = net(x).argmax(1)
+    attr = torch.randn(30, 10, dtype=torch.float64)  # distinct values: no ties to break
+    ks = (0.2, 0.5, 0.8)  # k * 10 units is a whole number: no rounding difference
+    ours = compare_attributions(net, x, {"a": attr, "b": -attr}, [diff_roar_metric(ks)], target=y, n_boot=100)
+    ref = diff_roar(net, None, (x, y), (None, attr), fractions=ks, retrain=False, baselines=0.0)
+    assert float(ours.mean[0, 0]) == pytest.approx(float(ref.diff.mean()), abs=1e-12)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        diff_roar_metric((0.5, 1.0))
