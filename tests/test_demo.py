@@ -299,7 +299,8 @@ def test_report_prints_every_number():
         "median 0.222 on the 3 images with confidence 0-0.5",
         "keeps 10.0 % of the pixels (median; 0.4 %-20.0 %)",
         "leakage 0.432 vs 0.432 (difference -0.079 [-0.100, -0.050], significant)",
-        "DiffROAR -0.046 [-0.100, 0.010], not significant",  # sparse CASO against CASO, oriented
+        "DiffROAR -0.046 [-0.100, 0.010], not significant",  # CASO against CAFO, oriented CASO-first
+        "sparse CASO is not compared on pixel perturbation, not compared on DiffROAR, better on leakage",
         "pixel perturbation +0.012 [0.001, 0.022], significant",  # CASO against CAFO
         "CASO 12.3 ms",
         "Rank 1 (no method significantly better): pixel perturbation: " + ", ".join(demo.METHODS),

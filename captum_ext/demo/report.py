@@ -226,6 +226,14 @@ def _takeaway(numbers: dict[str, Any]) -> list[str]:
                 return f"{sign * d:+.3f} [{lo:.3f}, {hi:.3f}], {verdict}"
         return "n/a"
 
+    def verdict(metric: str, a: str, b: str) -> str:
+        for better, worse, _, _, _, sig in sc["pairs"][metric]:
+            if {better, worse} == {a, b}:
+                if not sig:
+                    return f"no different on {metric}"
+                return f"{'better' if better == a else 'worse'} on {metric}"
+        return f"not compared on {metric}"
+
     best = "; ".join(
         f"{metric}: {', '.join(name for name, rank in sc['ranks'][metric].items() if rank == 1)}"
         for metric in sc["metrics"]
@@ -246,7 +254,9 @@ def _takeaway(numbers: dict[str, Any]) -> list[str]:
         f"{_fmt(mean['leakage'].get('sparse CASO'))} vs {_fmt(mean['leakage'].get('CASO'))} "
         f"(difference {diff('leakage', 'sparse CASO', 'CASO')}), pixel perturbation "
         f"{diff('pixel perturbation', 'sparse CASO', 'CASO')}, DiffROAR "
-        f"{diff('DiffROAR', 'sparse CASO', 'CASO')}.",
+        f"{diff('DiffROAR', 'sparse CASO', 'CASO')}: sparse CASO is "
+        f"{', '.join(verdict(m, 'sparse CASO', 'CASO') for m in sc['metrics'])} (significance: the "
+        f"paired 95 % interval excludes 0).",
         f"- **What it costs.** CPU per image (one thread): CASO {_fmt(cpu.get('CASO'), 1)} ms, "
         f"sparse CASO {_fmt(cpu.get('sparse CASO'), 1)} ms, SmoothCASO {_fmt(cpu.get('SmoothCASO'), 1)} ms, "
         f"against CAFO {_fmt(cpu.get('CAFO'), 1)} ms, Saliency {_fmt(cpu.get('Saliency'), 1)} ms and "
