@@ -68,6 +68,21 @@ class Metric:
         return f"Metric({self.name!r}, {'higher' if self.higher_is_better else 'lower'} is better)"
 
 
+def _run_ours(name: str, forward_func, inputs, attributions, target, additional_forward_args, **options):
+    """Call the metric ``captum_ext.metrics.<name>`` in its Captum-style signature."""
+    from . import metrics
+
+    fn = getattr(metrics, name)
+    return fn(
+        forward_func,
+        inputs,
+        attributions,
+        target=target,
+        additional_forward_args=additional_forward_args,
+        **options,
+    )
+
+
 def gaussian_perturbation(stdev: float) -> Callable[..., tuple[Any, Any]]:
     """A ``perturb_func`` for :func:`captum.metrics.infidelity`: Gaussian noise of ``stdev``.
 
@@ -201,14 +216,13 @@ def pixel_perturbation_metric(
     fracs = tuple(float(f) for f in fractions)
 
     def score(forward_func, inputs, attributions, *, target, additional_forward_args, explain):
-        from .metrics import pixel_perturbation
-
-        res = pixel_perturbation(
+        res = _run_ours(
+            "pixel_perturbation",
             forward_func,
             inputs,
             attributions,
-            target=target,
-            additional_forward_args=additional_forward_args,
+            target,
+            additional_forward_args,
             baselines=baselines,
             max_examples_per_batch=max_examples_per_batch,
             fractions=fracs,
@@ -252,16 +266,15 @@ def diff_roar_metric(
     removed = tuple(1.0 - k for k in keep)
 
     def score(forward_func, inputs, attributions, *, target, additional_forward_args, explain):
-        from .metrics import pixel_perturbation
-
         hits = []
         for order in ("least", "most"):  # removing the least relevant keeps the top-k, and vice versa
-            res = pixel_perturbation(
+            res = _run_ours(
+                "pixel_perturbation",
                 forward_func,
                 inputs,
                 attributions,
-                target=target,
-                additional_forward_args=additional_forward_args,
+                target,
+                additional_forward_args,
                 baselines=baselines,
                 max_examples_per_batch=max_examples_per_batch,
                 fractions=removed,
@@ -293,14 +306,13 @@ def aopc_metric(
     """
 
     def score(forward_func, inputs, attributions, *, target, additional_forward_args, explain):
-        from .metrics import aopc
-
-        res = aopc(
+        res = _run_ours(
+            "aopc",
             forward_func,
             inputs,
             attributions,
-            target=target,
-            additional_forward_args=additional_forward_args,
+            target,
+            additional_forward_args,
             baselines=baselines,
             max_examples_per_batch=max_examples_per_batch,
             steps=(steps,),
