@@ -18,6 +18,7 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(DOCS / "_ext"))
+sys.dont_write_bytecode = True  # no __pycache__ under docs/_ext: the build writes only its output
 
 from apidocs import tutorial_uses  # noqa: E402
 
