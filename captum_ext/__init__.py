@@ -2,21 +2,27 @@
 regularizers for Captum users. Public names only; no logic here.
 
 Subpackages: :mod:`captum_ext.attr` (CASO, CAFO, SmoothCASO), :mod:`captum_ext.manipulation`,
-:mod:`captum_ext.metrics`, :mod:`captum_ext.regularizers`, :mod:`captum_ext.datasets`,
+:mod:`captum_ext.metrics` (and :func:`compare_attributions` with its metrics in
+:mod:`captum_ext.compare_metrics`), :mod:`captum_ext.regularizers`, :mod:`captum_ext.datasets`,
 :mod:`captum_ext.training`, :mod:`captum_ext.visualization`.
 """
 
 from .attr import CAFO, CASO, AttributionDetails, SmoothCASO
+from .compare import compare_attributions
 from .manipulation import LossGradientManipulation, SoftmaxShift, check_equivalence
 from .metrics import (
     aopc,
     attribution_attack,
+    class_conditional_samples,
     data_randomization,
     density_ratio_curve,
     diff_roar,
     feature_leakage,
+    gan_test,
     model_randomization,
     pixel_perturbation,
+    relative_fidelity_drop,
+    stability,
     topk_intersection,
 )
 from .regularizers import (
@@ -52,6 +58,11 @@ __all__ = [
     "topk_intersection",
     "attribution_attack",
     "aopc",
+    "relative_fidelity_drop",
+    "stability",
+    "class_conditional_samples",
+    "gan_test",
+    "compare_attributions",
     "ScoreMatching",
     "AntiScoreMatching",
     "GradientNormRegularizer",

@@ -19,6 +19,7 @@ Examples:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -251,6 +252,21 @@ def images_for_display(images: Tensor, channel_dim: int | None = 1) -> Tensor:
 # figures
 
 
+def fit_title(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` wrapped at spaces (or hyphens) so that no line is wider than ``width_inches``.
+
+    The width of a character is taken as 0.6 of the font size (a safe bound for the sans-serif
+    fonts matplotlib uses), so column titles of a grid do not run into their neighbours.
+
+    Examples:
+        >>> print(fit_title("anti-SM (authors' code)", 1.25, 9))
+        anti-SM
+        (authors' code)
+    """
+    chars = max(4, int(width_inches * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.wrap(text, chars, break_long_words=False)) or text
+
+
 def plot_attribution_grid(
     images: Tensor,
     attributions: Mapping[str, Tensor],
@@ -367,14 +383,14 @@ def plot_attribution_grid(
                     interpolation="nearest",
                 )
                 if i == 0:
-                    ax.set_title(image_title, fontsize=9)
+                    ax.set_title(fit_title(image_title, cell_size[0], 9), fontsize=9)
                 if row_titles is not None:
                     ax.set_ylabel(row_titles[i], fontsize=8)
             else:
                 name = list(maps)[j - 1]
                 ax.imshow(maps[name][i].numpy(), cmap=cmap, vmin=vmin, vmax=1.0, interpolation="nearest")
                 if i == 0:
-                    ax.set_title(name, fontsize=9)
+                    ax.set_title(fit_title(name, cell_size[0], 9), fontsize=9)
                 if annotations is not None and name in annotations:
                     ax.set_xlabel(annotations[name][i], fontsize=7)
             if boxes is not None and boxes[i] is not None:

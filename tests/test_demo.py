@@ -101,7 +101,8 @@ def test_presets_and_config_checks():
     quick, default, full = (DemoConfig.for_mode(m) for m in demo.MODES)
     assert quick.n_explain <= default.n_explain <= full.n_explain
     assert default.nt_samples == 50 and default.nt_stdev == 0.15  # the CASO paper's SmoothGrad
-    assert demo.SPARSITY_WINDOW == (0.75, 1.0) and demo.PAPER_C1 == 10.0  # the paper's Sec. 4.1 and 3
+    assert demo.PAPER_SPARSITY_WINDOW == (0.75, 1.0) and demo.PAPER_C1 == 10.0  # the paper's 4.1 and 3
+    assert demo.SPARSITY_WINDOW == (0.75, 0.95)  # keeps at least 5 % of the features
     for cfg in (quick, default, full):
         cfg.check()
     with pytest.raises(ValueError, match="mode"):
@@ -182,7 +183,7 @@ def test_select_examples_most_different_then_confident():
 
 def _fake_numbers() -> dict:
     methods = list(demo.METHODS)
-    per_method = {m: {"cpu_per_image": 0.0123, "zeros": 0.25, "leakage": 0.4321} for m in methods}
+    per_method = {m: {"cpu_per_image": 0.0123, "zeros": 0.25} for m in methods}
     image = {
         "confident": False,
         "digit": 1,
@@ -218,19 +219,40 @@ def _fake_numbers() -> dict:
             "sparse_caso_converged": 5,
             "sparse_caso_solves": 6,
             "sparse_caso_max_error_bound": 9.87e-5,
+            "sparsity_window": [0.75, 0.95],
+            "sparse_caso_near_empty": 1,
+            "sparse_caso_near_empty_in_window": 0,
+            "sparse_caso_kept": {"min": 0.004, "median": 0.1, "max": 0.2},
+            "units": 1000,
             "methods": per_method,
             "per_image": [image, dict(image, confident=True, cos_caso_cafo=1.0)],
         },
-        "pixel_perturbation": {
+        "scores": {
             "n_images": 4,
-            "fractions": [0.5],
-            "baseline_accuracy": 0.75,
-            "accuracy": {m: [0.6789 if m != "random" else 0.1234] for m in scored},
-        },
-        "diff_roar": {
-            "n_images": 4,
-            "fractions": [0.1],
-            "methods": {m: {"diff": [0.5556], "top": [0.75], "bottom": [0.25]} for m in scored},
+            "methods": scored,
+            "metrics": ["pixel perturbation", "DiffROAR", "leakage"],
+            "higher_is_better": [True, True, False],
+            "pixel_fractions": [0.5],
+            "roar_fractions": [0.1],
+            "n_boot": 2000,
+            "seed": 0,
+            "n_examples": [4, 4, 4],
+            "mean": {
+                "pixel perturbation": {m: 0.6789 if m != "random" else 0.1234 for m in scored},
+                "DiffROAR": {m: 0.5556 for m in scored},
+                "leakage": {m: 0.4321 for m in scored},
+            },
+            "ranks": {
+                "pixel perturbation": {m: 1 if m != "random" else 8 for m in scored},
+                "DiffROAR": {m: 1 for m in scored},
+                "leakage": {m: 1 for m in scored},
+            },
+            "pairs": {
+                "pixel perturbation": [["CASO", "CAFO", 0.0123, 0.0011, 0.0222, True]],
+                "DiffROAR": [["CAFO", "CASO", 0.0456, -0.01, 0.1, False]],
+                "leakage": [["sparse CASO", "CASO", -0.0789, -0.1, -0.05, True]],
+            },
+            "markdown": "| method | pixel perturbation (↑) |\n|---|:---:|\n| CASO | 0.679 [0.6, 0.7] #1 |\n",
         },
         "timings": {"training": {"wall": 1.25, "cpu": 1.0}},
         "run": {
@@ -258,9 +280,6 @@ def test_report_prints_every_number():
         "0.812",
         "0.432",
         "12.3",  # CPU ms per image
-        "0.679",
-        "0.123",
-        "0.556",
         "1.0e-03",
         "0.612",
         "0.881",
@@ -273,16 +292,26 @@ def test_report_prints_every_number():
         "![attribution maps](attributions.png)",
         "![metrics](metrics.png)",
         "![CASO vs CAFO](caso_vs_cafo.png)",
-        "| 50% | " + " | ".join(["0.679"] * len(demo.METHODS)) + " | 0.123 |",
-        "| random | 0.123 | 0.556 | n/a |",
         "hit on 3 of 4 scored images; the others take the candidate closest to it",
         "converged on 5 of 6 images, with a certified relative error of at most 9.9e-05",
-        "lowest leakage: Saliency (0.432)",
-        "standard error of at most 0.250",  # 0.5 / sqrt(4 images)
+        "| CASO | 0.679 [0.6, 0.7] #1 |",  # the comparison's table
+        # the takeaway, from the run's own numbers
+        "median 0.222 on the 3 images with confidence 0-0.5",
+        "keeps 10.0 % of the pixels (median; 0.4 %-20.0 %)",
+        "leakage 0.432 vs 0.432 (difference -0.079 [-0.100, -0.050], significant)",
+        "DiffROAR -0.046 [-0.100, 0.010], not significant",  # CASO against CAFO, oriented CASO-first
+        "sparse CASO is not compared on pixel perturbation, not compared on DiffROAR, better on leakage",
+        "pixel perturbation +0.012 [0.001, 0.022], significant",  # CASO against CAFO
+        "CASO 12.3 ms",
+        "Rank 1 (no method significantly better): pixel perturbation: " + ", ".join(demo.METHODS),
+        "either sign convention",
+        # a near-empty sparse map is explained
+        "1 map(s) keep under 1 %: the search missed the window and kept the candidate closest to it",
     ):
         assert piece in text, piece
+    assert text.index("## Takeaway") < text.index("## Data and model")
     for method in demo.METHODS:
-        assert f"| {method} | 0.679 | 0.556 | 0.432 |" in text  # every method is scored
+        assert f"| {method} | 12.3 | 0.250 | 0.432 |" in text  # cost, zeros and leakage per method
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -298,12 +327,14 @@ def _check_outputs(out, numbers):
     acc = numbers["model"]["test_accuracy"]
     assert f"test accuracy {acc:.3f}" in report
     scored = set(demo.METHODS) | {"random"}
-    assert set(numbers["pixel_perturbation"]["accuracy"]) == scored  # every method shown is scored
-    assert set(numbers["diff_roar"]["methods"]) == scored
-    for values in numbers["pixel_perturbation"]["accuracy"].values():
-        assert all(f"{v:.3f}" in report for v in values)
-    for res in numbers["diff_roar"]["methods"].values():
-        assert all(f"{d:.3f}" in report for d in res["diff"])
+    scores = numbers["scores"]
+    assert set(scores["methods"]) == scored  # every method shown is scored, with compare_attributions
+    assert scores["metrics"] == ["pixel perturbation", "DiffROAR", "leakage"]
+    assert scores["markdown"] in report
+    for metric in scores["metrics"]:
+        assert set(scores["mean"][metric]) == scored
+        assert all(len(v) == scores["n_images"] for v in scores["per_image"][metric].values())
+    assert report.index("## Takeaway") < report.index("## Data and model")
     for method in demo.METHODS:
         assert f"| {method} |" in report
     per = numbers["attributions"]["per_image"]
@@ -323,16 +354,20 @@ def test_quick_demo_end_to_end_through_the_cli(tmp_path, capsys):
     _check_outputs(out, numbers)
     assert numbers["run"]["command"].startswith("captum-ext demo --quick")
     assert numbers["model"]["test_accuracy"] > 0.5  # ten classes: chance is 0.1
-    pix, roar = numbers["pixel_perturbation"], numbers["diff_roar"]["methods"]
-    # dense maps beat a random ranking on both metrics by a wide margin on this data
+    mean, ranks = numbers["scores"]["mean"], numbers["scores"]["ranks"]
+    # dense maps beat a random ranking on both faithfulness metrics, significantly, on this data
     for name in ("Saliency", "CAFO", "CASO"):
-        assert sum(pix["accuracy"][name]) > sum(pix["accuracy"]["random"])
-        assert min(roar[name]["diff"]) > max(roar["random"]["diff"]) + 0.05
+        assert mean["pixel perturbation"][name] > mean["pixel perturbation"]["random"]
+        assert mean["DiffROAR"][name] > mean["DiffROAR"]["random"] + 0.05
+        assert ranks["DiffROAR"][name] < ranks["DiffROAR"]["random"]
     maps = numbers["attributions"]["methods"]
     assert set(maps) == set(demo.METHODS)
-    assert maps["sparse CASO"]["zeros"] >= 0.75 - 1e-9  # the sparsity window 0.75-1 of the paper
+    assert maps["sparse CASO"]["zeros"] >= 0.75 - 1e-9  # the window's lower edge (the paper's)
     for r in numbers["attributions"]["per_image"]:
         assert r["caso_zeros"] >= 0.75 - 1e-9
+    # the sparsity rule returns no near-empty map (the paper's window allowed a one-pixel map)
+    assert numbers["attributions"]["sparse_caso_near_empty"] == 0
+    assert numbers["attributions"]["sparse_caso_kept"]["min"] >= 0.05 - 1e-9
     cmp = numbers["caso_vs_cafo"]
     # the smaller c1 lets the Hessian term act: CASO moves further from CAFO than with c1 = 10
     assert cmp["min_cos"]["1"] < cmp["min_cos"]["10"] <= 1.0

@@ -74,6 +74,24 @@ def test_quickstart_model_learns():
     assert evaluate(ns["model"], ns["test"]) >= 0.85
 
 
+def test_quickstart_evaluation_is_informative():
+    """The evaluation block separates Saliency from a random ranking (not accuracy 1.0 everywhere)."""
+    ns = _STATE["namespace"]
+    if "cmp" not in ns:
+        pytest.skip("the evaluation block did not run")
+    res, noise = ns["res"], ns["noise"]
+    assert float((res.accuracy - noise.accuracy).max()) > 0.1  # a visible gap at the large fractions
+    ranks = ns["cmp"].ranks("pixel perturbation (least)")
+    assert ranks["random"] == len(ranks)  # every method significantly better than random
+
+
+def test_readme_installs_cpu_wheels_first_and_keeps_the_ci_command():
+    text = README.read_text(encoding="utf-8")
+    cpu = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in text and text.index(cpu) < text.index("## Quickstart")
+    assert 'pip install -e ".[dev]" && python -m pytest\n' in text  # .ci/run reads this line
+
+
 _LINK = re.compile(r"\]\(([^)\s]+)\)|^\[[^\]]+\]:\s*(\S+)|<img[^>]+src=\"([^\"]+)\"", re.M)
 
 

@@ -241,3 +241,23 @@ def test_grid_errors(kwargs):
     args.update(kwargs)
     with pytest.raises(ValueError):
         plot_attribution_grid(**args)
+
+
+def test_long_column_titles_do_not_run_into_each_other():
+    """Tutorial 04's grid: titles wider than their cell are wrapped, and their boxes do not overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    names = ["anti-score matching", "SM (authors' code)", "anti-SM (authors' code)"]
+    gen = torch.Generator().manual_seed(0)
+    maps = {n: torch.randn(2, 1, 56, 28, generator=gen) for n in names}
+    fig = plot_attribution_grid(torch.rand(2, 1, 56, 28, generator=gen), maps, cell_size=(1.25, 2.3))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes[:4]]
+    for left, right in zip(boxes[:-1], boxes[1:], strict=True):
+        assert left.x1 <= right.x0, "column titles overlap"
+    assert fig.axes[1].get_title() == "anti-score\nmatching"

@@ -122,7 +122,9 @@ class BlockMNIST(_TensorsDataset):
             ``n`` takes a random subset; a larger one draws digits with replacement.
         root: MNIST directory for ``source="mnist"``.
         download: let torchvision download MNIST.
-        with_masks: items are ``(image, label, mask)`` (default) or ``(image, label)``.
+        with_masks: items are ``(image, label, mask)`` (default) or, with ``False``, ``(image,
+            label)`` for a plain ``for x, y in loader`` training loop (``tensors()`` always
+            returns the masks).
 
     Attributes:
         inputs: ``(N, 1, 56, 28)`` float32 images in ``[0, 1]``.
@@ -136,6 +138,9 @@ class BlockMNIST(_TensorsDataset):
         >>> images, labels, masks = ds.tensors()
         >>> images.shape[1:], int(masks[0].sum())
         (torch.Size([1, 56, 28]), 784)
+        >>> loader = torch.utils.data.DataLoader(BlockMNIST("test", n=8, with_masks=False), batch_size=4)
+        >>> [(tuple(x.shape), tuple(y.shape)) for x, y in loader][0]
+        ((4, 1, 56, 28), (4,))
     """
 
     def __init__(

@@ -11,8 +11,9 @@ Run ``python -m captum_ext.demo`` (or ``captum-ext demo``; ``--help`` lists the 
 4. measures how far CASO is from CAFO per image (the paper's Fig. 1: they coincide at high
    confidence) with the demo's ``c1`` and the paper's, and picks the images where they differ
    most, plus a confident one, for the figure;
-5. scores every method (against a random ranking) with discriminative pixel perturbation and
-   DiffROAR without retraining;
+5. scores every method (against a random ranking) per image with discriminative pixel
+   perturbation, DiffROAR without retraining and leakage, through
+   :func:`~captum_ext.compare_attributions` (paired bootstrap intervals, significance-aware ranks);
 6. writes ``attributions.png``, ``caso_vs_cafo.png``, ``metrics.png``, ``report.md`` and
    ``results.json`` into the output folder and names it at the end.
 
@@ -22,19 +23,20 @@ images with a longer-trained model.
 
 One module per job: :mod:`~captum_ext.demo.config` (presets, pure), :mod:`~captum_ext.demo.compare`
 (map distances and image selection, pure), :mod:`~captum_ext.demo.explain` (the maps),
-:mod:`~captum_ext.demo.scoring` (every call into :mod:`captum_ext.metrics`),
+:mod:`~captum_ext.demo.scoring` (the one :func:`~captum_ext.compare_attributions` call),
 :mod:`~captum_ext.demo.figures`, :mod:`~captum_ext.demo.report` (Markdown, pure) and
 :mod:`~captum_ext.demo.pipeline` (:func:`run_demo`, the plumbing). The command line lives in
 :mod:`captum_ext.cli`.
 """
 
-from ..cli import demo_main as main
+from ..cli import demo_main as main  # noqa: F401 - `captum_ext.demo.main()`, documented on the CLI page
 from .compare import by_confidence, map_difference, select_examples
 from .config import (
     DEFAULT_OUT,
     METHODS,
     MODES,
     PAPER_C1,
+    PAPER_SPARSITY_WINDOW,
     SPARSITY_WINDOW,
     DemoConfig,
     demo_cnn,
@@ -48,6 +50,7 @@ __all__ = [
     "METHODS",
     "MODES",
     "PAPER_C1",
+    "PAPER_SPARSITY_WINDOW",
     "SPARSITY_WINDOW",
     "DemoConfig",
     "DemoResult",
@@ -55,7 +58,6 @@ __all__ = [
     "by_confidence",
     "demo_cnn",
     "format_report",
-    "main",
     "map_difference",
     "resolve_device",
     "run_demo",

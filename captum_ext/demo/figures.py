@@ -70,48 +70,18 @@ def attribution_figure(
     return path
 
 
-def _curves(ax: Any, fractions: list[float], curves: dict[str, list[float]], start: float | None) -> None:
-    """One line per method; CASO's family solid, the others dashed, the random map grey."""
-    xs = ([0.0] if start is not None else []) + [100 * f for f in fractions]
-    for k, (name, ys) in enumerate(curves.items()):
-        ys = ([start] if start is not None else []) + list(ys)
-        mean = sum(ys[1:] if start is not None else ys) / len(fractions)
-        style: dict[str, Any] = {"marker": "o", "ms": 3, "lw": 1.2, "label": f"{name} ({mean:.3f})"}
-        if name == "random":
-            style.update(color="0.5", ls=":")
-        elif "CASO" not in name:
-            style.update(ls="--", color=f"C{k}")
-        else:
-            style.update(lw=2.0, color=f"C{k}")
-        ax.plot(xs, ys, **style)
-    ax.grid(alpha=0.3)
-
-
-def metrics_figure(path: Path, pix: dict[str, Any], roar: dict[str, Any], nt_samples: int) -> Path:
-    """Pixel perturbation and DiffROAR (no retraining) curves of every scored map."""
+def metrics_figure(path: Path, comparison: Any, nt_samples: int) -> Path:
+    """Every method's mean score with its paired-bootstrap interval, one panel per metric."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 4.2), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    _curves(ax1, pix["fractions"], pix["accuracy"], pix["baseline_accuracy"])
-    ax1.set_xlabel("least relevant pixels removed (%)")
-    ax1.set_ylabel("accuracy")
-    ax1.set_title("pixel perturbation: accuracy kept (higher is better)", fontsize=10)
-    ax1.legend(
-        fontsize=7, title="method (mean)", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
-    )
-    diffs = {k: v["diff"] for k, v in roar["methods"].items()}
-    _curves(ax2, roar["fractions"], diffs, None)
-    ax2.axhline(0.0, color="0.3", lw=0.8)
-    ax2.set_xlabel("pixels kept k (%)")
-    ax2.set_ylabel("accuracy(top-k) - accuracy(bottom-k)")
-    ax2.set_title("DiffROAR without retraining (higher is better)", fontsize=10)
-    ax2.legend(
-        fontsize=7, title="method (mean)", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
-    )
+    n_k, n_m = len(comparison.metrics), len(comparison.methods)
+    fig = Figure(figsize=(4.0 * n_k + 1.5, 0.4 * n_m + 1.8), layout="constrained")
+    axes = list(fig.subplots(1, n_k, squeeze=False)[0])
+    comparison.plot(ax=axes)
     fig.suptitle(
-        f"Every method of the figure and a random ranking, scored on {pix['n_images']} test images "
-        f"(SmoothGrad and SmoothCASO with {nt_samples} noise samples); the legends give the mean",
+        f"Every method of the figure and a random ranking on {comparison.scores.shape[-1]} test images "
+        f"(SmoothGrad and SmoothCASO with {nt_samples} noise samples): mean and "
+        f"{100 * comparison.confidence:g} % bootstrap interval",
         fontsize=10,
     )
     fig.savefig(path, dpi=90)

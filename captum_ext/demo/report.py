@@ -6,8 +6,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .config import SPARSITY_WINDOW
-
 __all__ = ["format_report"]
 
 
@@ -15,10 +13,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x:.{digits}f}"
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -91,6 +85,7 @@ def _maps_section(numbers: dict[str, Any]) -> list[str]:
     n_show = cfg["n_show"]
     hit, n_scored = maps["sparsity_window_hit"], maps["n_scored"]
     missed = "" if hit == n_scored else "; the others take the candidate closest to it"
+    window = maps["sparsity_window"]
     out = ["## Attribution maps\n"]
     out.append(
         f"![attribution maps]({numbers['files']['figure']})\n\n"
@@ -103,16 +98,17 @@ def _maps_section(numbers: dict[str, Any]) -> list[str]:
         "cross-entropy gradients are rounding noise. *sparse CASO* and *SmoothCASO* choose lambda1 "
         f"per image by the CASO paper's sparsity rule: of the candidates 1e-5, 1e-4, ... (refined by "
         f"halving), the one with the best objective among those whose share of zero features lies "
-        f"in [{SPARSITY_WINDOW[0]}, {SPARSITY_WINDOW[1]}) (the window was hit on {hit} of {n_scored} "
-        f"scored images{missed}); SmoothGrad and SmoothCASO "
+        f"in [{window[0]}, {window[1]}) (the window was hit on {hit} of {n_scored} "
+        f"scored images{missed}). {_near_empty(maps)} SmoothGrad and SmoothCASO "
         f"average {cfg['nt_samples']} noise samples of standard deviation {cfg['nt_stdev']} in the "
         f"figure, {cfg['metric_nt_samples']} for the scores. CASO's Hessian path: "
         f"`{maps['hessian']}`; sparse CASO's certified solver (tolerance {cfg['caso_tol']:g}) converged "
         f"on {maps['sparse_caso_converged']} of {maps['sparse_caso_solves']} images, with a certified "
         f"relative error of at most {maps['sparse_caso_max_error_bound']:.1e}.\n"
     )
+    leak = numbers["scores"]["mean"]["leakage"]
     rows = [
-        [name, _fmt(1000 * m["cpu_per_image"], 1), _fmt(m["zeros"]), _fmt(m["leakage"])]
+        [name, _fmt(1000 * m["cpu_per_image"], 1), _fmt(m["zeros"]), _fmt(leak.get(name))]
         for name, m in maps["methods"].items()
     ]
     out.append(
@@ -135,6 +131,7 @@ def _maps_section(numbers: dict[str, Any]) -> list[str]:
             _fmt(r["cos_caso_cafo_paper_c1"]),
             f"{r['caso_lambda1']:.1e}",
             _fmt(r["caso_zeros"]),
+            str(round((1 - r["caso_zeros"]) * maps["units"])),
         ]
         for i, r in enumerate(maps["per_image"])
     ]
@@ -150,70 +147,127 @@ def _maps_section(numbers: dict[str, Any]) -> list[str]:
         f"cos at c1 = {numbers['caso_vs_cafo']['paper_c1']:g}",
         "sparse CASO lambda1",
         "zeros",
+        "pixels kept",
     ]
     out.append(_table(header, rows) + "\n")
     return out
 
 
+def _near_empty(maps: dict[str, Any]) -> str:
+    """Why a sparse CASO map is near-empty (under 1 % of its features kept), if any is."""
+    kept, units = maps["sparse_caso_kept"], maps["units"]
+    text = (
+        f"Sparse CASO keeps {_pct(kept['min'])}-{_pct(kept['max'])} of the features (median "
+        f"{_pct(kept['median'])}, at least {round(kept['min'] * units)} of {units} pixels)"
+    )
+    n = maps["sparse_caso_near_empty"]
+    if n == 0:
+        return text + "; no map is near-empty (under 1 % kept)."
+    why = (
+        "the window's upper edge allows it"
+        if maps["sparse_caso_near_empty_in_window"]
+        else "the search missed the window and kept the candidate closest to it"
+    )
+    return text + f"; {n} map(s) keep under 1 %: {why}."
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
 def _metrics_section(numbers: dict[str, Any]) -> list[str]:
-    pix, roar, maps = numbers["pixel_perturbation"], numbers["diff_roar"], numbers["attributions"]
+    sc = numbers["scores"]
     out = ["## Scores of every method\n"]
     out.append(
         f"![metrics]({numbers['files']['metrics_figure']})\n\n"
-        f"Every method of the figure, and a random ranking as the chance level, on the same "
-        f"{pix['n_images']} test images.\n\n"
-        f"*Pixel perturbation* (Srinivas & Fleuret): the least relevant pixels are replaced by the "
-        f"image's mean value and the model's **accuracy** is measured; a good map keeps the pixels "
-        f"the model needs (higher is better; unperturbed accuracy {_fmt(pix['baseline_accuracy'])}).\n\n"
-        f"*DiffROAR without retraining* (Shah et al.'s top-k minus bottom-k test in its App. C "
-        f"variant): keep only the top-k, or only the bottom-k, pixels of each image by |attribution|, "
-        f"set the rest to 0, and measure the accuracy of the explained model itself; DiffROAR = "
-        f"accuracy(top-k) - accuracy(bottom-k), larger is better, a random map gives about 0. The "
-        f"retrained variant is not used: with ten classes, the pattern of kept pixels on BlockMNIST's "
-        f"constant null patch encodes the class a map was computed for, so a model retrained on "
-        f"masked images reads the label from the mask: `captum_ext.metrics.diff_roar`'s mask-only "
-        f"control (the binary kept-pixel masks alone, retrained) predicts the labels far above chance "
-        f"and warns of label leakage. `diff_roar(...)` retrains by default; use that where the "
-        f"ranking does not depend on the explained class.\n\n"
-        f"Sparse maps rank only their non-zero pixels; the exact zeros (at least "
-        f"{SPARSITY_WINDOW[0]:.0%} of a sparse CASO map) are ranked among themselves at random, as "
-        f"ties are. Mean over the fractions:\n"
+        f"Every method of the figure, and a random ranking as the chance level, scored per image on "
+        f"the same {sc['n_images']} test images by `captum_ext.compare_attributions`; each mean comes "
+        f"with a 95 % paired bootstrap interval ({sc['n_boot']} resamples of the images, seed "
+        f"{sc['seed']}), and a method's rank is 1 + the number of methods *significantly* better "
+        f"(paired interval of the difference excluding 0). All three metrics rank pixels by "
+        f"|attribution|, so they do not depend on a method's sign.\n\n"
+        f"*pixel perturbation* (Srinivas & Fleuret): per image, the share of the removal levels "
+        f"{', '.join(f'{100 * f:g}%' for f in sc['pixel_fractions'])} at which the prediction stays "
+        f"right after the least relevant pixels are replaced by the image's mean (the mean over the "
+        f"images is the mean accuracy over the levels; higher is better).\n\n"
+        f"*DiffROAR* without retraining (Shah et al., App. C): per image, hit with only the top-k "
+        f"pixels kept minus hit with only the bottom-k kept (the rest set to 0), averaged over k = "
+        f"{', '.join(f'{100 * f:g}%' for f in sc['roar_fractions'])}; the mean is DiffROAR's "
+        f"accuracy(top-k) - accuracy(bottom-k) averaged over k (higher is better, a random map gives "
+        f"about 0). The retrained variant is not used: with ten classes, the pattern of kept pixels "
+        f"on BlockMNIST's constant null patch encodes the class a map was computed for, so a model "
+        f"retrained on masked images reads the label from the mask (`captum_ext.metrics.diff_roar`'s "
+        f"mask-only control predicts the labels far above chance and warns of label leakage).\n\n"
+        f"*leakage* (Shah et al.): the share of |attribution| outside the signal block (lower is "
+        f"better; 0.5 is a uniform map's).\n\n"
+        f"Sparse maps rank only their non-zero pixels; their exact zeros are ranked among themselves "
+        f"at random, as ties are.\n\n"
     )
-    rows = [
-        [
-            name,
-            _fmt(_mean(pix["accuracy"][name])),
-            _fmt(_mean(roar["methods"][name]["diff"])),
-            _fmt(maps["methods"][name]["leakage"]) if name in maps["methods"] else "n/a",
-        ]
-        for name in pix["accuracy"]
-    ]
-    out.append(_table(["method", "pixel perturbation", "DiffROAR", "leakage"], rows) + "\n")
-    methods = list(maps["methods"])
-    pix_best = max(methods, key=lambda m: _mean(pix["accuracy"][m]))
-    roar_best = max(methods, key=lambda m: _mean(roar["methods"][m]["diff"]))
-    leak_best = min(methods, key=lambda m: maps["methods"][m]["leakage"])
-    out.append(
-        f"Highest mean pixel perturbation: {pix_best} ({_fmt(_mean(pix['accuracy'][pix_best]))}); highest "
-        f"mean DiffROAR: {roar_best} ({_fmt(_mean(roar['methods'][roar_best]['diff']))}); lowest leakage: "
-        f"{leak_best} ({_fmt(maps['methods'][leak_best]['leakage'])}). An accuracy on "
-        f"{pix['n_images']} images has a binomial standard error of at most "
-        f"{_fmt(0.5 / math.sqrt(pix['n_images']))}.\n"
-    )
-    names = list(pix["accuracy"])
-    out.append("Pixel perturbation, accuracy per fraction of pixels removed:\n")
-    rows = [
-        [f"{100 * f:.0f}%"] + [_fmt(pix["accuracy"][n][j]) for n in names]
-        for j, f in enumerate(pix["fractions"])
-    ]
-    out.append(_table(["removed"] + names, rows) + "\n")
-    out.append("DiffROAR per fraction k of pixels kept (top-k and bottom-k accuracies in `results.json`):\n")
-    rows = [
-        [f"{100 * f:g}%"] + [_fmt(roar["methods"][n]["diff"][j]) for n in names]
-        for j, f in enumerate(roar["fractions"])
-    ]
-    out.append(_table(["k"] + names, rows) + "\n")
+    out.append(sc["markdown"])
     return out
+
+
+def _takeaway(numbers: dict[str, Any]) -> list[str]:
+    """What CASO adds, in this run's own numbers: where it differs from CAFO, what the sparse maps
+    keep, what it costs, and which differences the scores support."""
+    cmp, maps, sc = numbers["caso_vs_cafo"], numbers["attributions"], numbers["scores"]
+    k1, kp = f"{cmp['c1']:g}", f"{cmp['paper_c1']:g}"
+    bands = [b for b in cmp["bands"][k1] if b["n"] > 0]
+    low, high = bands[0], bands[-1]
+    cpu = {name: 1000 * m["cpu_per_image"] for name, m in maps["methods"].items()}
+    mean = sc["mean"]
+
+    def diff(metric: str, a: str, b: str) -> str:
+        for better, worse, d, lo, hi, sig in sc["pairs"][metric]:
+            if {better, worse} == {a, b}:
+                sign = 1.0 if better == a else -1.0
+                lo, hi = sorted((sign * lo, sign * hi))
+                verdict = "significant" if sig else "not significant"
+                return f"{sign * d:+.3f} [{lo:.3f}, {hi:.3f}], {verdict}"
+        return "n/a"
+
+    def verdict(metric: str, a: str, b: str) -> str:
+        for better, worse, _, _, _, sig in sc["pairs"][metric]:
+            if {better, worse} == {a, b}:
+                if not sig:
+                    return f"no different on {metric}"
+                return f"{'better' if better == a else 'worse'} on {metric}"
+        return f"not compared on {metric}"
+
+    best = "; ".join(
+        f"{metric}: {', '.join(name for name, rank in sc['ranks'][metric].items() if rank == 1)}"
+        for metric in sc["metrics"]
+    )
+    kept = maps["sparse_caso_kept"]
+    lines = [
+        "## Takeaway\n",
+        f"- **Where CASO differs from CAFO.** Only on unsure predictions: the distance between the "
+        f"unit-norm maps (0 = same map, 1.414 = orthogonal) has median {_fmt(low['median'])} on the "
+        f"{low['n']} images with confidence {low['low']:g}-{low['high']:g} and "
+        f"{_fmt(high['median'])} on the {high['n']} with confidence {high['low']:g}-{high['high']:g} "
+        f"(c1 = {k1}; smallest cosine {_fmt(cmp['min_cos'][k1])}). With the paper's c1 = {kp} CASO "
+        f"equals CAFO up to cosine {_fmt(cmp['min_cos'][kp])} here: on small images c1 must be small "
+        f"against the Hessian's top eigenvalue (median {_fmt(cmp['top_eigenvalue']['median'], 2)}) "
+        f"for the second-order term to matter.",
+        f"- **What the sparse maps keep.** Sparse CASO keeps {_pct(kept['median'])} of the pixels "
+        f"(median; {_pct(kept['min'])}-{_pct(kept['max'])}); against dense CASO, leakage "
+        f"{_fmt(mean['leakage'].get('sparse CASO'))} vs {_fmt(mean['leakage'].get('CASO'))} "
+        f"(difference {diff('leakage', 'sparse CASO', 'CASO')}), pixel perturbation "
+        f"{diff('pixel perturbation', 'sparse CASO', 'CASO')}, DiffROAR "
+        f"{diff('DiffROAR', 'sparse CASO', 'CASO')}: sparse CASO is "
+        f"{', '.join(verdict(m, 'sparse CASO', 'CASO') for m in sc['metrics'])} (significance: the "
+        f"paired 95 % interval excludes 0).",
+        f"- **What it costs.** CPU per image (one thread): CASO {_fmt(cpu.get('CASO'), 1)} ms, "
+        f"sparse CASO {_fmt(cpu.get('sparse CASO'), 1)} ms, SmoothCASO {_fmt(cpu.get('SmoothCASO'), 1)} ms, "
+        f"against CAFO {_fmt(cpu.get('CAFO'), 1)} ms, Saliency {_fmt(cpu.get('Saliency'), 1)} ms and "
+        f"IntegratedGradients {_fmt(cpu.get('IntegratedGradients'), 1)} ms.",
+        f"- **What the scores support.** Rank 1 (no method significantly better): {best}. CASO "
+        f"against CAFO: pixel perturbation {diff('pixel perturbation', 'CASO', 'CAFO')}, DiffROAR "
+        f"{diff('DiffROAR', 'CASO', 'CAFO')}.",
+        "- **Sign.** Every number here compares magnitudes (|attribution|, distances of unit-norm maps "
+        "that flip together), so it holds under either sign convention of CASO and CAFO.\n",
+    ]
+    return lines
 
 
 def format_report(numbers: dict[str, Any]) -> str:
@@ -227,8 +281,21 @@ def format_report(numbers: dict[str, Any]) -> str:
 
     Returns:
         Markdown text.
+
+    Examples:
+        >>> import tempfile
+        >>> from captum_ext.demo import DemoConfig, run_demo
+        >>> tiny = DemoConfig(mode="custom", n_train=60, epochs=1, n_explain=2, n_show=2, ig_steps=2,
+        ...                   nt_samples=1, metric_nt_samples=1, n_metric_test=4,
+        ...                   pixel_fractions=(0.5,), roar_fractions=(0.5,))
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     numbers = run_demo(out, config=tiny, progress=False, verbose=False, device="cpu").numbers
+        >>> format_report(numbers).splitlines()[0]
+        '# captum_ext demo report'
     """
-    out = _header(numbers) + _caso_section(numbers) + _maps_section(numbers) + _metrics_section(numbers)
+    out = _header(numbers)
+    out[1:1] = _takeaway(numbers)  # right under the title
+    out += _caso_section(numbers) + _maps_section(numbers) + _metrics_section(numbers)
     out.append("## Runtime per step\n")
     rows = [[k, _fmt(v["wall"], 1), _fmt(v["cpu"], 1)] for k, v in numbers["timings"].items()]
     out.append(_table(["step", "wall s", "CPU s"], rows) + "\n")
