@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._autograd import penalty_gradient
 from .activations import relu_to_softplus
 from .base import RegularizedModel, autocast_active, auxiliary_forward, class_scores, reusable
 
@@ -185,7 +186,7 @@ def _logit_grad_and_trace(
         fy = class_scores(logits, y)
         grad = None
         if with_grad:
-            (grad,) = torch.autograd.grad(fy.sum(), x, create_graph=True)
+            (grad,) = penalty_gradient(fy.sum(), (x,), "score matching")
 
         def label_logit(z: Tensor) -> Tensor:
             return class_scores(model(z), y.repeat(z.shape[0] // y.shape[0]))
@@ -444,7 +445,7 @@ class GradientNormRegularizer(RegularizedModel):
         if not reusable(self.model, logits):
             with auxiliary_forward(self.model):
                 logits = self.model(x)
-        (grad,) = torch.autograd.grad(class_scores(logits, y).sum(), x, create_graph=True)
+        (grad,) = penalty_gradient(class_scores(logits, y).sum(), (x,), type(self).__name__)
         gnorm = grad.pow(2).flatten(1).sum(1).mean()
         return self.lam * 0.5 * gnorm, {"grad_norm": float(gnorm.detach())}
 
