@@ -16,13 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from captum_ext.metrics._cells import (
-    CellCache,
-    UnfingerprintableError,
-    _mp_context,
-    fingerprint,
-    run_cells,
-)
+from captum_ext._runner import CellCache, UnfingerprintableError, fingerprint, run_cells
+from captum_ext._runner.workers import mp_context as _mp_context
 from captum_ext.training import MLPFactory, Trainer
 
 # ------------------------------------------------------------------------------------- fingerprints
@@ -76,7 +71,7 @@ def test_referenced_globals_partials_and_dataclass_fields_count():
 
 def test_fingerprint_is_the_same_in_another_process():
     code = (
-        "from captum_ext.metrics._cells import fingerprint;"
+        "from captum_ext._runner import fingerprint;"
         "from captum_ext.training import MLPFactory, Trainer;"
         "import torch;"
         "print(fingerprint((MLPFactory((3,), hidden=(4,)), Trainer(epochs=2), torch.arange(5))))"

@@ -43,6 +43,7 @@ __all__ = [
     "MetricResult",
     "TargetLike",
     "check_batch_size",
+    "check_data",
     "check_eval_mode",
     "check_finite",
     "check_labels",
@@ -136,9 +137,32 @@ def check_not_empty(inputs: tuple[Tensor, ...], name: str = "inputs") -> int:
     if n == 0:
         raise ValueError(f"{name} are empty: need at least one example")
     if any(x.dim() < 2 for x in inputs):
-        raise ValueError(f"{name} must be shaped (N, ...) with at least one feature dimension")
+        raise ValueError(
+            f"{name} must be shaped (N, ...) with at least one feature dimension, got shape "
+            f"{tuple(next(x for x in inputs if x.dim() < 2).shape)}: for one example of shape (D,) "
+            "pass x.unsqueeze(0), for N scalar features x.unsqueeze(1)"
+        )
     if any(x[0].numel() == 0 for x in inputs):
         raise ValueError(f"{name} have no features (a zero-sized dimension)")
+    return n
+
+
+def check_data(tensors: Tensor | tuple[Tensor, ...], name: str = "inputs") -> int:
+    """The one input check of every metric: a batch of at least one example, shaped ``(N, ...)``
+    with a feature dimension, finite; returns the batch size.
+
+    Examples:
+        >>> check_data(torch.zeros(3, 2))
+        3
+        >>> try:
+        ...     check_data(torch.zeros(3))
+        ... except ValueError as e:
+        ...     print(str(e)[:60])
+        inputs must be shaped (N, ...) with at least one feature dim
+    """
+    tup = tensors if isinstance(tensors, tuple) else (tensors,)
+    n = check_not_empty(tup, name)
+    check_finite(tup, name)
     return n
 
 
