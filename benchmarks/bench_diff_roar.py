@@ -56,8 +56,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine  # noqa: E402
 
+from captum_ext._runner import ExecutionOptions, process_pool  # noqa: E402
 from captum_ext.metrics import DIFF_ROAR_FRACTIONS, diff_roar  # noqa: E402
-from captum_ext.metrics._cells import process_pool  # noqa: E402
 from captum_ext.training import Trainer, evaluate, fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -219,7 +219,9 @@ def main() -> None:
             with _dask_cluster(dask_start) if name == "dask" else contextlib.nullcontext() as client:
                 executor = {"serial": None, "pool": WORKERS, "dask": client}[name]
                 w0, c0 = time.perf_counter(), time.process_time()
-                res = diff_roar(model, (x, y), (xt, yt), attr, executor=executor, **common)
+                res = diff_roar(
+                    model, (x, y), (xt, yt), attr, execution=ExecutionOptions(executor=executor), **common
+                )
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             timing = _analyse(res.timings, WORKERS)
             in_cells = timing["cells_cpu_s"] if name == "serial" else 0.0

@@ -60,6 +60,13 @@ class ModelState:
 
 
 def has_stochastic_or_batch_layers(model: nn.Module) -> list[str]:
-    """Names of sub-modules in training mode whose output depends on the mode (BatchNorm, Dropout)."""
-    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-    return [n or type(m).__name__ for n, m in model.named_modules() if m.training and isinstance(m, kinds)]
+    """Names of sub-modules in training mode whose output depends on the mode: Dropout, BatchNorm and
+    every other normalisation layer that keeps running statistics (InstanceNorm with
+    ``track_running_stats=True``), whose forward pass in training mode overwrites them."""
+
+    def mode_dependent(m: nn.Module) -> bool:
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)):
+            return True
+        return bool(getattr(m, "track_running_stats", False)) and getattr(m, "running_mean", None) is not None
+
+    return [n or type(m).__name__ for n, m in model.named_modules() if m.training and mode_dependent(m)]

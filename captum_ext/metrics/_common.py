@@ -5,12 +5,14 @@ attributions, *, target=None, additional_forward_args=None, baselines=..., max_e
 and validates its input through the helpers here, so that the same mistake gets the same clear error
 everywhere:
 
-* :func:`check_eval_mode` -- the one train-mode policy: a model with BatchNorm / Dropout layers in
-  training mode is refused with a ``ValueError`` *before* it is called (a forward pass would change
-  its running statistics or be random), as CASO does;
+* :func:`check_eval_mode` -- the one train-mode policy: a model with Dropout or a normalisation layer
+  with running statistics (BatchNorm, InstanceNorm with ``track_running_stats``) in training mode is
+  refused with a ``ValueError`` *before* it is called (a forward pass would change its running
+  statistics or be random), as CASO does;
 * :func:`format_target` / :func:`check_labels` -- ``target`` in every form Captum accepts (int,
   tuple, list of ints, list of tuples, tensor) with range checks against the model's output shape;
-* :func:`check_finite`, :func:`check_not_empty`, :func:`check_batch_size` -- NaN / empty / bad sizes;
+* :func:`check_data` (:func:`check_finite`, :func:`check_not_empty`), :func:`check_batch_size` -- the
+  one input check: NaN / infinite, empty and 1-D inputs are refused with the fix in the message;
 * :class:`MetricResult` -- the base of every result: a frozen dataclass with ``to_dict()`` (JSON-able)
   and ``plot(ax=None)``.
 """
@@ -44,6 +46,8 @@ __all__ = [
     "TargetLike",
     "check_batch_size",
     "check_data",
+    "check_model_outputs",
+    "class_probabilities",
     "check_eval_mode",
     "check_finite",
     "check_labels",
@@ -107,7 +111,8 @@ def check_eval_mode(forward_func: Any, name: str = "forward_func") -> None:
     if bad:
         raise ValueError(
             f"{name} has layers in training mode whose output depends on the mode ({bad[:5]}): a forward "
-            f"pass would change BatchNorm running statistics or be random; call .eval() on the model first"
+            "pass would overwrite normalisation running statistics or be random; call .eval() on the model "
+            "first"
         )
 
 
@@ -181,6 +186,47 @@ def check_finite(tensors: Tensor | tuple[Tensor, ...], name: str) -> None:
             bad = int((~torch.isfinite(t)).sum())
             if bad:
                 raise ValueError(f"{name} contain NaN or infinite values ({bad} of {t.numel()} entries)")
+
+
+# ------------------------------------------------------------------------------------------------
+# model outputs
+
+#: what a classifier's forward returns: scores to be softmaxed, or class probabilities already
+MODEL_OUTPUTS = ("logits", "probabilities")
+
+
+def check_model_outputs(out: Tensor, model_outputs: str, name: str = "forward_func") -> None:
+    """The one probability policy: a model declared to return logits (the default) whose outputs are
+    rows of non-negative numbers summing to 1 is refused, so that probabilities are never softmaxed
+    twice; ``model_outputs="probabilities"`` declares them.
+
+    Examples:
+        >>> check_model_outputs(torch.tensor([[2.0, -1.0]]), "logits")
+        >>> try:
+        ...     check_model_outputs(torch.tensor([[0.25, 0.75]]), "logits")
+        ... except ValueError as e:
+        ...     print(str(e)[:45])
+        forward_func returns probabilities (each row
+    """
+    if model_outputs not in MODEL_OUTPUTS:
+        raise ValueError(f"model_outputs must be one of {MODEL_OUTPUTS}, got {model_outputs!r}")
+    if model_outputs == "logits" and out.dim() == 2 and out.shape[1] > 1 and out.numel():
+        rows = out.detach().to(torch.float64)
+        if bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1.0).abs() <= 1e-5).all()):
+            raise ValueError(
+                f"{name} returns probabilities (each row is >= 0 and sums to 1): softmaxing them again "
+                "would flatten every score; pass model_outputs='probabilities' (or return logits)"
+            )
+
+
+def class_probabilities(out: Tensor, model_outputs: str) -> Tensor:
+    """Softmax of logits, or the probabilities a model returns (see :func:`check_model_outputs`).
+
+    Examples:
+        >>> class_probabilities(torch.tensor([[0.25, 0.75]]), "probabilities")
+        tensor([[0.2500, 0.7500]])
+    """
+    return out if model_outputs == "probabilities" else torch.softmax(out, dim=1)
 
 
 # ------------------------------------------------------------------------------------------------

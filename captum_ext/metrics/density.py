@@ -31,10 +31,9 @@ from ._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_finite,
     check_labels,
-    check_not_empty,
 )
 
 __all__ = ["DensityRatioCurve", "density_ratio_curve"]
@@ -141,8 +140,7 @@ def density_ratio_curve(
     """
     check_eval_mode(forward_func)
     xs, _ = format_inputs(inputs)
-    n = check_not_empty(xs)
-    check_finite(xs, "inputs")
+    n = check_data(xs)
     args = format_additional_args(additional_forward_args)
     sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
     if sig.numel() == 0 or bool((sig <= 0).any()) or not bool(torch.isfinite(sig).all()):

@@ -27,10 +27,11 @@ from captum_ext.metrics._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_finite,
     check_labels,
-    check_not_empty,
+    check_model_outputs,
+    class_probabilities,
     forward_batched,
     resolve_attributions,
 )
@@ -112,6 +113,7 @@ def aopc(
     aggregate: str = "signed",
     channel_dim: int = 1,
     attribute_kwargs: dict[str, Any] | None = None,
+    model_outputs: str = "logits",
     show_progress: bool = False,
 ) -> AOPCResult:
     """Area over the MoRF perturbation curve at each number of removal steps in ``steps``.
@@ -142,6 +144,9 @@ def aopc(
             ``channel_dim``: ``"sum"`` (signed sum over channels), ``"abs_sum"``, ``"abs_max"``, ``"l2"``.
         channel_dim: the channel dimension for per-pixel aggregates and ``"channel_mean"``.
         attribute_kwargs: extra keyword arguments when ``attributions`` is a function.
+        model_outputs: ``"logits"`` (default; softmaxed for ``output="probability"``) or
+            ``"probabilities"`` (a model that returns class probabilities; a model returning them
+            undeclared is refused rather than softmaxed twice).
         show_progress: tqdm progress bar over steps.
 
     Returns:
@@ -172,8 +177,7 @@ def aopc(
         raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
     check_batch_size(max_examples_per_batch)
     tup, _ = format_inputs(inputs)
-    n = check_not_empty(tup)
-    check_finite(tup, "inputs")
+    n = check_data(tup)
     layout = UnitLayout.of(tup, aggregate, channel_dim)
     bases = format_baselines(baselines, tup)
     args = format_additional_args(additional_forward_args)
@@ -185,6 +189,8 @@ def aopc(
             f"{p} removal units per example"
         )
     clean = forward_batched(forward_func, tup, args, max_examples_per_batch)
+    if output == "probability":
+        check_model_outputs(clean, model_outputs)
     tgt = clean.argmax(dim=1) if target is None else check_labels(target, n, clean.shape[1]).to(clean.device)
 
     attr_t = resolve_attributions(
@@ -211,7 +217,7 @@ def aopc(
                 perturbed = layout.fill(xb, keep, select_baselines(bases, n, idx))
                 out = forward_func(*perturbed, *select_additional_args(args, n, idx.to(tup[0].device)))
                 if output == "probability":
-                    out = torch.softmax(out, dim=1)
+                    out = class_probabilities(out, model_outputs)
                 vals.append(out.gather(1, tgt[start : start + bs].view(-1, 1).to(out.device))[:, 0])
             rows.append(torch.cat(vals))
     scores = torch.stack(rows)  # (last + 1, N)
@@ -306,6 +312,7 @@ def relative_fidelity_drop(
     """
     check_eval_mode(forward_func)
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(aopc_kwargs.get("additional_forward_args"))
     clean = forward_batched(forward_func, tup, args, aopc_kwargs.get("max_examples_per_batch"))
     n = tup[0].shape[0]

@@ -32,9 +32,8 @@ from captum_ext.metrics._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_finite,
-    check_not_empty,
     compute_attributions,
     explainer_for,
     resolve_target,
@@ -260,8 +259,12 @@ def attribution_attack(
         )
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
-    check_not_empty((inputs,))
-    check_finite(inputs, "inputs")
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            "attribution_attack perturbs one input tensor (the L2 ball is over it); tuple inputs are not "
+            f"supported, got {type(inputs).__name__}"
+        )
+    check_data(inputs)
     if surrogate is None:
         surrogate = relu_to_softplus(model, beta=surrogate_beta)
     elif not isinstance(surrogate, nn.Module):
@@ -492,6 +495,7 @@ def stability(
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(additional_forward_args)
     copy_a, copy_b = copy.deepcopy(forward_func), copy.deepcopy(other_forward_func)
     tgt = resolve_target(copy_a, tup, target, args, batch_size)

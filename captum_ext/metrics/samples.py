@@ -22,9 +22,9 @@ from captum_ext.metrics._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
     check_labels,
-    check_not_empty,
     forward_batched,
 )
 
@@ -322,7 +322,7 @@ def gan_test(
         raise TypeError("inputs must be an (N, ...) tensor or a ClassSamples")
     if labels is None:
         raise ValueError("target is required: the class each sample was generated for")
-    n = check_not_empty((samples,))
+    n = check_data(samples, "inputs")
     out = forward_batched(forward_func, (samples,), (), max_examples_per_batch)
     num_classes = out.shape[1]
     pred = out.argmax(dim=1).cpu()

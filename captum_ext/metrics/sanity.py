@@ -37,6 +37,7 @@ from captum_ext.metrics._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
     compute_attributions,
     explainer_for,
@@ -299,6 +300,7 @@ def model_randomization(
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(additional_forward_args)
     names = _resolve_layers(model, layers)
     index = {name: i for i, name in enumerate(names)}
@@ -366,6 +368,7 @@ def data_randomization(
     ssim_kwargs: dict[str, Any] | None = None,
     max_examples_per_batch: int | None = None,
     return_attributions: bool = False,
+    show_progress: bool = False,
 ) -> RandomizationResult:
     """Data randomisation test: retrain on permuted labels and compare attributions.
 
@@ -398,6 +401,8 @@ def data_randomization(
         ssim_kwargs: keyword arguments for the SSIM.
         max_examples_per_batch: examples per attribution call (``None``: all at once).
         return_attributions: keep both attribution batches in the result.
+        show_progress: a progress bar over the training epochs of the default trainer (a given
+            ``trainer`` shows its own, e.g. ``Trainer(progress=True)``).
 
     Returns:
         :class:`RandomizationResult` with one stage (``scores[metric]`` shaped ``(1, N)``) and the
@@ -422,11 +427,13 @@ def data_randomization(
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
     if trainer is None:
-        trainer = Trainer()
+        trainer = Trainer(progress=bool(show_progress))
     elif not callable(trainer):
         raise TypeError("trainer must be callable as trainer(model, (inputs, labels), seed)")
     x_train, y_train = as_tensors(train_data)
+    check_data(x_train, "train_data inputs")
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(additional_forward_args)
 
     reference = copy.deepcopy(model)
