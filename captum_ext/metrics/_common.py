@@ -445,6 +445,32 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot convert a {type(value).__name__} to JSON")
 
 
+def _short(value: Any, limit: int = 6) -> str:
+    """A compact text for one field of a result."""
+    if isinstance(value, Tensor):
+        if value.numel() <= limit:
+            return str(
+                [
+                    round(v, 4) if isinstance(v, float) else v
+                    for v in value.detach().cpu().reshape(-1).tolist()
+                ]
+            )
+        return f"<tensor {tuple(value.shape)} {str(value.dtype).replace('torch.', '')}>"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (tuple, list)):
+        if len(value) <= limit:
+            inner = ", ".join(_short(v, limit) for v in value)
+            return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+        return f"<{len(value)} items>"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v, limit)}" for k, v in value.items()) + "}"
+    if isinstance(value, nn.Module):
+        return f"<{type(value).__name__}>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class MetricResult(abc.ABC):
     """Base of every metric result: subclasses are frozen dataclasses that implement ``plot``.
 
@@ -465,6 +491,13 @@ class MetricResult(abc.ABC):
         >>> Toy(torch.tensor([0.5, 1.0])).to_dict()
         {'values': [0.5, 1.0]}
     """
+
+    def __repr__(self) -> str:
+        """One line: scalars and short values as they are, tensors and long sequences summarised
+        (a result over thousands of examples does not print thousands of numbers)."""
+        fields = [f for f in dataclasses.fields(self) if f.repr] if dataclasses.is_dataclass(self) else []
+        body = ", ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in fields)
+        return f"{type(self).__name__}({body})"
 
     def to_dict(self) -> dict[str, Any]:
         """The result's fields as a JSON-able dict (``json.dumps`` accepts it)."""

@@ -43,7 +43,7 @@ __all__ = ["AOPCResult", "FidelityDrop", "aopc", "relative_fidelity_drop"]
 AttributionsLike = AttrLike | Callable[..., AttrLike]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class AOPCResult(MetricResult):
     """AOPC under MoRF removal.
 
@@ -227,7 +227,7 @@ def aopc(
     return AOPCResult(steps=steps_t, aopc=aopc_vals, scores=scores, target=tgt)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class FidelityDrop(MetricResult):
     """Relative fidelity drop of a post-processed attribution against its base method.
 

@@ -69,7 +69,7 @@ def leakage_from_scores(
     return (top & outside).sum(dim=1).to(torch.float64) / top_k
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class LeakageResult(MetricResult):
     """Outcome of :func:`feature_leakage`.
 

@@ -47,7 +47,7 @@ __all__ = ["PIXEL_FRACTIONS", "PixelPerturbationResult", "pixel_perturbation"]
 PIXEL_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PixelPerturbationResult(MetricResult):
     """Outcome of :func:`pixel_perturbation`.
 

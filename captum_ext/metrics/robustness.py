@@ -98,7 +98,7 @@ def _pixel_map(s: Tensor) -> Tensor:
     return relevance_scores(s, "abs_sum" if s.dim() == 4 else "abs")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class AttackResult(MetricResult):
     """Outcome of :func:`attribution_attack`.
 
@@ -222,9 +222,13 @@ def attribution_attack(
         raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
     check_eval_mode(model)
     if isinstance(inputs, tuple) or not isinstance(inputs, Tensor):
-        raise TypeError("attribution_attack takes a single input tensor (batch first)")
-    if inputs.dim() < 2 or not inputs.is_floating_point():
-        raise ValueError("inputs must be a floating (N, ...) tensor with a batch dimension")
+        raise TypeError(
+            "attribution_attack takes a single input tensor (batch first; the L2 budget is over it): "
+            f"tuple inputs are not supported, got {type(inputs).__name__}"
+        )
+    check_data(inputs)
+    if not inputs.is_floating_point():
+        raise ValueError(f"inputs must be floating point, got {inputs.dtype}")
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -259,12 +263,6 @@ def attribution_attack(
         )
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
-    if not isinstance(inputs, Tensor):
-        raise TypeError(
-            "attribution_attack perturbs one input tensor (the L2 ball is over it); tuple inputs are not "
-            f"supported, got {type(inputs).__name__}"
-        )
-    check_data(inputs)
     if surrogate is None:
         surrogate = relu_to_softplus(model, beta=surrogate_beta)
     elif not isinstance(surrogate, nn.Module):
@@ -395,7 +393,7 @@ def _attack_chunk(
 # Stability across retrainings
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class SimilarityResult(MetricResult):
     """Per-example similarity of two attribution batches.
 

@@ -60,7 +60,7 @@ InitLike = str | Callable[[nn.Module], None]
 # Result
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class RandomizationResult(MetricResult):
     """Similarity of attributions after each randomisation stage to the original attributions.
 

@@ -16,7 +16,7 @@ __all__ = ["DiffROARResult", "leakage_message", "leakage_threshold", "majority_r
 SCHEMES = ("top", "bottom")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class DiffROARResult(MetricResult):
     """Outcome of :func:`diff_roar`.
 
