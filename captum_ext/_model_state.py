@@ -1,11 +1,63 @@
-"""Snapshot of everything an attribution or metric promises to leave unchanged on a model."""
+"""Snapshot of everything an attribution or metric promises to leave unchanged on a model, and the
+one train-mode policy (:func:`check_eval_mode`) that guards it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+
+def _module_of(forward_func: Any, depth: int = 0) -> nn.Module | None:
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    if depth > 3:
+        return None
+    owner = getattr(forward_func, "__self__", None)  # a bound method such as model.forward
+    if isinstance(owner, nn.Module):
+        return owner
+    # a Captum attribution's bound ``attribute`` (Saliency(model).attribute): its forward_func
+    inner = getattr(owner, "forward_func", None)
+    return None if inner is None else _module_of(inner, depth + 1)
+
+
+def check_eval_mode(forward_func: Any, name: str = "forward_func") -> None:
+    """Raise ``ValueError`` if ``forward_func`` is (a method of) a module with layers in training mode
+    whose output depends on the mode (see :func:`has_stochastic_or_batch_layers`).
+
+    This is the single train-mode policy of every metric, attribution and diagnostic: such a model
+    would overwrite its running statistics or answer at random on every forward pass, so it is
+    refused before it is touched. Plain callables cannot be inspected and are accepted.
+
+    Args:
+        forward_func: a module, a bound method of a module, a Captum attribution's bound
+            ``attribute`` (its model is checked), or any callable.
+        name: the argument's name in the error message.
+
+    Raises:
+        ValueError: naming the offending layers and the fix (``.eval()``).
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        >>> check_eval_mode(net.eval())
+        >>> try:
+        ...     check_eval_mode(net.train())
+        ... except ValueError as e:
+        ...     print(str(e)[:52])
+        forward_func has layers in training mode whose outpu
+    """
+    module = _module_of(forward_func)
+    if module is None:
+        return
+    bad = has_stochastic_or_batch_layers(module)
+    if bad:
+        raise ValueError(
+            f"{name} has layers in training mode whose output depends on the mode ({bad[:5]}): a forward "
+            "pass would overwrite normalisation running statistics or be random; call .eval() on the model "
+            "first"
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,13 @@ from torch.nn import functional as F
 from captum_ext._runner import ExecutionOptions
 from captum_ext._runner.workers import mp_context as _mp_context
 from captum_ext.datasets import BlockMNIST, SignedBasisToy
-from captum_ext.metrics import DiffROARResult, count_for_fraction, diff_roar, unmask
+from captum_ext.metrics import (
+    DiffROARResult,
+    count_for_fraction,
+    diff_roar,
+    diff_roar_without_retraining,
+    unmask,
+)
 from captum_ext.metrics._masking import keep_mask_from_rank, rank_units
 from captum_ext.training import MLPFactory, Trainer, evaluate, fit
 
@@ -754,3 +760,86 @@ def test_result_object_and_plot(toy):
 def majority_of(toy):
     yt = toy[1][1]
     return float(torch.bincount(yt).max()) / len(yt)
+
+
+# ----------------------------------------------------------------------------------- contract edges
+
+
+def test_one_nan_train_coordinate_or_nan_baselines_are_refused(toy):
+    (x, y, m), _ = toy
+    bad = x.clone()
+    bad[7, 3] = float("nan")  # silently turned [[1, 1], [0.508, 1]] into [[1, 0.492], ...] before
+    xt, yt, mt = toy[1]
+    with pytest.raises(ValueError, match="train inputs contain NaN"):
+        diff_roar(None, (bad, y), (xt, yt), (m.float(), mt.float()), model_factory=TOY_FACTORY)
+    with pytest.raises(ValueError, match="baselines must be finite"):
+        _toy_run(toy, baselines=float("nan"))
+
+
+def test_evaluation_batch_size_is_not_part_of_the_cache_key(toy, tmp_path):
+    first = _toy_run(toy, cache_dir=tmp_path, max_examples_per_batch=16)
+    again = _toy_run(toy, cache_dir=tmp_path, max_examples_per_batch=7)
+    assert again.timings["cached"] == again.accuracies.numel() and again.timings["computed"] == 0
+    assert torch.equal(first.accuracies, again.accuracies)
+
+
+def test_a_value_edited_together_with_its_checksum_is_recomputed_with_a_warning(toy, tmp_path):
+    from captum_ext._runner.cache import _checksum
+
+    reference = _toy_run(toy, cache_dir=tmp_path)
+    victim = sorted(tmp_path.glob("*/cell-*.json"))[0]
+    rec = json.loads(victim.read_text())
+    rec["value"] = "abc"  # once gave "too many dimensions 'str'"
+    rec["checksum"] = _checksum(rec["key"], rec["cell"], rec["value"])
+    victim.write_text(json.dumps(rec))
+    with pytest.warns(UserWarning, match="not a valid result"):
+        res = _toy_run(toy, cache_dir=tmp_path)
+    assert torch.equal(res.accuracies, reference.accuracies) and res.timings["computed"] == 1
+
+
+class _ClassConfiguredTrainer:
+    """Its settings live in a class attribute (a dict), which the key once ignored."""
+
+    settings = {"epochs": 1}
+
+    def __call__(self, model, data, seed):
+        return Trainer(epochs=self.settings["epochs"], lr=3e-2, batch_size=64)(model, data, seed)
+
+
+def test_a_trainer_configured_by_a_class_attribute_dict_is_recomputed_when_it_changes(toy, tmp_path):
+    short = _toy_run(toy, trainer=_ClassConfiguredTrainer(), cache_dir=tmp_path)
+    _ClassConfiguredTrainer.settings["epochs"] = 6
+    try:
+        long = _toy_run(toy, trainer=_ClassConfiguredTrainer(), cache_dir=tmp_path)
+        fresh = _toy_run(toy, trainer=_ClassConfiguredTrainer())
+    finally:
+        _ClassConfiguredTrainer.settings["epochs"] = 1
+    assert long.timings["computed"] == long.accuracies.numel()
+    assert torch.equal(long.accuracies, fresh.accuracies) and short.timings["computed"] > 0
+
+
+def test_no_retraining_refuses_the_options_only_retraining_uses(toy):
+    net = TOY_FACTORY().eval()
+    _, (xt, yt, mt) = toy
+    with pytest.raises(ValueError, match="seeds"):
+        diff_roar(net, None, (xt, yt), (None, mt.float()), retrain=False, seeds=(0, 1))
+    with pytest.raises(ValueError, match="execution"):
+        diff_roar(
+            net, None, (xt, yt), (None, mt.float()), retrain=False, execution=ExecutionOptions(executor=2)
+        )
+    a = diff_roar(net, None, (xt, yt), (None, mt.float()), retrain=False, fractions=(0.5,))
+    b = diff_roar_without_retraining(net, (xt, yt), mt.float(), fractions=(0.5,))
+    assert torch.equal(a.accuracies, b.accuracies)
+
+
+def test_tuple_inputs_are_refused_with_the_reason(toy):
+    (x, y, m), (xt, yt, mt) = toy
+    with pytest.raises(TypeError, match="single-tensor inputs"):
+        diff_roar(None, ((x, x), y), (xt, yt), (m.float(), mt.float()), model_factory=TOY_FACTORY)
+
+
+def test_lambda_trainer_runs_on_a_process_pool(toy):
+    trainer = Trainer(epochs=1, lr=3e-2, batch_size=64, loss_fn=lambda o, t: F.cross_entropy(o, t))
+    serial = _toy_run(toy, trainer=trainer)
+    pooled = _toy_run(toy, trainer=trainer, executor=2)  # sent by value (cloudpickle)
+    assert torch.equal(serial.accuracies, pooled.accuracies)

@@ -27,6 +27,7 @@ from captum_ext._format import (
     format_inputs,
     select_additional_args,
 )
+from captum_ext.attr.gradient_saliency import gradient_saliency, scores_of
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
@@ -64,32 +65,6 @@ SaliencyFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 # ----------------------------------------------------------------------------------------------
 # Differentiable saliency used by the attack
-
-
-def _forward(model: nn.Module, x: Tensor, args: tuple[Any, ...]) -> Tensor:
-    out = model(x, *args)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        raise ValueError("the model must return (batch, classes) scores")
-    return out
-
-
-def gradient_saliency(
-    model: nn.Module,
-    x: Tensor,
-    target: Tensor,
-    *,
-    times_input: bool = False,
-    create_graph: bool = False,
-    additional_args: tuple[Any, ...] = (),
-) -> Tensor:
-    """``|d f_target / dx|`` (or ``|x * d f_target / dx|``), differentiable when ``create_graph``.
-
-    ``x`` must require grad. Uses ``torch.autograd.grad`` only, so no ``.grad`` field changes.
-    """
-    out = _forward(model, x, additional_args)
-    sel = out.gather(1, target.view(-1, 1)).sum()
-    (g,) = torch.autograd.grad(sel, x, create_graph=create_graph)
-    return (g * x).abs() if times_input else g.abs()
 
 
 def _pixel_map(s: Tensor) -> Tensor:
@@ -340,7 +315,7 @@ def _attack_chunk(
             xr = x.detach().requires_grad_(True)
             s = sal(model, xr, t, False, args).detach()
         with torch.no_grad():
-            pred = _forward(model, x, args).argmax(dim=1)
+            pred = scores_of(model, x, args).argmax(dim=1)
         return _pixel_map(s), pred
 
     s0, pred0 = real_map(x0)
@@ -385,7 +360,7 @@ def _attack_chunk(
         bar.update(1)
     with torch.no_grad():
         perturbed = x0 + best_delta
-        kept = _forward(model, perturbed, args).argmax(dim=1) == pred0
+        kept = scores_of(model, perturbed, args).argmax(dim=1) == pred0
     return perturbed, s0, best_map, best_score.to(x0.dtype), kept
 
 

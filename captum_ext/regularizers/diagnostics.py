@@ -135,7 +135,7 @@ def hessian_trace(
         >>> exact.trace.shape, exact.grad_norm_sq.shape
         (torch.Size([4]), torch.Size([4]))
     """
-    from ..metrics._common import check_eval_mode  # the package's one train-mode policy (lazy: no cycle)
+    from .._model_state import check_eval_mode  # the package's one train-mode policy
 
     check_eval_mode(model, "model")
     xs, _ = format_inputs(inputs)
