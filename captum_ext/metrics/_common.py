@@ -40,6 +40,7 @@ from .._format import (
 )
 from .._model_state import check_eval_mode
 from ._attribution import call_attribution, check_like
+from ._validate import OPTIONAL_POSITIVE_INT, validate
 
 __all__ = [
     "MetricResult",
@@ -72,8 +73,7 @@ def check_batch_size(value: int | None, name: str = "max_examples_per_batch") ->
     Examples:
         >>> check_batch_size(None); check_batch_size(4)
     """
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    validate(**{name: (value, OPTIONAL_POSITIVE_INT)})
 
 
 def check_not_empty(inputs: tuple[Tensor, ...], name: str = "inputs") -> int:

@@ -35,6 +35,7 @@ from ._common import (
     check_eval_mode,
     check_labels,
 )
+from ._validate import POSITIVE_INT, validate
 
 __all__ = ["DensityRatioCurve", "density_ratio_curve"]
 
@@ -157,8 +158,7 @@ def density_ratio_curve(
     sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
     if sig.numel() == 0 or bool((sig <= 0).any()) or not bool(torch.isfinite(sig).all()):
         raise ValueError(f"sigmas must be a non-empty sequence of positive numbers, got {sigmas!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    validate(n_samples=(n_samples, POSITIVE_INT))
     check_batch_size(max_examples_per_batch)
     bs = n if max_examples_per_batch is None else max_examples_per_batch
     device = xs[0].device

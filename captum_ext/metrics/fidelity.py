@@ -36,6 +36,7 @@ from captum_ext.metrics._common import (
     resolve_attributions,
 )
 from captum_ext.metrics._masking import UnitLayout, format_baselines, rank_units, select_baselines
+from captum_ext.metrics._validate import POSITIVE_INT, validate
 from captum_ext.metrics.similarity import AttrLike
 
 __all__ = ["AOPCResult", "FidelityDrop", "aopc", "relative_fidelity_drop"]
@@ -171,8 +172,7 @@ def aopc(
     if not callable(forward_func):
         raise TypeError("forward_func must be a model or a callable returning class scores")
     steps_t = _steps(steps)
-    if isinstance(features_per_step, bool) or not isinstance(features_per_step, int) or features_per_step < 1:
-        raise ValueError(f"features_per_step must be a positive int, got {features_per_step!r}")
+    validate(features_per_step=(features_per_step, POSITIVE_INT))
     if output not in ("probability", "logit"):
         raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
     check_batch_size(max_examples_per_batch)

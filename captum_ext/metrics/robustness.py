@@ -40,6 +40,7 @@ from captum_ext.metrics._common import (
     resolve_target,
 )
 from captum_ext.metrics._masking import relevance_scores
+from captum_ext.metrics._validate import POSITIVE, POSITIVE_INT, validate
 from captum_ext.metrics.sanity import ExplainerLike
 from captum_ext.metrics.similarity import (
     AttrLike,
@@ -204,14 +205,10 @@ def attribution_attack(
     check_data(inputs)
     if not inputs.is_floating_point():
         raise ValueError(f"inputs must be floating point, got {inputs.dtype}")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be positive, got {epsilon}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    validate(epsilon=(epsilon, POSITIVE), steps=(steps, POSITIVE_INT))
     if step_size is None:
         step_size = 2.5 * epsilon / steps
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
+    validate(step_size=(step_size, POSITIVE))
     if not 0.0 < topk_fraction <= 1.0:
         raise ValueError(f"topk_fraction must lie in (0, 1], got {topk_fraction}")
     if clip is not None and not clip[0] < clip[1]:

@@ -27,6 +27,7 @@ from captum_ext.metrics._common import (
     check_labels,
     forward_batched,
 )
+from captum_ext.metrics._validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, validate
 
 __all__ = ["ClassSamples", "GANTestResult", "class_conditional_samples", "gan_test"]
 
@@ -187,12 +188,7 @@ def class_conditional_samples(
     shape = tuple(int(s) for s in input_shape)
     if any(s < 1 for s in shape):
         raise ValueError(f"input_shape must hold positive sizes, got {tuple(input_shape)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    validate(steps=(steps, NON_NEGATIVE_INT), lr=(lr, POSITIVE), weight_decay=(weight_decay, NON_NEGATIVE))
     if clip is not None and not clip[0] < clip[1]:
         raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
     param = next(iter(model.parameters()), None)

@@ -27,6 +27,7 @@ from .._masking import (
     unit_shape,
     unmask,
 )
+from .._validate import UNIT_INTERVAL, validate
 from .cells import (
     Shared,
     architecture_of,
@@ -319,8 +320,7 @@ def diff_roar(
     if len(set(seed_list)) != len(seed_list):
         raise ValueError(f"seeds must be distinct, got {seed_list}")
     check_batch_size(max_examples_per_batch)
-    if not (isinstance(leakage_tolerance, (int, float)) and 0 <= leakage_tolerance <= 1):
-        raise ValueError(f"leakage_tolerance must lie in [0, 1], got {leakage_tolerance!r}")
+    validate(leakage_tolerance=(leakage_tolerance, UNIT_INTERVAL))
     _check_baselines(baselines)
     if model_factory is None or not callable(model_factory):
         raise TypeError("model_factory must be a zero-argument callable returning a fresh model")
