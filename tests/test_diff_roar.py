@@ -102,6 +102,7 @@ BLOCK_FACTORY = MLPFactory((1, 56, 28), hidden=(16,))
 BLOCK_TRAINER = Trainer(epochs=3, lr=3e-3, batch_size=32)
 
 
+@pytest.mark.slow
 def test_oracle_signal_mask_gives_large_positive_diff_roar(block):
     (x, y, m), (xt, yt, mt) = block
     res = diff_roar(
@@ -443,6 +444,7 @@ class _SpyExecutor(cf.Executor):
         self.inner.shutdown(wait=wait)
 
 
+@pytest.mark.slow
 def test_data_is_not_sent_with_every_cell(toy):
     """Finding 6: every pickled cell carried the whole train and test tensors."""
     (x, y, m), (xt, yt, mt) = toy
@@ -463,6 +465,7 @@ def test_data_is_not_sent_with_every_cell(toy):
     assert spy.peak <= 3
 
 
+@pytest.mark.slow
 def test_process_pools_give_the_same_numbers(toy, tmp_path):
     serial = _toy_run(toy)
     own = _toy_run(toy, executor=2, cache_dir=tmp_path)  # pool created here, data via initializer
@@ -838,6 +841,7 @@ def test_tuple_inputs_are_refused_with_the_reason(toy):
         diff_roar(None, ((x, x), y), (xt, yt), (m.float(), mt.float()), model_factory=TOY_FACTORY)
 
 
+@pytest.mark.slow
 def test_lambda_trainer_runs_on_a_process_pool(toy):
     trainer = Trainer(epochs=1, lr=3e-2, batch_size=64, loss_fn=lambda o, t: F.cross_entropy(o, t))
     serial = _toy_run(toy, trainer=trainer)

@@ -316,6 +316,7 @@ def test_data_files_of_dead_processes_are_removed_at_the_next_run(tmp_path, monk
     assert alive.exists()
 
 
+@pytest.mark.slow
 def test_a_script_without_main_guard_gets_a_clear_error(tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text("from captum_ext._runner import run_cells\nrun_cells(abs, 0, [1, 2], executor=2)\n")
@@ -330,6 +331,7 @@ def _apply(shared, cell):
     return shared["fn"](cell)
 
 
+@pytest.mark.slow
 def test_lambdas_in_the_shared_data_are_sent_by_value_to_a_pool():
     values, _ = run_cells(_apply, {"fn": lambda c: c * 3}, [1, 2], executor=1)
     assert values == [3, 6]
