@@ -3,8 +3,10 @@
 One convention for every metric (Captum's): ``metric(forward_func, inputs, attributions, *,
 target=None, additional_forward_args=None, baselines=..., max_examples_per_batch=None, ...,
 show_progress=False)``; tuple inputs, per-example baselines, per-example values as tensors beside the
-aggregated curve, and a frozen result dataclass with ``to_dict()`` and ``plot(ax=None)``. A model with
-BatchNorm/Dropout in training mode is refused (``ValueError``); no metric changes the model.
+aggregated curve, and a frozen result dataclass with ``to_dict()``, ``plot(ax=None)`` and a one-line
+``repr``. NaN/infinite, empty and 1-D data are refused; a model with Dropout or normalisation running
+statistics in training mode is refused (``ValueError``); no metric changes the model. The contract of
+each metric is recorded in :mod:`captum_ext.metrics._registry`, from which its tests are generated.
 
 * :func:`diff_roar` -- DiffROAR curves (top-k minus bottom-k remove-and-retrain), Shah et al.
   (:func:`diff_roar_without_retraining`: the App. C variant; :class:`ExecutionOptions`: where the
