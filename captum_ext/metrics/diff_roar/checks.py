@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..._format import format_additional_args, select_additional_args
 from ...training import as_tensors
-from .._common import check_data, compute_attributions, forward_batched
+from .._common import check_data, forward_batched, resolve_attributions
 
 __all__ = ["ATTRIBUTION_TARGETS"]
 
@@ -71,10 +71,7 @@ def attributions_of(
                 target = forward_batched(forward_func, (x,), format_additional_args(args), batch).argmax(1)  # type: ignore[arg-type]
             else:
                 target = y
-            out[name] = compute_attributions(
-                attributions, x, target, additional_forward_args=args, max_examples_per_batch=batch
-            )  # type: ignore[assignment]
-            check_data(out[name], f"{name} attributions")
+            out[name] = _one(attributions, x, target, args, batch, name)
         return out
     if not (isinstance(attributions, (tuple, list)) and len(attributions) == 2):
         raise TypeError(
@@ -82,19 +79,23 @@ def attributions_of(
             "callable (inputs, target) -> tensor such as a Captum attribution's .attribute"
         )
     pair = dict(zip(("train", "test"), attributions, strict=True))
-    out = {}
-    for name, (x, _) in sets.items():
-        a = pair[name]
-        if not isinstance(a, Tensor):
-            raise TypeError(f"{name} attributions must be a tensor, got {type(a).__name__}")
-        if a.shape != x.shape:
-            raise ValueError(
-                f"{name} attributions have shape {tuple(a.shape)} but the {name} inputs {tuple(x.shape)}; "
-                "attributions must be shaped like the inputs"
-            )
-        check_data(a, f"{name} attributions")
-        out[name] = a.detach()
-    return out
+    for name in sets:
+        if not isinstance(pair[name], Tensor):
+            raise TypeError(f"{name} attributions must be a tensor, got {type(pair[name]).__name__}")
+    return {name: _one(pair[name], x, None, args, batch, name) for name, (x, _) in sets.items()}
+
+
+def _one(
+    attributions: Any, x: Tensor, target: Tensor | None, args: Any, batch: int | None, name: str
+) -> Tensor:
+    """One set's attributions through the metrics' single path (:func:`resolve_attributions`)."""
+    try:
+        (out,) = resolve_attributions(
+            attributions, x, target, additional_forward_args=args, max_examples_per_batch=batch
+        )
+    except ValueError as err:
+        raise ValueError(f"{name} {err}") from err
+    return out.detach()
 
 
 def check_counts(fracs: tuple[float, ...], counts: tuple[int, ...], n_units: int) -> None:
