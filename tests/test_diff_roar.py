@@ -349,7 +349,7 @@ def _make_trainer(epochs):
 
 
 def test_cache_tells_closures_apart_by_their_values(toy, tmp_path):
-    """Finding 1: make_trainer(1) then make_trainer(8) on one cache returned the 1-epoch numbers."""
+    """make_trainer(1) then make_trainer(8) on one cache once returned the 1-epoch numbers."""
     short = _toy_run(toy, trainer=_make_trainer(1), cache_dir=tmp_path)
     long = _toy_run(toy, trainer=_make_trainer(8), cache_dir=tmp_path)
     fresh = _toy_run(toy, trainer=_make_trainer(8))
@@ -362,7 +362,7 @@ def test_cache_tells_closures_apart_by_their_values(toy, tmp_path):
 
 
 def test_cache_tells_lambdas_apart_by_their_code(toy, tmp_path):
-    """Finding 1: Trainer(loss_fn=lambda ...) variants shared one cache entry."""
+    """Trainer(loss_fn=lambda ...) variants once shared one cache entry."""
     plain = Trainer(epochs=4, lr=3e-2, batch_size=32, loss_fn=lambda out, t: F.cross_entropy(out, t))
     ascent = Trainer(epochs=4, lr=3e-2, batch_size=32, loss_fn=lambda out, t: -F.cross_entropy(out, t))
     a = _toy_run(toy, trainer=plain, cache_dir=tmp_path)
@@ -446,7 +446,7 @@ class _SpyExecutor(cf.Executor):
 
 @pytest.mark.slow
 def test_data_is_not_sent_with_every_cell(toy):
-    """Finding 6: every pickled cell carried the whole train and test tensors."""
+    """Every pickled cell once carried the whole train and test tensors."""
     (x, y, m), (xt, yt, mt) = toy
     big_x = x.repeat(1, 30)  # 160 x 300 floats: ~190 kB of data
     big_xt = xt.repeat(1, 30)
@@ -689,7 +689,7 @@ def test_bad_inputs_errors(toy):
 
 
 def test_labels_out_of_range_are_refused(toy):
-    """Finding 4: out-of-range test labels gave accuracy 0.0; train labels failed inside a cell."""
+    """Out-of-range test labels once gave accuracy 0.0; train labels failed inside a cell."""
     (x, y, m), (xt, yt, mt) = toy
     attr = (m.float(), mt.float())
     kw = dict(model_factory=TOY_FACTORY, fractions=(0.5,), seeds=(0,), trainer=TOY_TRAINER)
@@ -705,7 +705,7 @@ def test_labels_out_of_range_are_refused(toy):
 
 
 def test_fractions_that_keep_no_unit_are_refused(toy):
-    """Finding 4: fractions=(1e-6,) kept k = 0 units and scored empty inputs."""
+    """fractions=(1e-6,) once kept k = 0 units and scored empty inputs."""
     (x, y, m), (xt, yt, mt) = toy
     with pytest.raises(ValueError, match="keep 0 of the 10 units"):
         diff_roar(
@@ -714,7 +714,7 @@ def test_fractions_that_keep_no_unit_are_refused(toy):
 
 
 def test_channel_mean_fill_follows_channel_dim():
-    """Finding 4: fill='channel_mean' with channel_dim=-1 averaged over dim 1, not the channels."""
+    """fill="channel_mean" with channel_dim=-1 once averaged over dim 1, not the channels."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 4, 4, 3, generator=g)  # channels last
     x[..., 1] += 5.0
