@@ -12,20 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["gradient_saliency", "scores_of"]
+from .._format import run_forward
 
-
-def scores_of(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> Tensor:
-    """``model(x, *args)``, checked to be ``(batch, classes)`` scores.
-
-    Examples:
-        >>> scores_of(torch.nn.Linear(3, 2), torch.zeros(4, 3)).shape
-        torch.Size([4, 2])
-    """
-    out = model(x, *args)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        raise ValueError("the model must return (batch, classes) scores")
-    return out
+__all__ = ["gradient_saliency"]
 
 
 def gradient_saliency(
@@ -59,7 +48,7 @@ def gradient_saliency(
         >>> gradient_saliency(net, torch.ones(1, 2, requires_grad=True), torch.tensor([0]))
         tensor([[1., 2.]])
     """
-    out = scores_of(model, x, additional_args)
+    out = run_forward(model, (x,), additional_args)
     sel = out.gather(1, target.view(-1, 1)).sum()
     (g,) = torch.autograd.grad(sel, x, create_graph=create_graph)
     return (g * x).abs() if times_input else g.abs()

@@ -21,7 +21,13 @@ import torch
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_ext._format import TensorOrTuple, format_additional_args, format_inputs, select_additional_args
+from captum_ext._format import (
+    TensorOrTuple,
+    format_additional_args,
+    format_inputs,
+    run_forward,
+    select_additional_args,
+)
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
@@ -215,7 +221,9 @@ def aopc(
                 keep = rank[start : start + bs] >= step * features_per_step
                 xb = tuple(x[start : start + bs] for x in tup)
                 perturbed = layout.fill(xb, keep, select_baselines(bases, n, idx))
-                out = forward_func(*perturbed, *select_additional_args(args, n, idx.to(tup[0].device)))
+                out = run_forward(
+                    forward_func, perturbed, select_additional_args(args, n, idx.to(tup[0].device))
+                )
                 if output == "probability":
                     out = class_probabilities(out, model_outputs)
                 vals.append(out.gather(1, tgt[start : start + bs].view(-1, 1).to(out.device))[:, 0])

@@ -25,9 +25,10 @@ from captum_ext._format import (
     TensorOrTuple,
     format_additional_args,
     format_inputs,
+    run_forward,
     select_additional_args,
 )
-from captum_ext.attr.gradient_saliency import gradient_saliency, scores_of
+from captum_ext.attr.gradient_saliency import gradient_saliency
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
@@ -312,7 +313,7 @@ def _attack_chunk(
             xr = x.detach().requires_grad_(True)
             s = sal(model, xr, t, False, args).detach()
         with torch.no_grad():
-            pred = scores_of(model, x, args).argmax(dim=1)
+            pred = run_forward(model, (x,), args).argmax(dim=1)
         return _pixel_map(s), pred
 
     s0, pred0 = real_map(x0)
@@ -357,7 +358,7 @@ def _attack_chunk(
         bar.update(1)
     with torch.no_grad():
         perturbed = x0 + best_delta
-        kept = scores_of(model, perturbed, args).argmax(dim=1) == pred0
+        kept = run_forward(model, (perturbed,), args).argmax(dim=1) == pred0
     return perturbed, s0, best_map, best_score.to(x0.dtype), kept
 
 
