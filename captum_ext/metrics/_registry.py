@@ -59,7 +59,9 @@ METRICS: dict[str, MetricSpec] = {
     "class_conditional_samples": MetricSpec(
         class_conditional_samples, ("input_shape",), tuple_inputs=False, long_running=True
     ),
-    "data_randomization": MetricSpec(data_randomization, ("inputs", "explainer"), long_running=True),
+    "data_randomization": MetricSpec(
+        data_randomization, ("inputs", "explainer"), tuple_inputs=False, long_running=True
+    ),
     "density_ratio_curve": MetricSpec(density_ratio_curve, ("inputs", "sigmas")),
     "diff_roar": MetricSpec(
         diff_roar, ("train", "test", "attributions"), tuple_inputs=False, long_running=True
