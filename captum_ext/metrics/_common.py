@@ -40,7 +40,7 @@ from .._format import (
 )
 from .._model_state import check_eval_mode
 from ._attribution import call_attribution, check_like
-from ._validate import OPTIONAL_POSITIVE_INT, validate
+from ._validate import OPTIONAL_POSITIVE_INT, OneOf, validate
 
 __all__ = [
     "MetricResult",
@@ -154,8 +154,7 @@ def check_model_outputs(out: Tensor, model_outputs: str, name: str = "forward_fu
         ...     print(str(e)[:45])
         forward_func returns probabilities (each row
     """
-    if model_outputs not in MODEL_OUTPUTS:
-        raise ValueError(f"model_outputs must be one of {MODEL_OUTPUTS}, got {model_outputs!r}")
+    validate(model_outputs=(model_outputs, OneOf(MODEL_OUTPUTS)))
     if model_outputs == "logits" and out.dim() == 2 and out.shape[1] > 1 and out.numel():
         rows = out.detach().to(torch.float64)
         if bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1.0).abs() <= 1e-5).all()):

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "FRACTION",
     "NON_NEGATIVE",
     "NON_NEGATIVE_INT",
     "OPTIONAL_POSITIVE_INT",
     "POSITIVE",
     "POSITIVE_INT",
     "UNIT_INTERVAL",
+    "OneOf",
     "Rule",
     "validate",
 ]
@@ -58,15 +60,35 @@ class Rule:
         return self.high is None or value <= self.high
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """A rule for options that take one of a few values.
+
+    Examples:
+        >>> OneOf(("least", "most")).accepts("most"), OneOf(("least", "most")).what
+        (True, "one of ('least', 'most')")
+    """
+
+    choices: tuple[Any, ...]
+
+    @property
+    def what(self) -> str:
+        return f"one of {self.choices}"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, type(self.choices[0])) and value in self.choices
+
+
 POSITIVE_INT = Rule("a positive int", integer=True, low=1)
 OPTIONAL_POSITIVE_INT = Rule("a positive int or None", integer=True, low=1, optional=True)
 NON_NEGATIVE_INT = Rule("a non-negative int", integer=True, low=0)
 POSITIVE = Rule("a positive number", low=0.0, low_open=True)
 NON_NEGATIVE = Rule("a number >= 0", low=0.0)
 UNIT_INTERVAL = Rule("a number in [0, 1]", low=0.0, high=1.0)
+FRACTION = Rule("a number in (0, 1]", low=0.0, high=1.0, low_open=True)
 
 
-def validate(**arguments: tuple[Any, Rule]) -> None:
+def validate(**arguments: tuple[Any, Rule | OneOf]) -> None:
     """Raise ``ValueError`` for the first argument that breaks its rule.
 
     Args:

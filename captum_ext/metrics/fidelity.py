@@ -42,7 +42,7 @@ from captum_ext.metrics._common import (
     resolve_attributions,
 )
 from captum_ext.metrics._masking import UnitLayout, format_baselines, rank_units, select_baselines
-from captum_ext.metrics._validate import POSITIVE_INT, validate
+from captum_ext.metrics._validate import POSITIVE_INT, OneOf, validate
 from captum_ext.metrics.similarity import AttrLike
 
 __all__ = ["AOPCResult", "FidelityDrop", "aopc", "relative_fidelity_drop"]
@@ -179,8 +179,7 @@ def aopc(
         raise TypeError("forward_func must be a model or a callable returning class scores")
     steps_t = _steps(steps)
     validate(features_per_step=(features_per_step, POSITIVE_INT))
-    if output not in ("probability", "logit"):
-        raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
+    validate(output=(output, OneOf(("probability", "logit"))))
     check_batch_size(max_examples_per_batch)
     tup, _ = format_inputs(inputs)
     n = check_data(tup)

@@ -41,6 +41,7 @@ from ._masking import (
     rank_units,
     select_baselines,
 )
+from ._validate import OneOf, validate
 
 __all__ = ["PIXEL_FRACTIONS", "PixelPerturbationResult", "pixel_perturbation"]
 
@@ -202,8 +203,7 @@ def pixel_perturbation(
     check_eval_mode(forward_func)
     if callable(attributions):
         check_eval_mode(attributions, "the model behind attributions")
-    if order not in ("least", "most"):
-        raise ValueError(f"order must be 'least' or 'most', got {order!r}")
+    validate(order=(order, OneOf(("least", "most"))))
     check_batch_size(max_examples_per_batch)
     xs, _ = format_inputs(inputs)
     n = check_data(xs)

@@ -41,7 +41,7 @@ from captum_ext.metrics._common import (
     resolve_target,
 )
 from captum_ext.metrics._masking import relevance_scores
-from captum_ext.metrics._validate import POSITIVE, POSITIVE_INT, validate
+from captum_ext.metrics._validate import FRACTION, POSITIVE, POSITIVE_INT, validate
 from captum_ext.metrics.sanity import ExplainerLike
 from captum_ext.metrics.similarity import (
     AttrLike,
@@ -210,8 +210,7 @@ def attribution_attack(
     if step_size is None:
         step_size = 2.5 * epsilon / steps
     validate(step_size=(step_size, POSITIVE))
-    if not 0.0 < topk_fraction <= 1.0:
-        raise ValueError(f"topk_fraction must lie in (0, 1], got {topk_fraction}")
+    validate(topk_fraction=(topk_fraction, FRACTION))
     if clip is not None and not clip[0] < clip[1]:
         raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
     if attribution in ("gradient", "gradient_x_input"):

@@ -43,6 +43,7 @@ from captum_ext.metrics._common import (
     explainer_for,
     resolve_target,
 )
+from captum_ext.metrics._validate import OneOf, validate
 from captum_ext.metrics.similarity import (
     AttrLike,
     check_metrics,
@@ -294,8 +295,7 @@ def model_randomization(
     if not isinstance(model, nn.Module):
         raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
     check_eval_mode(model)
-    if mode not in ("cascading", "independent"):
-        raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
+    validate(mode=(mode, OneOf(("cascading", "independent"))))
     mets = check_metrics(metrics)
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
