@@ -22,7 +22,7 @@ from .._format import (
     run_forward,
     select_additional_args,
 )
-from .._model_state import check_per_example, check_train_mode, refuse_train_mode_layers
+from .._model_state import check_eval_mode, check_per_example, refuse_train_mode_layers
 from .details import AttributionDetails
 from .graph import (
     build_loss_graph,
@@ -85,7 +85,7 @@ class _ContextAwareAttribution(GradientAttribution):
                 raise ValueError(f"inputs[{i}] contains NaN or infinite values")
         n = tup[0].shape[0]
         opts.check_batch(n)
-        check_train_mode(self.forward_func, who)
+        check_eval_mode(self.forward_func, who)
         forward, compiled = _eager(self.forward_func)
         args = format_additional_args(additional_forward_args)
         if n == 0:

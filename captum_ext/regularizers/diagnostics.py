@@ -29,6 +29,7 @@ from .._format import (
     run_forward,
     select_additional_args,
 )
+from .._model_state import check_eval_mode
 
 __all__ = ["HessianTrace", "hessian_trace"]
 
@@ -136,7 +137,6 @@ def hessian_trace(
         >>> exact.trace.shape, exact.grad_norm_sq.shape
         (torch.Size([4]), torch.Size([4]))
     """
-    from ..metrics._common import check_eval_mode  # the package's one train-mode policy (lazy: no cycle)
 
     check_eval_mode(model, "model")
     xs, _ = format_inputs(inputs)
