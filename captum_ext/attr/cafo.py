@@ -35,9 +35,10 @@ class CAFO(_ContextAwareAttribution):
     (the paper runs FISTA; the closed form is its limit, at the cost of a single backward pass).
     ``lambda2=None`` means ``c1`` (paper: 10). ``sparsity=(low, high)`` picks ``lambda1`` per example
     by the sparsity-ratio rule of Sec. 4.1. SmoothCAFO is ``NoiseTunnel(CAFO(model))``. Scale: the
-    maps are ``1 / (2 lambda2)`` (1/20 by default) times a loss gradient, roughly 20-30x smaller than
-    Saliency's; use ``normalize=True`` with ``captum.metrics.infidelity``. ``last_details`` describes
-    the problem solved (paper orientation) whatever ``orientation`` is.
+    maps are ``1 / (2 lambda2)`` (1/20 by default) times the loss gradient, itself about
+    ``1 - p_target`` times Saliency's logit gradient: at least 20x smaller than Saliency's (see
+    :class:`~captum_ext.attr.caso.CASO`); use ``normalize=True`` with ``captum.metrics.infidelity``.
+    ``last_details`` describes the problem solved (paper orientation) whatever ``orientation`` is.
 
     Args:
         forward_func: the model or any function returning logits ``(batch, classes)``.
