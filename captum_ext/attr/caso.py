@@ -134,6 +134,9 @@ class CASO(_ContextAwareAttribution):
         torch.Size([2, 1, 4, 4])
         >>> caso.last_details.hessian, bool(caso.last_details.converged.all())
         ('exact', True)
+        >>> paper = caso.attribute(x, target=[0, 2], lambda1=1e-3, orientation="paper")  # the paper's Delta
+        >>> torch.allclose(paper, -attr)
+        True
     """
 
     @log_usage()
