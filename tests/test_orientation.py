@@ -2,13 +2,13 @@
 target, like signed Saliency of the target logit); ``orientation="paper"`` returns the paper's
 loss-increasing perturbation, exactly the negation."""
 
-import matplotlib
 import pytest
 import torch
 from captum.attr import NoiseTunnel, Saliency
 from captum.attr import visualization as viz
 from torch import nn
 
+from benchmarks._repro import small_cnn
 from captum_ext import CAFO, CASO, SmoothCASO
 from captum_ext.attr.options import CAFOOptions, CASOOptions
 from captum_ext.datasets import SklearnDigits
@@ -16,27 +16,18 @@ from captum_ext.training import fit
 
 from ._nets import relu_mlp
 
-matplotlib.use("Agg")
-
 N_IMAGES = 64
 
 
 @pytest.fixture(scope="module")
 def trained_digits():
-    """A small CNN trained 3 epochs on the offline digits (about 95 % test accuracy), with test images
+    """A small ReLU CNN trained 3 epochs on the offline digits (93 % test accuracy), with test images
     and its predicted classes."""
     torch.manual_seed(0)
     data = SklearnDigits()
     x_train, y_train = data.load("train")
     x_test, _ = data.load("test")
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 5, stride=2),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 5, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 10),
-    )
+    model = small_cnn()
     fit(model, (x_train[:, None], y_train), epochs=3, lr=3e-3, seed=0, progress=False)
     x = x_test[:N_IMAGES, None]
     with torch.no_grad():
@@ -67,18 +58,17 @@ def test_default_orientation_agrees_in_sign_with_signed_saliency_on_a_trained_cn
         for name, a in _maps(model, x, target, orientation).items():
             cos = nn.functional.cosine_similarity(a.flatten(1), sal)
             share = float((sign * cos > 0).double().mean())
-            # measured: 100 % of the 64 images (median cosine +0.87) in Captum's orientation
+            # measured: 100 % of the 64 images (median cosine +0.84) in Captum's orientation
             assert share >= 0.9, (orientation, name, share, float(cos.median()))
 
 
 def _positive_heat(attr, image):
     """The heat map ``captum.attr.visualization.visualize_image_attr(..., sign="positive")`` draws."""
     a = attr / attr.abs().max()  # scale-free; avoids Captum's warning about maps close to 0
-    fig, ax = viz.visualize_image_attr(
+    _, ax = viz.visualize_image_attr(
         a.permute(1, 2, 0).numpy(), image.permute(1, 2, 0).numpy(), "heat_map", "positive", use_pyplot=False
     )
     heat = torch.as_tensor(ax.images[0].get_array().filled(0.0))
-    matplotlib.pyplot.close(fig)
     return heat
 
 
@@ -99,7 +89,7 @@ def test_sign_positive_view_shows_evidence_for_the_target(trained_digits):
                 shares.append(float((heat * (sal_heat[i] > 0)).sum() / heat.sum()))
             shares = torch.tensor(shares)
             if orientation == "captum":
-                # measured: every image above 0.7, median 0.95
+                # measured: every image above 0.75, median 0.93
                 assert float((shares > 0.5).double().mean()) >= 0.9, (name, shares)
             else:
                 assert float((shares < 0.5).double().mean()) >= 0.9, (name, shares)

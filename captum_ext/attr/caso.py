@@ -102,8 +102,8 @@ class CASO(_ContextAwareAttribution):
     **Scale.** The ``lambda2`` penalty sets the size of the map: without curvature it is
     ``g / (2 lambda2)`` with ``lambda2 >= c1 = 10``, and the loss gradient ``g`` is about
     ``1 - p_target`` times the logit gradient Saliency returns. So CASO's and CAFO's values are at
-    least 20x smaller than Saliency's: about 30x on an unsure 10-class model, hundreds of times on
-    confident predictions. Rankings, cosines and visualisations do not care; scale-sensitive scores
+    least 20x smaller than Saliency's: about 30x on an unsure 10-class model, hundreds of times or
+    more on confident predictions. Rankings, cosines and visualisations do not care; scale-sensitive scores
     do: pass ``normalize=True`` to ``captum.metrics.infidelity``
     (:func:`~captum_ext.compare_attributions` does).
 

@@ -1,29 +1,25 @@
 """Draw ``docs/orientation.png``: Saliency, CASO (Captum's orientation, the default) and CASO (the paper's
 orientation) on one digit, with Captum's ``visualize_image_attr`` colouring.
 
-A small CNN is trained for 3 epochs on scikit-learn's digits (offline, seeded; a few seconds on one CPU
-core). Run from the repository root::
+A small ReLU CNN (``benchmarks._repro.small_cnn``) is trained for 3 epochs on scikit-learn's digits
+(offline, seeded; a few seconds on one CPU core). Run from the repository root::
 
-    python docs/_scripts/orientation.py
+    PYTHONPATH=. python docs/_scripts/orientation.py
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
+from captum.attr import Saliency
+from captum.attr import visualization as viz
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import torch  # noqa: E402
-from captum.attr import Saliency  # noqa: E402
-from captum.attr import visualization as viz  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
-
-from captum_ext import CASO  # noqa: E402
-from captum_ext.datasets import SklearnDigits  # noqa: E402
-from captum_ext.training import fit  # noqa: E402
+from benchmarks._repro import small_cnn
+from captum_ext import CASO
+from captum_ext.datasets import SklearnDigits
+from captum_ext.training import fit
 
 OUT = Path(__file__).resolve().parents[1] / "orientation.png"
 INDEX = 3  # the test image shown
@@ -34,14 +30,7 @@ def main() -> Path:
     data = SklearnDigits()
     x_train, y_train = data.load("train")
     x_test, y_test = data.load("test")
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 5, stride=2),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 5, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 10),
-    )
+    model = small_cnn()
     fit(model, (x_train[:, None], y_train), epochs=3, lr=3e-3, seed=0, progress=False)
     x = x_test[INDEX : INDEX + 1, None]
     with torch.no_grad():
