@@ -50,7 +50,6 @@ def _saliency(model, x, target):
     return Saliency(model).attribute(x.clone().requires_grad_(True), target=target, abs=False)
 
 
-@pytest.mark.slow
 def test_default_orientation_agrees_in_sign_with_signed_saliency_on_a_trained_cnn(trained_digits):
     model, x, target = trained_digits
     sal = _saliency(model, x, target).flatten(1)
@@ -72,7 +71,6 @@ def _positive_heat(attr, image):
     return heat
 
 
-@pytest.mark.slow
 def test_sign_positive_view_shows_evidence_for_the_target(trained_digits):
     """The pixels ``sign="positive"`` shows for CASO / CAFO are where Saliency's positive part is: most
     of the drawn heat lies on pixels Saliency draws too (the paper orientation draws the opposite)."""
