@@ -98,11 +98,11 @@ def caso_vs_cafo(model: nn.Module, x: Tensor, c1_values: tuple[float, ...]) -> d
     """Confidence, normalised CASO-CAFO difference for each ``c1``, and the Hessian statistics."""
     with torch.no_grad():
         conf = model(x).softmax(1).amax(1).double()
-    cafo = CAFO(model).attribute(x)  # direction of g; the scale (lambda2) cancels in the norm
+    cafo = CAFO(model).attribute(x, orientation="paper")  # direction of g; lambda2 cancels in the norm
     out: dict[str, Tensor] = {"confidence": conf}
     for c1 in c1_values:
         caso = CASO(model)
-        delta = caso.attribute(x, c1=c1, hessian="closed_form", rank_tol=0.0)
+        delta = caso.attribute(x, c1=c1, hessian="closed_form", rank_tol=0.0, orientation="paper")
         out[f"diff_c1={c1:g}"] = normalised_difference(delta, cafo)
         out["L"] = caso.last_details.top_eigenvalue.double()
     out.update(hessian_rank_one_stats(model, x))
