@@ -137,3 +137,17 @@ def test_gradient_penalty_warns_on_custom_functions_and_refuses_a_graphless_grad
     frozen = torch.zeros(3, requires_grad=True)
     with pytest.raises(NoDoubleBackwardError, match="never be trained"):
         penalty_gradient((frozen * 2.0).sum(), (frozen,), "test")
+
+
+def test_differentiable_saliency_refuses_a_once_differentiable_layer():
+    from captum_ext.attr.gradient_saliency import gradient_saliency
+
+    torch.manual_seed(0)
+    net = _OnceTanhNet().double().eval()
+    for p in net.parameters():  # a frozen surrogate: only the input carries a graph
+        p.requires_grad_(False)
+    x = torch.randn(3, 6, dtype=DT, requires_grad=True)
+    plain = gradient_saliency(net, x, torch.tensor([0, 1, 2]))
+    assert plain.shape == x.shape
+    with pytest.raises(NoDoubleBackwardError, match="differentiate again"):
+        gradient_saliency(net, x, torch.tensor([0, 1, 2]), create_graph=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from .._autograd import input_gradient, penalty_gradient
 from .._format import run_forward
 
 __all__ = ["gradient_saliency"]
@@ -28,7 +28,7 @@ def gradient_saliency(
 ) -> Tensor:
     """``|d f_target / dx|`` (or ``|x * d f_target / dx|``), differentiable when ``create_graph``.
 
-    ``x`` must require grad. Uses ``torch.autograd.grad`` only, so no ``.grad`` field changes.
+    ``x`` must require grad. Gradients with respect to ``x`` only, so no ``.grad`` field changes.
 
     Args:
         model: a classifier returning ``(batch, classes)`` scores.
@@ -42,6 +42,7 @@ def gradient_saliency(
         A tensor shaped like ``x``.
 
     Examples:
+        >>> import torch
         >>> net = torch.nn.Linear(2, 2, bias=False)
         >>> with torch.no_grad():
         ...     _ = net.weight.copy_(torch.tensor([[1.0, -2.0], [0.0, 3.0]]))
@@ -50,5 +51,8 @@ def gradient_saliency(
     """
     out = run_forward(model, (x,), additional_args)
     sel = out.gather(1, target.view(-1, 1)).sum()
-    (g,) = torch.autograd.grad(sel, x, create_graph=create_graph)
+    if create_graph:  # refuses a gradient that could not be differentiated again
+        (g,) = penalty_gradient(sel, (x,), "gradient_saliency(create_graph=True)")
+    else:
+        (g,) = input_gradient(sel, (x,))
     return (g * x).abs() if times_input else g.abs()

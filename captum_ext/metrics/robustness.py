@@ -21,6 +21,7 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._autograd import input_gradient
 from captum_ext._format import (
     TensorOrTuple,
     format_additional_args,
@@ -336,7 +337,7 @@ def _attack_chunk(
             xa = (x0 + delta).detach().requires_grad_(True)
             s = _pixel_map(sal(surrogate, xa, t, True, args))
             share = (s * region).sum(dim=1) / s.sum(dim=1).clamp_min(tiny)
-            (g,) = torch.autograd.grad(share.sum(), xa)
+            (g,) = input_gradient(share.sum(), (xa,))
         with torch.no_grad():
             gn = g.reshape(m, -1).norm(dim=1).view(shape)
             direction = torch.where(gn > 0, -g / gn.clamp_min(tiny), torch.zeros_like(g))

@@ -17,6 +17,7 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._autograd import input_gradient
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
@@ -149,8 +150,8 @@ def class_conditional_samples(
 
     i.e. gradient ascent on ``f_y(x) - weight_decay / 2 * ||x - center||^2``: plain activity
     maximisation with ``weight_decay = 0`` (Srinivas & Fleuret, Sec. 5.1.2), and with a small
-    ``weight_decay`` the paper's pull towards mid-grey 0.5. Gradients are taken with
-    ``torch.autograd.grad``; the model is not changed.
+    ``weight_decay`` the paper's pull towards mid-grey 0.5. Gradients are taken
+    with respect to the inputs only; the model is not changed.
 
     Args:
         forward_func: the classifier, an ``nn.Module`` (eval mode if it has BatchNorm / Dropout;
@@ -259,7 +260,7 @@ def class_conditional_samples(
             for _ in range(steps):
                 with torch.enable_grad():
                     xr = x.detach().requires_grad_(True)
-                    (g,) = torch.autograd.grad(model(xr).gather(1, y).sum(), xr)
+                    (g,) = input_gradient(model(xr).gather(1, y).sum(), (xr,))
                 with torch.no_grad():
                     if normalize_grad:
                         gn = g.reshape(g.shape[0], -1).norm(dim=1).view(view)
