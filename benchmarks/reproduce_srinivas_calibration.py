@@ -75,26 +75,9 @@ def softplus_mlp() -> nn.Module:
     )
 
 
-def softplus_cnn3() -> nn.Module:
-    """A three-convolution Softplus(β = 10) CNN with global average pooling (another architecture)."""
-    sp = lambda: nn.Softplus(beta=10.0)  # noqa: E731
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        sp(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        sp(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        sp(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
-
-
 ARCHS: dict[str, Callable[[], nn.Module]] = {
     "digits_cnn": make_cnn,
     "softplus_mlp": softplus_mlp,
-    "softplus_cnn3": softplus_cnn3,
 }
 
 
