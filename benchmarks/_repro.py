@@ -491,26 +491,62 @@ def spearman(x: Tensor, y: Tensor) -> float:
 # --------------------------------------------------------------------------------------------------
 # markdown rows for REPRODUCTIONS.md
 
+_RANK = {False: 0, "no": 0, "partly": 1, True: 2, "yes": 2}
+_NAME = {0: "no", 1: "partly", 2: "yes"}
 
-def markdown_rows(report: dict[str, Any], key: str = "claims", label: str = "") -> list[str]:
-    """One markdown table row ``| label | where | claim | ours | verdict |`` per claim of a report."""
 
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+def final_verdict(table: bool | str, hidden: bool | str | None) -> str:
+    """The verdict of a row from the table's seeds and the hidden seeds: the same on both, or, when
+    they differ, "partly" at best (yes/no -> partly, yes/partly -> partly, partly/no -> no)."""
+    a = _RANK[table]
+    if hidden is None:
+        return _NAME[a]
+    b = _RANK[hidden]
+    return _NAME[a] if a == b else _NAME[1 if {a, b} == {0, 2} else min(a, b)]
 
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_rows(
+    report: dict[str, Any], key: str = "claims", label: str = "", hidden: dict[str, Any] | None = None
+) -> list[str]:
+    """One row ``| label | where | claim | ours | verdict 0-4 | verdict 5-9 | verdict |`` per claim of a
+    report; ``hidden`` is the same script's report on the hidden seeds (its verdicts only)."""
+    other = {c["id"]: c["agrees"] for c in (hidden or {}).get(key, [])}
     rows = []
     for c in report.get(key, []):
-        verdict = {True: "yes", False: "no"}.get(c["agrees"], str(c["agrees"]))
-        verdict = verdict if verdict != "no" else "**no**"
-        rows.append(f"| {label} | {cell(c['paper'])} | {cell(c['claim'])} | {cell(c['ours'])} | {verdict} |")
+        v04 = _NAME[_RANK[c["agrees"]]]
+        v59 = other.get(c["id"])
+        fin = final_verdict(c["agrees"], v59)
+        cells = [label, c["paper"], c["claim"], c["ours"], v04, "—" if v59 is None else _NAME[_RANK[v59]]]
+        cells.append(f"**{fin}**" if fin == "no" else fin)
+        rows.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     return rows
+
+
+def count(reports: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]) -> dict[str, int]:
+    """Counts of final verdicts over the ``claims`` of (table report, hidden report) pairs."""
+    out = {"yes": 0, "partly": 0, "no": 0}
+    for rep, hid in reports:
+        other = {c["id"]: c["agrees"] for c in (hid or {}).get("claims", [])}
+        for c in rep.get("claims", []):
+            out[final_verdict(c["agrees"], other.get(c["id"]))] += 1
+    return out
 
 
 if __name__ == "__main__":  # python -m benchmarks._repro benchmarks/results/reproduce_x.json ... -> rows
     import sys
 
+    pairs = []
     for arg in sys.argv[1:]:
-        rep = json.loads(Path(arg).read_text())
+        path = Path(arg)
+        rep = json.loads(path.read_text())
+        hid_path = path.with_name(f"{path.stem}_seeds{HIDDEN_SEEDS[0]}-{HIDDEN_SEEDS[-1]}.json")
+        hid = json.loads(hid_path.read_text()) if hid_path.exists() else None
+        pairs.append((rep, hid))
         name = rep["benchmark"].removeprefix("reproduce_").capitalize()
-        print("\n".join(markdown_rows(rep, "claims", name)))
-        print("\n".join(markdown_rows(rep, "consistency_checks", name)))
+        print("\n".join(markdown_rows(rep, "claims", name, hid)))
+        print("\n".join(markdown_rows(rep, "consistency_checks", name, hid)))
+    print(count(pairs))
