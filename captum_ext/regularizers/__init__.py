@@ -21,6 +21,7 @@ from .attacks import (
 )
 from .base import RegularizedModel, unwrap
 from .diagnostics import HessianTrace, hessian_trace
+from .monitor import DeadUnitMonitor
 from .penalties import InputGradientPenalty, WeightPenalty
 from .score_matching import (
     AntiScoreMatching,
@@ -50,4 +51,5 @@ __all__ = [
     "elastic_penalty",
     "group_norms",
     "relu_to_softplus",
+    "DeadUnitMonitor",
 ]

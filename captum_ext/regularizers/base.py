@@ -12,6 +12,17 @@ A wrapper ``W(model, **hyper)`` is an :class:`torch.nn.Module` such that
 Wrappers compose by nesting: the task loss of a wrapper around another wrapper is the inner wrapper's
 ``loss``, so ``WeightPenalty(InputGradientPenalty(model, p=2), p=1)`` trains with
 cross-entropy + gradient penalty + weight penalty and reports all three parts.
+
+**One training-step policy, whatever the nesting.** During one ``loss(x, y)`` call the plain model's
+layers whose output depends on the training flag (BatchNorm and every normalisation layer with
+running statistics, Dropout) see exactly **one** training-mode forward pass: the task loss's, on the
+clean batch, or on the adversarial batch for adversarial training (the convention of Madry et al.:
+the model trains on, and normalises with the statistics of, the inputs it is trained on). So the
+running statistics and ``num_batches_tracked`` move exactly as in plain training on that batch.
+Every auxiliary forward pass (attacks, gradient penalties, the noisy copies of the trace estimators)
+runs with **frozen statistics**: in eval mode (running statistics, nothing updated, Dropout off),
+every module's flag restored afterwards. A penalty reuses the task loss's logits only when that gives
+the same numbers (no such layer in training mode, no autocast), saving one forward pass.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RegularizedModel", "unwrap", "restore_modes"]
+__all__ = ["RegularizedModel", "unwrap", "restore_modes", "mode_dependent_layers", "auxiliary_forward"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -68,6 +79,69 @@ def restore_modes(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Mo
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def mode_dependent_layers(model: nn.Module) -> list[str]:
+    """Names of sub-modules in training mode whose output or buffers depend on the training flag.
+
+    Normalisation layers that track running statistics (BatchNorm, InstanceNorm with
+    ``track_running_stats=True``, ...) and Dropout layers.
+
+    Args:
+        model: the module to inspect.
+
+    Returns:
+        Their names (``""`` for ``model`` itself is reported as its class name).
+
+    Examples:
+        >>> mode_dependent_layers(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)))
+        ['1']
+        >>> mode_dependent_layers(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval())
+        []
+    """
+    out = []
+    for name, m in model.named_modules():
+        stats = isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+        if m.training and (stats or isinstance(m, nn.modules.dropout._DropoutNd)):
+            out.append(name or type(m).__name__)
+    return out
+
+
+@contextlib.contextmanager
+def auxiliary_forward(model: nn.Module, *, float32: bool = False) -> Iterator[nn.Module]:
+    """Context for an auxiliary forward pass: frozen statistics (eval mode, flags restored after).
+
+    Args:
+        model: the plain model.
+        float32: also switch autocast off, so a model with float32 weights computes in float32
+            (for estimators that divide small differences of outputs, see the trace estimators).
+
+    Yields:
+        ``model``.
+
+    Examples:
+        >>> bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> with auxiliary_forward(bn):
+        ...     _ = bn(torch.randn(5, 3))
+        >>> int(bn[1].num_batches_tracked), bn.training
+        (0, True)
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(restore_modes(model))
+        if float32:
+            for device_type in ("cpu", "cuda"):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield model
+
+
+def autocast_active() -> bool:
+    """Whether autocast is on for CPU or CUDA in the current thread."""
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
+
+def reusable(model: nn.Module, logits: Tensor | None) -> bool:
+    """Whether a penalty may reuse the task loss's ``logits`` (same numbers as a frozen forward)."""
+    return logits is not None and not mode_dependent_layers(model) and not autocast_active()
 
 
 def check_batch(x: Tensor, y: Tensor) -> None:

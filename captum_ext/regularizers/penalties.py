@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import RegularizedModel, class_scores
+from .base import RegularizedModel, auxiliary_forward, class_scores, reusable
 
 __all__ = ["InputGradientPenalty", "WeightPenalty", "norm_penalty", "weight_norm"]
 
@@ -95,9 +95,10 @@ class InputGradientPenalty(RegularizedModel):
     r"""Penalise the ℓp norm of the input-gradient: ``CE + lam · mean_n ‖∇ₓ s(x_n)‖_p``.
 
     ``s`` is the per-example cross-entropy (``of="loss"``, default) or the raw logit of the label
-    (``of="logit"``). Per-example gradients come from one backward pass of the summed scores, which is
-    exact when examples do not interact (no BatchNorm in training mode). Differentiated by double
-    backward (``create_graph=True``).
+    (``of="logit"``). Per-example gradients come from one backward pass of the summed scores; the
+    penalty's forward pass runs with frozen statistics (BatchNorm in eval mode, see
+    :mod:`captum_ext.regularizers.base`), so examples do not interact and the gradients are exact.
+    Differentiated by double backward (``create_graph=True``).
 
     Args:
         model: classifier returning ``(batch, classes)`` logits (or another wrapper).
@@ -140,8 +141,9 @@ class InputGradientPenalty(RegularizedModel):
         self.lam, self.of, self.squared = float(lam), of, bool(squared)
 
     def penalty(self, x: Tensor, y: Tensor, logits: Tensor | None) -> tuple[Tensor, dict[str, float]]:
-        if logits is None:
-            logits = self.model(x)
+        if not reusable(self.model, logits):
+            with auxiliary_forward(self.model):
+                logits = self.model(x)
         if self.of == "loss":
             score = F.cross_entropy(logits, y, reduction="sum")
         else:

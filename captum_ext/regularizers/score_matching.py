@@ -12,6 +12,14 @@ All three regularize the **raw logit of the true label** ``f_y``, as the authors
 meant for smooth networks: use :func:`~captum_ext.regularizers.activations.relu_to_softplus` first
 (the paper's models use Softplus(β=10) everywhere, Sec. 5), since the Hessian of a ReLU net is zero
 almost everywhere.
+
+**BatchNorm and autocast.** The trace estimate divides differences of the label logit by σ², so the
+base value and the noisy copies must come from one function in enough precision: every forward pass
+of the penalty runs with frozen statistics (BatchNorm in eval mode, the training step's single
+training-mode forward is the task loss's, see :mod:`captum_ext.regularizers.base`) and with autocast
+switched off (a float32 model under ``torch.autocast(dtype=torch.bfloat16)`` gets a float32 trace;
+bfloat16 differences at σ = 1e-3 were pure rounding: 147 reported for a trace of -0.13). Models whose
+weights are themselves float16/bfloat16 are refused with a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import relu_to_softplus
-from .base import RegularizedModel, class_scores
+from .base import RegularizedModel, auxiliary_forward, class_scores, reusable
 
 __all__ = ["ESTIMATORS", "taylor_trace", "ScoreMatching", "AntiScoreMatching", "GradientNormRegularizer"]
 
@@ -155,19 +163,33 @@ def _logit_grad_and_trace(
     with_grad: bool,
     estimator: str,
 ) -> tuple[Tensor, Tensor | None]:
-    """Taylor trace of ``f_y`` and (optionally) ``∇ₓf_y`` with ``create_graph`` for double backward."""
+    """Taylor trace of ``f_y`` and (optionally) ``∇ₓf_y`` with ``create_graph`` for double backward.
+
+    Every forward pass (the base logits unless reusable, the noisy copies) runs with frozen statistics
+    and autocast off: the trace divides differences of ``f`` by σ², so the base and the noisy values
+    must come from the same function (one normalisation, not each batch's own statistics) computed in
+    at least float32.
+    """
     model = wrapper.model
-    if logits is None:
-        logits = model(x)
-    fy = class_scores(logits, y)
-    grad = None
-    if with_grad:
-        (grad,) = torch.autograd.grad(fy.sum(), x, create_graph=True)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"{type(wrapper).__name__} needs float32 or float64 inputs and weights: its trace estimate "
+            f"divides differences of the logits by sigma^2, below the resolution of {x.dtype}. Keep the "
+            "model in float32 (torch.autocast is fine: the trace is computed with autocast off)."
+        )
+    reuse = reusable(model, logits)  # decided before the context puts the model in eval mode
+    with auxiliary_forward(model, float32=True):
+        if not reuse or logits is None:
+            logits = model(x)
+        fy = class_scores(logits, y)
+        grad = None
+        if with_grad:
+            (grad,) = torch.autograd.grad(fy.sum(), x, create_graph=True)
 
-    def label_logit(z: Tensor) -> Tensor:
-        return class_scores(model(z), y.repeat(z.shape[0] // y.shape[0]))
+        def label_logit(z: Tensor) -> Tensor:
+            return class_scores(model(z), y.repeat(z.shape[0] // y.shape[0]))
 
-    trace = taylor_trace(label_logit, x.detach(), sigma, n_samples, estimator=estimator, base=fy)
+        trace = taylor_trace(label_logit, x.detach(), sigma, n_samples, estimator=estimator, base=fy)
     return trace, grad
 
 
@@ -432,8 +454,9 @@ class GradientNormRegularizer(RegularizedModel):
         self.lam = float(lam)
 
     def penalty(self, x: Tensor, y: Tensor, logits: Tensor | None) -> tuple[Tensor, dict[str, float]]:
-        if logits is None:
-            logits = self.model(x)
+        if not reusable(self.model, logits):
+            with auxiliary_forward(self.model):
+                logits = self.model(x)
         (grad,) = torch.autograd.grad(class_scores(logits, y).sum(), x, create_graph=True)
         gnorm = grad.pow(2).flatten(1).sum(1).mean()
         return self.lam * 0.5 * gnorm, {"grad_norm": float(gnorm.detach())}
