@@ -1,4 +1,4 @@
-"""Reproduce Bötte & Pfeiffer's penalty experiments on the toy set x = y e_j (small scale, 3 seeds).
+"""Reproduce Bötte & Pfeiffer's penalty experiments on the toy set x = y e_j (small scale, seeds 0-4).
 
 A one-hidden-layer ReLU MLP (10 -> 128 -> 2) is trained with plain SGD (lr 0.1, batch 250) on the
 toy set x = y e_j (d = 10, j uniform over all coordinates) with, per seed:

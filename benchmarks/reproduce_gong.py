@@ -22,7 +22,7 @@ and report three sparsity measures, averaged over images and over seeds:
 Radii: eps = 0.1 for l1 and elastic (eps2 = 0.05), and 0.4 per 4x4 patch for the group norm (the
 patch norm of an l_inf perturbation of 0.1), inputs clamped to [0, 1]. The supplement states no radii
 for its own data; ours are our choice. Scaled down from the paper: digits + small CNN instead of the
-synthesised 512x512 images / ImageNette with ResNet-34 / EfficientNet-B0, 8 epochs, 3 seeds.
+synthesised 512x512 images / ImageNette with ResNet-34 / EfficientNet-B0, 8 epochs, seeds 0-4 (--seeds).
 Sanity checks of supplement C.2.6 on the standard and the l1 models (100 test images): cascading
 randomisation (captum_ext.metrics.model_randomization, SSIM and Spearman per stage) and data
 randomisation (captum_ext.metrics.data_randomization: the same training on permuted labels).
