@@ -8,8 +8,12 @@ ROOT = Path(__file__).resolve().parents[1] / "captum_ext"
 
 
 def _modules():
+    """Every module, except ``python -m`` entry points (``__main__.py``): they are run, never imported,
+    so their imports cannot close a loop."""
     mods = {}
     for p in ROOT.rglob("*.py"):
+        if p.name == "__main__.py":
+            continue
         parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
