@@ -45,6 +45,7 @@ from .solvers import (
     sparsity_ratio,
     sparsity_search,
 )
+from .sparse_dual import sparse_dual_solve
 
 #: Lanczos for ``L`` on matrix-free operators: relative Ritz residual and step cap. The eigenvalue error
 #: is about residual^2 / gap, and the solve's guard catches any underestimate (see :func:`solve`).
@@ -181,6 +182,19 @@ def search_or_solve(
     return delta[:, 0], obj[:, 0], lam[:, 0], sparsity_ratio(delta[:, 0]), None
 
 
+def _dual_newton(factor: LowRankFactor, gm: Tensor, lams: Tensor, lam2: Tensor, upper, tol: float):
+    """The exact sparse solve on ``H = B B^T`` (:func:`~captum_ext.attr.sparse_dual.sparse_dual_solve`),
+    certified by its float64 KKT bound, as a :class:`SolveResult` (``method="dual_newton"``)."""
+    res = sparse_dual_solve(factor.B, gm, lams, lam2, tol=tol)
+    conv = res.converged[..., None]
+    bound = res.rel_error_bound[..., None].to(gm.dtype)
+    # the problem is concave by construction (2 lambda2 > L exactly, else sparse_dual_solve raises)
+    return SolveResult(
+        res.delta, res.h_delta, conv, bound, res.iterations[..., None], torch.zeros_like(conv),
+        upper.expand_as(bound), 0, method="dual_newton",
+    )  # fmt: skip
+
+
 def _make_solve(
     curv: Curvature, g: Tensor, lam2: Tensor, stats: list[SolveResult], opts: CASOOptions
 ) -> Solve:
@@ -199,6 +213,8 @@ def _make_solve(
             st = _certified(delta, factor.hvp(delta), gm, l1, l2, upper, 0, 0)
         elif bool((lams == 0).all()):
             st = conjugate_gradient(gm, op.hvp, l2, l_upper=upper, tol=tol, max_iter=opts.max_iter)
+        elif factor is not None:  # closed form (also SmoothCASO's group mean, packed groups), lambda1 > 0
+            st = _dual_newton(factor, gm, lams, lam2, upper, tol)
         else:
             lower = curv.lower[:, None, None] if isinstance(curv.lower, Tensor) else 0.0
             st = accelerated_prox_gradient(
@@ -321,7 +337,7 @@ def solve(
         converged=conv,
         error_bound=bound,
         iterations=iters,
-        solver=opts.solver,
+        solver="dual_newton" if any(st.method == "dual_newton" for st in stats) else opts.solver,
         extra=extra,
     )
     return delta.detach(), details

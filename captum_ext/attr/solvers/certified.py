@@ -66,6 +66,8 @@ class SolveResult:
         nonconcave: a Rayleigh quotient ``>= 2 lambda2`` was observed (the problem has no maximiser).
         rayleigh_max: largest Rayleigh quotient ``v.Hv / v.v`` seen (a lower bound on ``L``).
         n_hvp: batched operator calls.
+        method: the solver that produced it (``"certified"``; ``"dual_newton"`` for the closed form's
+            sparse solve).
     """
 
     delta: Tensor
@@ -76,6 +78,7 @@ class SolveResult:
     nonconcave: Tensor
     rayleigh_max: Tensor
     n_hvp: int
+    method: str = "certified"
 
 
 @dataclass
