@@ -79,3 +79,15 @@ def test_packed_factor_groups_use_the_dual_solver():
     assert len(det.extra.get("factor_groups", [])) > 1
     assert det.solver == "dual_newton" and bool(det.converged.all())
     torch.testing.assert_close(packed, whole, rtol=1e-7, atol=1e-12)
+
+
+def test_ranks_one_apart_keep_the_batch_in_one_factor():
+    """Splitting a batch by rank costs a forward per group; ranks 1 and 2 do not repay it."""
+    from benchmarks.bench_sparse_dual import confident_cnn
+
+    model, x = confident_cnn()
+    caso = CASO(model)
+    caso.attribute(x[:8], lambda1=1e-3, hessian="closed_form")
+    det = caso.last_details
+    assert sorted(set(det.rank.tolist())) == [1, 2]
+    assert "factor_groups" not in det.extra and det.solver == "dual_newton"

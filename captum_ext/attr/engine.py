@@ -26,13 +26,13 @@ from torch import Tensor
 
 from .._autograd import is_missing_double_backward
 from .._format import select_additional_args
-from .cost_model import default_max_memory, expected_products, kept_ranks, plan_auto
+from .cost_model import DEFAULT_COSTS, default_max_memory, expected_products, kept_ranks, plan_auto
 from .curvature import Curvature, GraphAnalysis, analyse_graph, get_path, paths
 from .curvature.closed_form import LowRankFactor
 from .details import AttributionDetails
 from .graph import LossGraph, build_loss_graph
 from .options import CASOOptions
-from .packed_factor import plan_rank_groups
+from .packed_factor import factor_memory, plan_rank_groups
 from .solvers import (
     SolveResult,
     accelerated_prox_gradient,
@@ -351,7 +351,14 @@ def _factor_groups(graph: LossGraph, opts: CASOOptions, budget: int) -> list[Ten
     except ValueError:
         ranks = kept_ranks(graph.probs, opts.rank_tol, opts.max_rank, exact=True)
         plan = plan_rank_groups(ranks, d, size, budget)
-    return plan.groups if len(plan.groups) > 1 else None
+    if len(plan.groups) == 1:
+        return None
+    # one group reuses the batch's forward graph (already built); groups each pay their own forward
+    ranks = plan.ranks
+    one = factor_memory(graph.n, int(ranks.max()), d, size)
+    if one <= budget and graph.n * DEFAULT_COSTS.backward * (int(ranks.max()) + 1) <= plan.work:
+        return None
+    return plan.groups
 
 
 def _solve_groups(graph, groups, opts, grid_fn, forward_func, args, extra, who):
