@@ -17,6 +17,8 @@ The steps, each in one place:
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +94,7 @@ def choose_path(
         return opts.hessian, {}
     if not exact:
         raise CurvaturePathError(f"{who}(hessian='auto'): {_what_would_work(analysis)}")
+    start = time.perf_counter()
     zero = opts.sparsity is None and n_values == 1 and bool((torch.as_tensor(opts.lambda1) == 0).all())
     products = expected_products(n_values, zero, opts.solver, opts.n_power_iter, opts.paper_iterations)
     d = sum(x[0].numel() for x in graph.inputs)
@@ -111,7 +114,8 @@ def choose_path(
             f"took {plan.path!r}, predicted {plan.predictions[plan.path].memory} bytes.",
             stacklevel=6,
         )
-    return plan.path, {"auto": plan.summary()}
+    # planning reads only the softmax probabilities the graph holds (a c-sized eigen-bound per example)
+    return plan.path, {"auto": {**plan.summary(), "planning_s": time.perf_counter() - start}}
 
 
 def _lanczos_start(g: Tensor) -> Tensor:
@@ -141,7 +145,8 @@ def _warn_unconverged(conv: Tensor, bound: Tensor, tol: float, iters: int, paper
     warnings.warn(
         f"{who}: {k} of {total} solves did not reach the relative tolerance {tol:g} {how}; their "
         f"certified relative error is up to {worst:.3g} (last_details.error_bound). Raise max_iter, or "
-        "lambda2 / c1 (a larger margin above L/2 converges faster).",
+        "lambda2 / c1 (a larger margin above L/2 converges faster); in float32 the bound also covers "
+        "round-off, about eps sqrt(d) L / (2 lambda2 - L), which only float64 inputs reduce.",
         stacklevel=6,
     )
 
@@ -234,18 +239,36 @@ def _make_solve(
     return solve_fn
 
 
-def _estimate_spectrum(curv: Curvature, opts: CASOOptions) -> None:
-    """Fill ``top`` / ``upper`` / ``lower`` of a matrix-free operator (power steps for the paper)."""
+def _estimate_spectrum(curv: Curvature, opts: CASOOptions, tol: float) -> None:
+    """Fill ``top`` / ``upper`` / ``lower`` of a matrix-free operator (power steps for the paper).
+
+    With the default ``lambda2 = L/2 + c1``, ``L`` is needed only as far as it moves the answer: an error
+    ``e`` in ``L`` moves ``lambda2`` by ``e / 2`` and the optimum by at most ``e / (2 lambda2 - L) <=
+    e / (2 c1 - e)`` relative (strong convexity), so Lanczos stops once its residual (which bounds ``e``)
+    is below ``tol c1 / 2``; :func:`_lambda2_error` adds that error to the certificate.
+    """
     if curv.top is not None:
         return
     if opts.solver == "paper":
         curv.top = curv.upper = curv.op.top_eigenvalue(opts.n_power_iter)
         return
+    # default lambda2: an absolute target for L from the answer's tolerance; explicit: L feeds only mu
+    rtol, atol = (0.0, 0.5 * tol * opts.c1) if opts.lambda2 is None else (LANCZOS_TOL, 0.0)
     lz = lanczos_extremes(
-        curv.op.hvp, _lanczos_start(curv.gradient), tol=LANCZOS_TOL, max_iter=LANCZOS_MAX_ITER
+        curv.op.hvp, _lanczos_start(curv.gradient), tol=rtol, max_iter=LANCZOS_MAX_ITER, atol=atol
     )
     curv.top, curv.upper = lz.top.clamp_min(0), lz.upper.clamp_min(0)
     curv.lower = lz.bottom if curv.lower is None else curv.lower
+
+
+def _lambda2_error(curv: Curvature, top: Tensor, opts: CASOOptions) -> Tensor:
+    """Relative error ``(n,)`` that the uncertainty of ``L`` (``upper - top``) puts into the optimum
+    through the default ``lambda2 = L/2 + c1`` (zero for an explicit ``lambda2`` or an exact ``L``)."""
+    if opts.lambda2 is not None:
+        return torch.zeros_like(top)
+    err = (curv.upper - top).clamp_min(0)
+    margin = 2.0 * opts.c1 - err
+    return torch.where(margin > 0, err / margin.clamp_min(torch.finfo(top.dtype).tiny), math.inf)
 
 
 def _guarded_solve(curv: Curvature, opts: CASOOptions, grid: Tensor | None, who: str):
@@ -298,8 +321,9 @@ def solve(
     n = curv.gradient.shape[0]
     n_hvp0 = getattr(curv.op, "n_hvp", 0)
     grid = None if grid_fn is None else grid_fn(n, device, dtype)
+    tol = default_tol(dtype) if opts.tol is None else opts.tol
     try:
-        _estimate_spectrum(curv, opts)
+        _estimate_spectrum(curv, opts, tol)
         (delta, obj, lam1, eta, in_window), lam2, top, stats, raised = _guarded_solve(curv, opts, grid, who)
     except RuntimeError as err:
         if is_missing_double_backward(err):
@@ -312,13 +336,13 @@ def solve(
         extra["lambda2_raised"] = raised
     release = getattr(curv.op, "release", None)
     release() if callable(release) else graph.release()
-    conv = torch.cat([st.converged.reshape(n, -1) for st in stats], 1)
     bound = torch.cat([st.error_bound.reshape(n, -1) for st in stats], 1)
+    bound = bound + _lambda2_error(curv, top, opts)[:, None].to(bound.dtype)
+    conv = torch.cat([st.converged.reshape(n, -1) for st in stats], 1) & (bound <= tol)
     iters = torch.cat([st.iterations.reshape(n, -1) for st in stats], 1)
     if grid is None or opts.sparsity is not None:  # one value per example: worst over the candidates
         conv, bound, iters = conv.all(1), bound.amax(1), iters.amax(1)
     paper = opts.solver == "paper"
-    tol = default_tol(dtype) if opts.tol is None else opts.tol
     _warn_unconverged(conv, bound, tol, opts.paper_iterations if paper else opts.max_iter, paper, who)
     gap = analysis.probe_gap
     details = AttributionDetails(
