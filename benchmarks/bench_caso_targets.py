@@ -210,9 +210,8 @@ def vit_caso_over_cafo(repeats: int, device: torch.device) -> dict[str, object]:
         with torch.no_grad():
             p_max = torch.softmax(model(x), 1).amax(1)
         caso, cafo = CASO(model), CAFO(model)
-        times = paired(
-            {"caso": lambda: caso.attribute(x), "cafo": lambda: cafo.attribute(x)}, repeats, device
-        )
+        fns = {"caso": lambda c=caso, x=x: c.attribute(x), "cafo": lambda c=cafo, x=x: c.attribute(x)}
+        times = paired(fns, repeats, device)
         caso.attribute(x)
         row = summary(times, {"caso_over_cafo": ("caso", "cafo")})
         row.update(
