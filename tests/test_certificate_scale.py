@@ -78,3 +78,23 @@ def test_certify_does_not_read_a_tiny_residual_as_zero():
     )  # fmt: skip
     assert not bool(nonconcave.any())
     assert bool((bound > 0.5).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conjugate_gradient_certifies_without_recomputing_h_x(dtype):
+    """The accumulated H x, with an allowance for its products' round-off, certifies the answer: no
+    extra product for a true residual, and the bound still covers the true error."""
+    B, g, lam2, _ = low_rank_problem(1.0, 1.0, ratio=0.6)
+    B, g = B.to(dtype), g.to(dtype)
+    hvp = lambda v: torch.einsum("ndr,nmr->nmd", B, torch.einsum("ndr,nmd->nmr", B, v))  # noqa: E731
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    res = conjugate_gradient(
+        g[:, None], hvp, lam2.to(dtype)[:, None, None], l_upper=lam2.to(dtype)[:, None, None] / 0.6, tol=tol
+    )
+    assert bool(res.converged.all())
+    assert res.n_hvp == int(res.iterations.max())  # one product per CG step, none to re-check
+    H = B.double() @ B.double().transpose(1, 2)
+    eye = torch.eye(g.shape[1], dtype=torch.float64)
+    ref = torch.linalg.solve(2 * lam2[:, None, None] * eye - H, g.double())
+    err = (res.delta[:, 0].double() - ref).norm(dim=1) / ref.norm(dim=1)
+    assert bool((res.error_bound.reshape(-1).double() >= err).all())

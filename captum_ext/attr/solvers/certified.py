@@ -121,10 +121,11 @@ def _final_certificate(
     l_up: Tensor,
     l_lo: Tensor | float,
     tol: float,
+    spread: Tensor | None = None,
 ) -> SolveResult:
     """Replace the running bound of ``res`` (scaled units) by the certificate of its returned ``delta``,
     evaluated in float64 (see :func:`_bound64`); ``converged`` follows it."""
-    bound, concave = _bound64(res.delta, res.h_delta, g, lam1, lam2, l_up, l_lo, res.rayleigh_max)
+    bound, concave = _bound64(res.delta, res.h_delta, g, lam1, lam2, l_up, l_lo, res.rayleigh_max, spread)
     res.nonconcave = res.nonconcave | ~concave
     bound = torch.where(res.nonconcave, torch.full_like(bound, math.inf), bound)
     res.error_bound = bound.to(res.delta.dtype)
@@ -141,6 +142,7 @@ def _bound64(
     l_up: Tensor | float,
     l_lo: Tensor | float,
     rq: Tensor,
+    spread: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(bound, mu > 0)``, ``(n, m, 1)``: the relative error bound ``(||u|| + allowance) / (mu ||delta||)``
     in float64.
@@ -149,7 +151,9 @@ def _bound64(
     (so nothing underflows). ``allowance`` covers the round-off of the product ``H delta`` in the working
     dtype (its error, not part of ``u``): ``eps (sqrt(d) + 4) max(|l_up|, |l_lo|, |rq|) ||delta||``,
     the probabilistic bound on a length-``d`` inner product's rounding (Higham and Mary, 2019) scaled
-    by the operator's norm; plus the float64 evaluation's own elementwise round-off ``4 eps64`` of the
+    by the operator's norm (``||delta||`` is replaced by ``spread``, the sum of ``|step| ||p||`` when
+    ``h_delta`` was accumulated from several products); plus the float64 evaluation's own elementwise
+    round-off ``4 eps64`` of the
     terms' norms. ``inf`` where
     ``mu = 2 lambda2 - max(l_up, rq) <= 0`` (not concave).
     """
@@ -167,7 +171,8 @@ def _bound64(
     op_norm = torch.maximum(torch.maximum(up.abs(), lo.abs()), rq_.nan_to_num(0.0, 0.0, 0.0).abs())
     scale = g64.norm(dim=-1, keepdim=True) + lam1_ * math.sqrt(d) + (2 * lam2_.abs() + op_norm) * xn
     nonzero = (xn > 0).to(f64)
-    allowance = nonzero * (eps_w * (math.sqrt(d) + 4) * op_norm * xn + 4 * eps64 * scale)
+    products = xn if spread is None else torch.maximum(xn, spread.to(f64))
+    allowance = nonzero * (eps_w * (math.sqrt(d) + 4) * op_norm * products + 4 * eps64 * scale)
     mu = 2.0 * lam2_ - torch.maximum(up, rq_)
     num = u + allowance
     bound = torch.where(num == 0, torch.zeros_like(num), num / (mu.clamp_min(0) * xn))
@@ -212,9 +217,9 @@ def conjugate_gradient(
     """Solve ``(2 lambda2 I - H) D = g`` (CASO with ``lambda1 = 0``) by batched conjugate gradients.
 
     Each problem stops at the first iterate whose certified error bound ``||r|| / (mu ||D||)`` is at
-    most ``tol / 2`` (``mu = 2 lambda2 - L``); the bound is then re-checked with the true residual
-    (one more product) and CG restarts from there if round-off made the recursive residual
-    optimistic. A curvature ``p.(2 lambda2 I - H)p <= 0`` (the system is not positive definite)
+    most ``tol / 2`` (``mu = 2 lambda2 - L``); the bound is then re-checked in float64 from ``x`` and the
+    accumulated ``H x`` with an allowance for the round-off of its products, and only where that fails
+    is ``H x`` recomputed (one more product) and CG restarted from the true residual. A curvature ``p.(2 lambda2 I - H)p <= 0`` (the system is not positive definite)
     flags the problem ``nonconcave`` and stops it. The solve runs in units where ``||g||_inf = 1`` and
     ``2 lambda2 = 1``, and the returned bound is re-evaluated in float64 with a round-off allowance
     (:func:`certify`), so a tiny gradient (confident predictions) never reads as a zero residual.
@@ -249,9 +254,11 @@ def conjugate_gradient(
     nonconcave = torch.zeros_like(active)
     iters = torch.zeros_like(lam2, dtype=torch.long)
     bound = torch.full_like(lam2, math.inf)
+    # sum of |step| ||p||: H x is accumulated from that many products' worth of vectors (round-off scale)
+    spread = torch.zeros_like(lam2)
     n_hvp, used = 0, 0
     while used < max_iter and bool(active.any()):
-        # one CG cycle from x with the true residual
+        # one CG cycle from x with the residual of (x, H x)
         r = torch.where(active, g - (2.0 * lam2 * x - hx), torch.zeros_like(g))
         p = r.clone()
         rr = _dot(r, r)
@@ -267,6 +274,7 @@ def conjugate_gradient(
             step = torch.where(running & ~bad & (rr > 0), rr / pap.clamp_min(torch.finfo(g.dtype).tiny), 0.0)
             x = x + step * p
             hx = hx + step * hp
+            spread = spread + step.abs() * _norm(p)
             r = r - step * (2.0 * lam2 * p - hp)
             iters = iters + running.long()
             rr_new = _dot(r, r)
@@ -276,18 +284,24 @@ def conjugate_gradient(
             beta = torch.where(running, rr_new / rr.clamp_min(torch.finfo(g.dtype).tiny), 0.0)
             p = torch.where(running, r + beta * p, torch.zeros_like(p))
             rr = rr_new
-        # certify with the true residual (hx is exact up to round-off of the linear combination)
-        hx_true = hvp(x)
-        n_hvp += 1
-        hx = torch.where(active, hx_true, hx)
+        # the accumulated H x is exact up to the round-off of its products and their combination: the
+        # float64 certificate with that allowance decides; only where it fails is H x recomputed (one
+        # product; a recursive residual made optimistic by round-off then restarts CG)
+        cheap, _ = _bound64(x, hx, g, 0.0, lam2, l_up, 0.0, rq_max, spread)
+        redo = active & ~nonconcave & (cheap > 0.5 * tol)
+        if bool(redo.any()) and used < max_iter:
+            hx = torch.where(redo, hvp(x), hx)
+            n_hvp += 1
+            used += 1
+            spread = torch.where(redo, _norm(x), spread)
+            rq_max = torch.where(redo, torch.maximum(rq_max, _rayleigh(x, hx)), rq_max)
         true_r = g - (2.0 * lam2 * x - hx)
-        rq_max = torch.where(active, torch.maximum(rq_max, _rayleigh(x, hx)), rq_max)
         bound_now, nc = _certify(_norm(true_r), x, lam2, l_up, rq_max)
         nonconcave = nonconcave | (active & nc)
         bound = torch.where(active, bound_now, bound)
         active = active & ~nonconcave & (bound > 0.5 * tol)
     res = SolveResult(x, hx, bound <= tol, bound, iters, nonconcave, rq_max, n_hvp)
-    return units.result(_final_certificate(res, g, 0.0, lam2, l_up, 0.0, tol))
+    return units.result(_final_certificate(res, g, 0.0, lam2, l_up, 0.0, tol, spread))
 
 
 def accelerated_prox_gradient(
