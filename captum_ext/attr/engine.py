@@ -204,6 +204,8 @@ def _make_solve(
     curv: Curvature, g: Tensor, lam2: Tensor, stats: list[SolveResult], opts: CASOOptions
 ) -> Solve:
     op, tol = curv.op, default_tol(g.dtype) if opts.tol is None else opts.tol
+    # the uncertainty of L takes its share of the tolerance (see _estimate_spectrum)
+    tol = max(tol - float(_lambda2_error(curv, curv.top, opts).max()), 0.25 * tol)
     factor = op if isinstance(op, LowRankFactor) else None
 
     def solve_fn(lams: Tensor) -> tuple[Tensor, Tensor]:
@@ -245,7 +247,8 @@ def _estimate_spectrum(curv: Curvature, opts: CASOOptions, tol: float) -> None:
     With the default ``lambda2 = L/2 + c1``, ``L`` is needed only as far as it moves the answer: an error
     ``e`` in ``L`` moves ``lambda2`` by ``e / 2`` and the optimum by at most ``e / (2 lambda2 - L) <=
     e / (2 c1 - e)`` relative (strong convexity), so Lanczos stops once its residual (which bounds ``e``)
-    is below ``tol c1 / 2``; :func:`_lambda2_error` adds that error to the certificate.
+    is below ``0.9 tol c1`` (at most about ``tol / 2`` of the answer's error); :func:`_lambda2_error`
+    adds that error to the certificate, and the solve gets the rest of the tolerance.
     """
     if curv.top is not None:
         return
@@ -253,7 +256,7 @@ def _estimate_spectrum(curv: Curvature, opts: CASOOptions, tol: float) -> None:
         curv.top = curv.upper = curv.op.top_eigenvalue(opts.n_power_iter)
         return
     # default lambda2: an absolute target for L from the answer's tolerance; explicit: L feeds only mu
-    rtol, atol = (0.0, 0.5 * tol * opts.c1) if opts.lambda2 is None else (LANCZOS_TOL, 0.0)
+    rtol, atol = (0.0, 0.9 * tol * opts.c1) if opts.lambda2 is None else (LANCZOS_TOL, 0.0)
     lz = lanczos_extremes(
         curv.op.hvp, _lanczos_start(curv.gradient), tol=rtol, max_iter=LANCZOS_MAX_ITER, atol=atol
     )
