@@ -1,4 +1,4 @@
-"""A ResNet-18 for benchmarks without torchvision (BasicBlocks [2, 2, 2, 2], eval BatchNorm, random weights)."""
+"""ResNet-18 for benchmarks without torchvision (BasicBlocks [2, 2, 2, 2], eval BatchNorm, random init)."""
 
 from __future__ import annotations
 

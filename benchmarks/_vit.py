@@ -11,7 +11,8 @@ class SmallViT(nn.Module):
     encoder layers, a linear head on the class token (``self.head``).
 
     Examples:
-        >>> SmallViT(image=16, patch=8, layers=1, width=16, heads=2, classes=5)(torch.randn(1, 3, 16, 16)).shape
+        >>> vit = SmallViT(image=16, patch=8, layers=1, width=16, heads=2, classes=5)
+        >>> vit(torch.randn(1, 3, 16, 16)).shape
         torch.Size([1, 5])
     """
 
