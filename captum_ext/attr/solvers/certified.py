@@ -219,8 +219,9 @@ def conjugate_gradient(
     Each problem stops at the first iterate whose certified error bound ``||r|| / (mu ||D||)`` is at
     most ``tol / 2`` (``mu = 2 lambda2 - L``); the bound is then re-checked in float64 from ``x`` and the
     accumulated ``H x`` with an allowance for the round-off of its products, and only where that fails
-    is ``H x`` recomputed (one more product) and CG restarted from the true residual. A curvature ``p.(2 lambda2 I - H)p <= 0`` (the system is not positive definite)
-    flags the problem ``nonconcave`` and stops it. The solve runs in units where ``||g||_inf = 1`` and
+    is ``H x`` recomputed (one more product) and CG restarted from the true residual. A curvature
+    ``p.(2 lambda2 I - H)p <= 0`` (the system is not positive definite) flags the problem ``nonconcave``
+    and stops it. The solve runs in units where ``||g||_inf = 1`` and
     ``2 lambda2 = 1``, and the returned bound is re-evaluated in float64 with a round-off allowance
     (:func:`certify`), so a tiny gradient (confident predictions) never reads as a zero residual.
 
