@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from benchmarks._machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+TABLE_SEEDS = (0, 1, 2, 3, 4)  # the seeds of REPRODUCTIONS.md's numbers
+HIDDEN_SEEDS = (5, 6, 7, 8, 9)  # the seeds its verdicts are re-checked on
 
 
 # --------------------------------------------------------------------------------------------------
@@ -43,12 +46,13 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         action="store_true",
         help="tiny smoke run (seconds); writes *_quick.json/.png, not for reporting",
     )
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument(
         "--seeds",
         type=int,
-        default=3,
-        help="number of seeds (seed, seed+1, ...); every reported number is mean ± std over them",
+        nargs="+",
+        default=list(TABLE_SEEDS),
+        help="the seeds, e.g. --seeds 0 1 2 3 4 (the default, the table's); another list writes "
+        "<stem>_seeds<first>-<last>.json, e.g. the hidden seeds 5 6 7 8 9",
     )
     p.add_argument(
         "--threads",
@@ -62,10 +66,20 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def claim(
-    claim_id: str, statement: str, paper: str, ours: str, agrees: bool | str, note: str = ""
+    claim_id: str,
+    statement: str,
+    paper: str,
+    ours: str,
+    agrees: bool | str,
+    note: str = "",
+    rule: str = "",
 ) -> dict[str, Any]:
-    """One row of the paper-vs-ours table (``agrees``: True, False or ``"partly"``)."""
-    return {"id": claim_id, "claim": statement, "paper": paper, "ours": ours, "agrees": agrees, "note": note}
+    """One row of the paper-vs-ours table (``agrees``: True, False or ``"partly"``; ``rule``: the
+    verdict rule of the row, written in the script before the run and quoted in the JSON)."""
+    row = {"id": claim_id, "claim": statement, "paper": paper, "ours": ours, "agrees": agrees, "note": note}
+    if rule:
+        row["rule"] = rule
+    return row
 
 
 def _jsonable(obj: Any) -> Any:
@@ -82,19 +96,27 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_report(report: dict[str, Any], stem: str, out: Path, quick: bool) -> Path:
-    """Write ``<out>/<stem>[_quick].json`` (machine description added) and return the JSON path."""
+def report_name(stem: str, seeds: Sequence[int], quick: bool = False) -> str:
+    """File stem of a run: ``stem`` on the table's seeds, ``stem_seeds5-9`` on others, ``_quick`` added."""
+    name = stem if tuple(seeds) == TABLE_SEEDS else f"{stem}_seeds{seeds[0]}-{seeds[-1]}"
+    return name + ("_quick" if quick else "")
+
+
+def write_report(
+    report: dict[str, Any], stem: str, out: Path, quick: bool, seeds: Sequence[int] = TABLE_SEEDS
+) -> Path:
+    """Write ``<out>/<report_name>.json`` (machine description added) and return the JSON path."""
     out.mkdir(parents=True, exist_ok=True)
-    name = stem + ("_quick" if quick else "")
+    name = report_name(stem, seeds, quick)
     report = {"benchmark": stem, "quick": quick, "machine": describe_machine("cpu"), **report}
     path = out / f"{name}.json"
     path.write_text(json.dumps(_jsonable(report), indent=2))
     return path
 
 
-def png_path(stem: str, out: Path, quick: bool) -> Path:
+def png_path(stem: str, out: Path, quick: bool, seeds: Sequence[int] = TABLE_SEEDS) -> Path:
     """Where the figure of a report goes (next to its JSON)."""
-    return out / (stem + ("_quick" if quick else "") + ".png")
+    return out / (report_name(stem, seeds, quick) + ".png")
 
 
 def print_claims(claims: Sequence[dict[str, Any]]) -> None:
@@ -138,9 +160,168 @@ def pm(values: Sequence[float], spec: str = ".2f") -> str:
 
 
 def seed_list(args: argparse.Namespace) -> list[int]:
-    """The seeds of a run: ``args.seed, args.seed + 1, ...`` (one seed with ``--quick``)."""
-    n = 1 if getattr(args, "quick", False) else max(1, int(args.seeds))
-    return [args.seed + i for i in range(n)]
+    """The seeds of a run (``--seeds``; the first two with ``--quick``)."""
+    seeds = [int(s) for s in args.seeds]
+    return seeds[:2] if getattr(args, "quick", False) else seeds
+
+
+# --------------------------------------------------------------------------------------------------
+# paired statistics and the verdict rule
+
+VERDICT_RULE = (
+    "Each comparison is paired: the same seed gives both sides the same data, initial weights and "
+    "random draws, and the effect is the mean over seeds of the per-seed difference (expected sign "
+    "positive), with a two-sided 95 % Student-t interval over >= 5 seeds. yes: the interval excludes 0 "
+    "on the expected side and the mean effect is at least `small` times the effect size the paper "
+    "implies; partly: the interval excludes 0 but the effect is smaller than that (whatever the paper's "
+    "scale), or the interval contains 0 while the mean is at least that large on the expected side "
+    "(only where the paper implies an effect size); "
+    "no: otherwise (interval on the wrong side, or no effect of the paper's size). A compound claim is "
+    "yes when every part is yes, no when every part is no, partly otherwise. A verdict that differs on "
+    "the hidden seeds 5-9 is partly at best."
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The verdict rule of one paired comparison, fixed in the script before the run.
+
+    Args:
+        what: what the difference is, e.g. ``"AUC(SM) - AUC(baseline)"`` (expected positive).
+        paper_effect: the effect size the paper implies for that difference (positive), in the same
+            units; ``None`` when the paper implies none (then any effect whose interval excludes 0 is
+            enough for *yes*).
+        small: an effect below ``small * paper_effect`` counts as "far smaller than the paper's".
+    """
+
+    what: str
+    paper_effect: float | None = None
+    small: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.paper_effect is not None and not self.paper_effect > 0:
+            raise ValueError(f"paper_effect must be positive (orient `what`), got {self.paper_effect}")
+        if not 0 <= self.small <= 1:
+            raise ValueError(f"small must lie in [0, 1], got {self.small}")
+
+    def text(self) -> str:
+        """The rule as quoted in the JSON."""
+        size = (
+            f"paper's implied effect {self.paper_effect:.3g}, 'far smaller' below {self.small:g}x that"
+            if self.paper_effect is not None
+            else "the paper implies no effect size: any effect whose interval excludes 0"
+        )
+        return f"{self.what} > 0; {size}"
+
+
+def t_quantile_975(df: int) -> float:
+    """Two-sided 95 % quantile of Student's t with ``df`` degrees of freedom (scipy)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired(a: Sequence[float], b: Sequence[float] | float, seeds: Sequence[int]) -> dict[str, Any]:
+    """Paired difference ``a - b`` over seeds: means, mean difference and its 95 % t interval.
+
+    ``b`` may be a number (a one-sample comparison with a threshold). Non-finite pairs are dropped
+    and counted in ``dropped``.
+
+    Examples:
+        >>> p = paired([1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 1.0, 2.5, 3.0, 4.5], [0, 1, 2, 3, 4])
+        >>> round(p["diff"], 3), p["n"], p["lo"] > 0
+        (0.7, 5, True)
+    """
+    bb = [b] * len(a) if isinstance(b, (int, float)) else list(b)
+    if len(bb) != len(a) or len(a) != len(seeds):
+        raise ValueError(f"paired needs one value per seed: {len(a)}, {len(bb)}, {len(seeds)}")
+
+    def ok(v: Any) -> bool:
+        return v is not None and math.isfinite(float(v))
+
+    keep = [(float(x), float(y), s) for x, y, s in zip(a, bb, seeds, strict=True) if ok(x) and ok(y)]
+    d = [x - y for x, y, _ in keep]
+    n = len(d)
+    mean = sum(d) / n if n else math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1)) if n > 1 else math.nan
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+    return {
+        "n": n,
+        "seeds": [s for _, _, s in keep],
+        "dropped": len(a) - n,
+        "mean_a": sum(x for x, _, _ in keep) / n if n else math.nan,
+        "mean_b": sum(y for _, y, _ in keep) / n if n else math.nan,
+        "diff": mean,
+        "lo": mean - half,
+        "hi": mean + half,
+        "per_seed": d,
+        "positive": sum(v > 0 for v in d),
+    }
+
+
+def paired_verdict(stats: dict[str, Any], rule: Rule) -> bool | str:
+    """``True`` / ``"partly"`` / ``False`` for one paired comparison under :data:`VERDICT_RULE`."""
+    if stats["n"] < 2 or not math.isfinite(stats["lo"]):
+        return False
+    big = rule.paper_effect is None or stats["diff"] >= rule.small * rule.paper_effect
+    if stats["lo"] > 0:
+        return True if big else "partly"
+    if stats["diff"] > 0 and big and rule.paper_effect is not None:
+        return "partly"
+    return False
+
+
+def combine(verdicts: Sequence[bool | str]) -> bool | str:
+    """A compound claim: yes if every part is yes, no if every part is no, partly otherwise."""
+    if all(v is True for v in verdicts):
+        return True
+    if all(v is False for v in verdicts):
+        return False
+    return "partly"
+
+
+def fmt_paired(stats: dict[str, Any], spec: str = ".3f", label: str = "") -> str:
+    """``"label a vs b: diff [lo, hi]"`` e.g. ``"0.930 vs 0.893: +0.037 [+0.021, +0.053]"``."""
+    head = f"{label} " if label else ""
+    return (
+        f"{head}{format(stats['mean_a'], spec)} vs {format(stats['mean_b'], spec)}: "
+        f"{format(stats['diff'], '+' + spec)} [{format(stats['lo'], '+' + spec)}, "
+        f"{format(stats['hi'], '+' + spec)}] ({stats['positive']}/{stats['n']} seeds > 0)"
+    )
+
+
+def paired_claim(
+    claim_id: str,
+    statement: str,
+    paper: str,
+    parts: Sequence[tuple[str, Sequence[float], Sequence[float] | float, Rule]],
+    seeds: Sequence[int],
+    *,
+    spec: str = ".3f",
+    extra: str = "",
+    note: str = "",
+) -> dict[str, Any]:
+    """A table row made of paired comparisons ``(label, a, b, rule)``: verdict by :func:`combine`.
+
+    ``ours`` lists each comparison as ``label a vs b: diff [95 % interval]``; the JSON row keeps the
+    statistics (``paired``) and the rules (``rule``).
+    """
+    stats = [paired(a, b, seeds) for _, a, b, _ in parts]
+    verdicts = [paired_verdict(s, r) for s, (_, _, _, r) in zip(stats, parts, strict=True)]
+    ours = "; ".join(fmt_paired(s, spec, lab) for s, (lab, _, _, _) in zip(stats, parts, strict=True))
+    row = claim(
+        claim_id,
+        statement,
+        paper,
+        ours + (f"; {extra}" if extra else ""),
+        combine(verdicts),
+        note,
+        rule=" | ".join(f"{lab}: {r.text()}" for lab, _, _, r in parts),
+    )
+    row["paired"] = [
+        {"label": lab, **s, "verdict": v} for (lab, _, _, _), s, v in zip(parts, stats, verdicts, strict=True)
+    ]
+    return row
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,26 +492,62 @@ def spearman(x: Tensor, y: Tensor) -> float:
 # --------------------------------------------------------------------------------------------------
 # markdown rows for REPRODUCTIONS.md
 
+_RANK = {False: 0, "no": 0, "partly": 1, True: 2, "yes": 2}
+_NAME = {0: "no", 1: "partly", 2: "yes"}
 
-def markdown_rows(report: dict[str, Any], key: str = "claims", label: str = "") -> list[str]:
-    """One markdown table row ``| label | where | claim | ours | verdict |`` per claim of a report."""
 
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+def final_verdict(table: bool | str, hidden: bool | str | None) -> str:
+    """The verdict of a row from the table's seeds and the hidden seeds: the same on both, or, when
+    they differ, "partly" at best (yes/no -> partly, yes/partly -> partly, partly/no -> no)."""
+    a = _RANK[table]
+    if hidden is None:
+        return _NAME[a]
+    b = _RANK[hidden]
+    return _NAME[a] if a == b else _NAME[1 if {a, b} == {0, 2} else min(a, b)]
 
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_rows(
+    report: dict[str, Any], key: str = "claims", label: str = "", hidden: dict[str, Any] | None = None
+) -> list[str]:
+    """One row ``| label | where | claim | ours | verdict 0-4 | verdict 5-9 | verdict |`` per claim of a
+    report; ``hidden`` is the same script's report on the hidden seeds (its verdicts only)."""
+    other = {c["id"]: c["agrees"] for c in (hidden or {}).get(key, [])}
     rows = []
     for c in report.get(key, []):
-        verdict = {True: "yes", False: "no"}.get(c["agrees"], str(c["agrees"]))
-        verdict = verdict if verdict != "no" else "**no**"
-        rows.append(f"| {label} | {cell(c['paper'])} | {cell(c['claim'])} | {cell(c['ours'])} | {verdict} |")
+        v04 = _NAME[_RANK[c["agrees"]]]
+        v59 = other.get(c["id"])
+        fin = final_verdict(c["agrees"], v59)
+        cells = [label, c["paper"], c["claim"], c["ours"], v04, "—" if v59 is None else _NAME[_RANK[v59]]]
+        cells.append(f"**{fin}**" if fin == "no" else fin)
+        rows.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     return rows
+
+
+def count(reports: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]) -> dict[str, int]:
+    """Counts of final verdicts over the ``claims`` of (table report, hidden report) pairs."""
+    out = {"yes": 0, "partly": 0, "no": 0}
+    for rep, hid in reports:
+        other = {c["id"]: c["agrees"] for c in (hid or {}).get("claims", [])}
+        for c in rep.get("claims", []):
+            out[final_verdict(c["agrees"], other.get(c["id"]))] += 1
+    return out
 
 
 if __name__ == "__main__":  # python -m benchmarks._repro benchmarks/results/reproduce_x.json ... -> rows
     import sys
 
+    pairs = []
     for arg in sys.argv[1:]:
-        rep = json.loads(Path(arg).read_text())
+        path = Path(arg)
+        rep = json.loads(path.read_text())
+        hid_path = path.with_name(f"{path.stem}_seeds{HIDDEN_SEEDS[0]}-{HIDDEN_SEEDS[-1]}.json")
+        hid = json.loads(hid_path.read_text()) if hid_path.exists() else None
+        pairs.append((rep, hid))
         name = rep["benchmark"].removeprefix("reproduce_").capitalize()
-        print("\n".join(markdown_rows(rep, "claims", name)))
-        print("\n".join(markdown_rows(rep, "consistency_checks", name)))
+        print("\n".join(markdown_rows(rep, "claims", name, hid)))
+        print("\n".join(markdown_rows(rep, "consistency_checks", name, hid)))
+    print(count(pairs))

@@ -11,10 +11,10 @@ Configurations, each timed ``--repeats`` times (median reported; the order alter
 repeats, and the speed-up is reported both as the ratio of medians and as the median of the
 ratios within a repeat), numbers checked identical:
 
-* ``serial``: ``diff_roar(..., executor=None)``;
-* ``pool``: ``diff_roar(..., executor=2)``: a process pool created by the call (its start-up is
+* ``serial``: ``diff_roar(..., execution=ExecutionOptions(executor=None))``;
+* ``pool``: ``ExecutionOptions(executor=2)``: a process pool created by the call (its start-up is
   timed) whose initializer receives the data once per worker;
-* ``dask``: ``diff_roar(..., executor=client)`` on a ``LocalCluster(n_workers=2,
+* ``dask``: ``ExecutionOptions(executor=client)`` on a ``LocalCluster(n_workers=2,
   threads_per_worker=1)`` (start-up reported separately); the data are scattered to both workers
   once per call.
 
@@ -23,7 +23,9 @@ the timings; the Dask cluster is started and warmed up before each Dask timing a
 (its scheduler runs in this process and would otherwise take CPU during the other timings); both
 start-up times are reported.
 
-**Honest numbers on a shared machine.** The machine's load average is recorded before and after.
+**Honest numbers on a shared machine.** The machine's load average is recorded before and after,
+and the CPU seconds of the whole process tree (this process, the fork server, the pool workers, the
+Dask nanny and worker processes; see :class:`TreeCPU`) beside the wall time of every run.
 On a loaded machine the wall-time speed-up measures the contention, so the JSON also has a
 *CPU-time projection* for an idle machine: ``serial cells' CPU seconds / (start-up + the busiest
 worker's cells' CPU seconds + its per-cell dispatch gaps)``, and the per-cell executor overhead:
@@ -56,8 +58,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine  # noqa: E402
 
+from captum_ext._runner import ExecutionOptions, process_pool  # noqa: E402
 from captum_ext.metrics import DIFF_ROAR_FRACTIONS, diff_roar  # noqa: E402
-from captum_ext.metrics._cells import process_pool  # noqa: E402
 from captum_ext.training import Trainer, evaluate, fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,6 +133,55 @@ def _analyse(stats: dict[str, Any], workers: int) -> dict[str, Any]:
         "dispatch_gap_fraction_of_cell": mean_gap / statistics.mean(walls),
         "idle_projection_s": startup + busiest + max(busiest_cells - 1, 0) * max(mean_gap, 0.0),
     }
+
+
+class TreeCPU:
+    """CPU seconds (user + system) of this process and of every descendant during a ``with`` block.
+
+    Descendants (the fork server, pool workers, Dask nanny and worker processes) are sampled every
+    0.1 s from a thread; a process that exits between two samples loses at most its last 0.1 s.
+    Processes that existed before the block count only their CPU time spent inside it.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.seen: dict[int, float] = {}
+        self.base: dict[int, float] = {}
+        self.stop = False
+        self.seconds = 0.0
+
+    def _children(self) -> dict[int, float]:
+        out = {}
+        for child in self.me.children(recursive=True):
+            try:
+                t = child.cpu_times()
+                out[child.pid] = t.user + t.system
+            except Exception:  # noqa: BLE001 - exited meanwhile
+                continue
+        return out
+
+    def _sample(self) -> None:
+        while not self.stop:
+            self.seen.update(self._children())
+            time.sleep(0.1)
+
+    def __enter__(self) -> TreeCPU:
+        import threading
+
+        self.base = self._children()
+        self.own0 = time.process_time()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seen.update(self._children())
+        self.stop = True
+        self.thread.join()
+        children = sum(max(v - self.base.get(pid, 0.0), 0.0) for pid, v in self.seen.items())
+        self.seconds = time.process_time() - self.own0 + children
 
 
 @contextlib.contextmanager
@@ -219,14 +270,22 @@ def main() -> None:
             with _dask_cluster(dask_start) if name == "dask" else contextlib.nullcontext() as client:
                 executor = {"serial": None, "pool": WORKERS, "dask": client}[name]
                 w0, c0 = time.perf_counter(), time.process_time()
-                res = diff_roar(model, (x, y), (xt, yt), attr, executor=executor, **common)
+                with TreeCPU() as tree:
+                    res = diff_roar(
+                        model, (x, y), (xt, yt), attr, execution=ExecutionOptions(executor=executor), **common
+                    )
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             timing = _analyse(res.timings, WORKERS)
             in_cells = timing["cells_cpu_s"] if name == "serial" else 0.0
             timing["coordinator_cpu_outside_cells_s"] = cpu - in_cells
-            runs[name].append({"wall_s": wall, "coordinator_cpu_s": cpu, **timing})
+            runs[name].append(
+                {"wall_s": wall, "coordinator_cpu_s": cpu, "tree_cpu_s": tree.seconds, **timing}
+            )
             results[name] = res
-            print(f"{name}: {wall:.1f} s wall, load {_load()}", flush=True)
+            print(
+                f"{name}: {wall:.1f} s wall, {tree.seconds:.1f} s CPU (process tree), load {_load()}",
+                flush=True,
+            )
         _report(args, runs, results, info)
 
 
@@ -256,6 +315,9 @@ def _report(
                 "wall_speedup": med["serial"]["wall_s"] / med[name]["wall_s"],
                 # the same ratio within each repeat (runs seconds apart), median over repeats
                 "wall_speedup_paired_median": statistics.median(s["wall_s"] / r["wall_s"] for s, r in pairs),
+                # CPU of the whole process tree (coordinator, fork server, workers, Dask processes)
+                "tree_cpu_s": med[name]["tree_cpu_s"],
+                "tree_cpu_vs_serial": med[name]["tree_cpu_s"] / med["serial"]["tree_cpu_s"],
                 "idle_projection_speedup": serial_cpu / med[name]["idle_projection_s"],
                 # end to end, counting the coordinator's own CPU (ranking, pickling) as never overlapping
                 "idle_projection_end_to_end_speedup": med["serial"]["coordinator_cpu_s"]

@@ -1,4 +1,4 @@
-"""Reproduce Bötte & Pfeiffer's penalty experiments on the toy set x = y e_j (small scale, 3 seeds).
+"""Reproduce Bötte & Pfeiffer's penalty experiments on the toy set x = y e_j (small scale, seeds 0-4).
 
 A one-hidden-layer ReLU MLP (10 -> 128 -> 2) is trained with plain SGD (lr 0.1, batch 250) on the
 toy set x = y e_j (d = 10, j uniform over all coordinates) with, per seed:
@@ -44,14 +44,16 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.append(str(ROOT))
 
 from benchmarks._repro import (  # noqa: E402
+    VERDICT_RULE,
+    Rule,
     Stopwatch,
     accuracy,
-    claim,
     column_auc,
     loss_input_gradient,
     make_parser,
     mean_std,
     one_hidden_mlp,
+    paired_claim,
     pm,
     png_path,
     print_claims,
@@ -193,12 +195,15 @@ def below(grid: tuple[float, ...], lam: float) -> float:
 # claims
 
 
-def make_claims(agg: dict, sel: dict, combos: list[dict]) -> list[dict]:
+def make_claims(agg: dict, sel: dict, combos: list[dict], seeds: list[int]) -> list[dict]:
+    """Every row a paired comparison over the seeds (benchmarks._repro.VERDICT_RULE); the rules are
+    written here, before the run. The paper gives no numbers (heat maps and one accuracy plot)."""
+
     def v(name: str, key: str) -> list[float]:
         return agg[name][key]["per_seed"]
 
-    def m(name: str, key: str) -> float:
-        return agg[name][key]["mean"]
+    def best_other(key: str, names: list[str]) -> list[float]:
+        return [max(agg[n][key]["per_seed"][i] for n in names) for i in range(len(seeds))]
 
     std = "standard"
     w = {n: wname(n, sel["weight"][n]) for n in NORMS}
@@ -209,166 +214,227 @@ def make_claims(agg: dict, sel: dict, combos: list[dict]) -> list[dict]:
         **{f"grad-loss {n}": gl[n] for n in NORMS},
     }
     claims = []
-
     claims.append(
-        claim(
+        paired_claim(
             "botte_fig2_standard",
             "Standard model: the gradients are not interpretable; one coordinate (their feature 2) is "
             "always the largest",
             "Fig. 2, Sec. III.D (heat map)",
-            f"Pr[signal largest] {pm(v(std, 'top'))}, Pr[signal smallest] {pm(v(std, 'bottom'))}, "
-            f"column AUC {pm(v(std, 'column_auc'))}; share of points whose largest |gradient| is on "
-            f"the most common coordinate {pm(v(std, 'dominant'))} (0.10 if spread evenly)",
-            ("yes" if m(std, "dominant") > 0.5 else "partly") if m(std, "top") < 0.3 else "no",
-            "yes: Pr[signal largest] < 0.3 and one coordinate the largest for > 50% of the points; "
-            "partly: only the first.",
+            [
+                ("0.3 vs Pr[signal largest]", [0.3] * len(seeds), v(std, "top"), Rule("0.3 - Pr_top")),
+                (
+                    "share of points whose largest |gradient| is on the most common coordinate vs 0.5",
+                    v(std, "dominant"),
+                    0.5,
+                    Rule("dominant share - 0.5 ('always': implied 0.5)", 0.5),
+                ),
+            ],
+            seeds,
+            extra=f"Pr[signal smallest] {pm(v(std, 'bottom'))}, column AUC {pm(v(std, 'column_auc'))}",
         )
     )
-
-    # Fig. 3: l1 weight flattens the normalised gradients
-    flat = {k: m(n, "flatness") for k, n in singles.items()}
-    order = sorted(flat, key=flat.get, reverse=True)
-    l1_first = order[0] == "weight l1"
-    margin = flat["weight l1"] - max(f for k, f in flat.items() if k != "weight l1")
+    others = [n for k, n in singles.items() if k != "weight l1"]
     claims.append(
-        claim(
+        paired_claim(
             "botte_fig3_l1_weight_flat",
             "An l1 weight penalty makes the normalised gradients all about the same size (the data's "
             "pattern is not visible)",
             "Fig. 3, Sec. III.D (heat map)",
-            f"flatness min|g|/max|g| (1 = equal): l1 weight {pm(v(w['l1'], 'flatness'))}, standard "
-            f"{pm(v(std, 'flatness'))}; ranking of the 7 single models: "
-            + ", ".join(f"{k} {flat[k]:.2f}" for k in order)
-            + f"; l1 weight column AUC {pm(v(w['l1'], 'column_auc'))}",
-            "yes"
-            if l1_first and margin > 0.1
-            else ("partly" if flat["weight l1"] > flat["standard"] else "no"),
-            "The earlier test (share of the signal coordinate ≈ 1/d) was passed by the standard model "
-            "too; flatness separates the models.",
+            [
+                (
+                    "flatness l1 weight vs standard",
+                    v(w["l1"], "flatness"),
+                    v(std, "flatness"),
+                    Rule("flatness(l1 weight) - flatness(standard)"),
+                ),
+                (
+                    "flatness l1 weight vs the flattest other single model",
+                    v(w["l1"], "flatness"),
+                    best_other("flatness", others),
+                    Rule("flatness(l1 weight) - max flatness(others)"),
+                ),
+            ],
+            seeds,
+            extra=f"l1 weight column AUC {pm(v(w['l1'], 'column_auc'))}",
+            note="flatness = mean over points of min|g| / max|g| (1: all coordinates the same size)",
         )
     )
-
-    # Fig. 4: l2 weight best
-    top = {k: m(n, "top") for k, n in singles.items()}
-    best_any = max(top, key=top.get)
-    l2sweep = [m(wname("l2", lam), "top") for lam in WEIGHT_GRID["l2"]]
+    others = [n for k, n in singles.items() if k != "weight l2"]
     claims.append(
-        claim(
+        paired_claim(
             "botte_fig4_l2_weight_best",
             "An l2 weight penalty gives the best visual result: only the signal coordinates stand out; "
             "an l2 gradient penalty does so in weakened form",
             "Fig. 4, Sec. III.D (heat map); Sec. IV",
-            f"Pr[signal largest] / column AUC: l2 weight {pm(v(w['l2'], 'top'))} / "
-            f"{pm(v(w['l2'], 'column_auc'))} (at most {max(l2sweep):.2f} over its λ grid), l2 loss-gradient "
-            f"{pm(v(gl['l2'], 'top'))} / {pm(v(gl['l2'], 'column_auc'))}; best single model: {best_any} "
-            f"{top[best_any]:.2f}",
-            "yes" if best_any == "weight l2" and top["weight l2"] > 0.5 else "no",
+            [
+                (
+                    "Pr[signal largest] l2 weight vs the best other single model",
+                    v(w["l2"], "top"),
+                    best_other("top", others),
+                    Rule("Pr_top(l2 weight) - max Pr_top(others)"),
+                ),
+                (
+                    "Pr[signal largest] l2 loss-gradient vs standard",
+                    v(gl["l2"], "top"),
+                    v(std, "top"),
+                    Rule("Pr_top(l2 gradient) - Pr_top(standard)"),
+                ),
+            ],
+            seeds,
+            extra=f"column AUC l2 weight {pm(v(w['l2'], 'column_auc'))}, l2 loss-gradient "
+            f"{pm(v(gl['l2'], 'column_auc'))}",
         )
     )
-
-    # Fig. 5: l_inf weight partly, l_inf gradient all coordinates visible
     claims.append(
-        claim(
+        paired_claim(
             "botte_fig5_linf_weight",
             "An l_inf weight penalty makes the signal coordinates stand out, but not all of them",
             "Fig. 5, Sec. III.D (heat map)",
-            f"l_inf weight: Pr[signal largest] {pm(v(w['linf'], 'top'))}, column AUC "
-            f"{pm(v(w['linf'], 'column_auc'))}",
-            "yes" if m(w["linf"], "column_auc") > 0.75 else "no",
-            "We read 'stand out' as column AUC > 0.75.",
+            [
+                (
+                    "column AUC l_inf weight vs 0.5",
+                    v(w["linf"], "column_auc"),
+                    0.5,
+                    Rule("column AUC - 0.5", 0.25),
+                )
+            ],
+            seeds,
+            note="'stand out' read as a column AUC well above 0.5 (implied effect 0.25)",
         )
     )
-    rows = []
+    parts = []
     for of in TARGETS:
         ok = [lam for lam in GRAD_GRID if all(a >= 1.0 for a in v(gname("linf", of, lam), "test_accuracy"))]
-        if not ok:
-            rows.append((of, None, 0.0, 0.5, ""))
-            continue
-        best = max(ok, key=lambda lam: m(gname("linf", of, lam), "top"))
-        n = gname("linf", of, best)
-        rows.append(
-            (of, best, m(n, "top"), m(n, "column_auc"), f"{pm(v(n, 'top'))} / {pm(v(n, 'column_auc'))}")
+        lam = max(ok, key=lambda x: agg[gname("linf", of, x)]["top"]["mean"]) if ok else GRAD_GRID[0]
+        parts.append(
+            (
+                f"column AUC l_inf {of}-gradient (λ = {lam:g}) vs 0.5",
+                v(gname("linf", of, lam), "column_auc"),
+                0.5,
+                Rule("column AUC - 0.5", 0.3),
+            )
         )
-    good = [r for r in rows if r[1] is not None and r[2] > 0.5 and r[3] > 0.8]
     claims.append(
-        claim(
+        paired_claim(
             "botte_fig5_linf_grad",
             "An l_inf gradient penalty makes all important coordinates clearly visible",
             "Fig. 5, Sec. III.D (heat map); penalised gradient (loss or logit) not stated",
-            "best λ of the grid with 100% accuracy on every seed, Pr[signal largest] / column AUC: "
-            + "; ".join(
-                f"{of}-gradient λ={lam:g}: {txt}" if lam else f"{of}-gradient: no λ trains"
-                for of, lam, *_, txt in rows
-            ),
-            "yes" if len(good) == 2 else ("partly" if good else "no"),
-            "Judged on both readings of 'gradient penalty': yes if both reproduce, partly if one does "
-            "(Pr[signal largest] > 0.5 and column AUC > 0.8). The whole λ curve is in the figure.",
+            parts,
+            seeds,
+            note="both readings of 'gradient penalty'; λ: the grid value with 100% accuracy on every seed "
+            "and the highest mean Pr[signal largest] (chosen on the same seeds)",
         )
     )
-
-    # Fig. 6: largest eps with 100% accuracy
-    e100 = {k: m(n, "eps_100") for k, n in singles.items()}
-    e_order = sorted(e100, key=e100.get, reverse=True)
-    sd = {k: agg[n]["eps_100"]["std"] for k, n in singles.items()}
-    top_l2 = e_order[0] == "weight l2"
-    tied = e100["weight l2"] + sd["weight l2"] >= e100[e_order[0]] - sd[e_order[0]]
-    least = sorted(e100, key=e100.get)[:3]
+    others = [n for k, n in singles.items() if k != "weight l2"]
     claims.append(
-        claim(
+        paired_claim(
             "botte_fig6_robust",
-            "The l2-weight model is the most robust when it comes to 100% accuracy; the standard, "
-            "l2-gradient and l_inf-weight models are the least robust",
+            "The l2-weight model is the most robust when it comes to 100% accuracy",
             "Fig. 6, Sec. III.D (accuracy against ε)",
-            "largest ℓ∞ PGD ε with 100% accuracy: "
-            + ", ".join(f"{k} {pm(v(singles[k], 'eps_100'), '.3f')}" for k in e_order)
-            + f"; least robust three: {', '.join(least)}",
-            "yes" if top_l2 else ("partly" if tied else "no"),
-            "yes: l2 weight first by mean; partly: within one std of the first.",
+            [
+                (
+                    "largest ℓ∞ ε with 100% accuracy, l2 weight vs the best other single model",
+                    v(w["l2"], "eps_100"),
+                    best_other("eps_100", others),
+                    Rule("eps_100(l2 weight) - max eps_100(others)"),
+                )
+            ],
+            seeds,
+            extra="; ".join(f"{k} {pm(v(n, 'eps_100'), '.3f')}" for k, n in singles.items()),
+            note="PGD, 10 steps, ε grid step 0.0125",
         )
     )
-
-    # combinations
-    rows_txt, diffs, failed, ex = [], [], [], None
-    for c in combos:
-        tc, tg, tw = (m(c[k], "top") for k in ("combo", "grad", "weight"))
-        d = min(abs(tc - tg), abs(tc - tw))
-        ok = all(a >= 1.0 for a in v(c["combo"], "test_accuracy"))
-        label = f"{c['norm']}+{c['norm']} ({c['of']})"
-        if ok:
-            diffs.append(d)
-            rows_txt.append(f"{label} {tc:.2f} vs {tg:.2f}/{tw:.2f}")
-        else:
-            failed.append(f"{label}: accuracy {pm(v(c['combo'], 'test_accuracy'))}")
-        if c["norm"] == "l2" and c["of"] == "loss":
-            ex = (c, tc, tw, abs(tc - tw), m(c["combo"], "column_auc"), m(c["weight"], "column_auc"))
-    assert ex is not None
-    c, tc, tw, dex, ac, aw = ex
     claims.append(
-        claim(
+        paired_claim(
+            "botte_fig6_l1",
+            "ℓ1 weight and ℓ1 gradient penalties give more robust models (than the standard one), though "
+            "their gradients look worse",
+            "Fig. 6, Sec. III.D",
+            [
+                (
+                    f"largest ε with 100% accuracy, {k} vs standard",
+                    v(singles[k], "eps_100"),
+                    v(std, "eps_100"),
+                    Rule(f"eps_100({k}) - eps_100(standard)"),
+                )
+                for k in ("weight l1", "grad-loss l1")
+            ],
+            seeds,
+            spec=".4f",
+        )
+    )
+    claims.append(
+        paired_claim(
+            "botte_sec4_weight_vs_grad",
+            "Weight penalties lead to more robust models than gradient penalties",
+            "Sec. IV (discussion of Fig. 6)",
+            [
+                (
+                    "mean largest ε with 100% accuracy, weight penalties vs gradient penalties",
+                    [sum(v(w[n], "eps_100")[i] for n in NORMS) / 3 for i in range(len(seeds))],
+                    [sum(v(gl[n], "eps_100")[i] for n in NORMS) / 3 for i in range(len(seeds))],
+                    Rule("mean eps_100(weight) - mean eps_100(loss-gradient)"),
+                )
+            ],
+            seeds,
+            spec=".4f",
+            note="each penalty at its selected λ (strongest with 100% accuracy on every seed)",
+        )
+    )
+    l2c = next(c for c in combos if c["norm"] == "l2" and c["of"] == "loss")
+    claims.append(
+        paired_claim(
             "botte_combo_l2_l2",
-            "l2 gradient + l2 weight penalty: no big effect compared with the l2 weight penalty alone",
+            "l2 gradient + l2 weight penalty: no big effect compared with the l2 weight penalty alone "
+            "(whose gradients, per Fig. 4, show the signal)",
             "Sec. IV (the paper's one concrete combination)",
-            f"Pr[signal largest] combination {pm(v(c['combo'], 'top'))} vs l2 weight alone "
-            f"{pm(v(c['weight'], 'top'))} (l2 loss-gradient alone {pm(v(c['grad'], 'top'))}); column AUC "
-            f"{ac:.2f} vs {aw:.2f}; λ: gradient {c['glam']:g}, weight {c['wlam']:g}",
-            "yes" if dex < 0.1 and abs(ac - aw) < 0.05 else "no",
-            "yes if |Δ Pr[signal largest]| < 0.1 and |Δ column AUC| < 0.05.",
+            [
+                (
+                    "0.1 vs |Pr[signal largest] combination − l2 weight alone|",
+                    [0.1] * len(seeds),
+                    [
+                        abs(a - b)
+                        for a, b in zip(v(l2c["combo"], "top"), v(l2c["weight"], "top"), strict=True)
+                    ],
+                    Rule("0.1 - |difference| (equal within 0.1)"),
+                ),
+                (
+                    "premise: column AUC of l2 weight alone vs 0.5",
+                    v(l2c["weight"], "column_auc"),
+                    0.5,
+                    Rule("column AUC - 0.5", 0.25),
+                ),
+            ],
+            seeds,
+            extra=f"λ: gradient {l2c['glam']:g}, weight {l2c['wlam']:g}; l2 loss-gradient alone "
+            f"{pm(v(l2c['grad'], 'top'))}",
+            note="two models at chance are trivially alike: the premise part asks whether the l2 weight "
+            "model shows the signal at all",
         )
     )
-    med = float(torch.tensor(diffs).median()) if diffs else float("nan")
+    parts = []
+    for c in combos:
+        if c is l2c:
+            continue
+        tc, tg, tw = (v(c[k], "top") for k in ("combo", "grad", "weight"))
+        closer = [min(abs(a - b), abs(a - d)) for a, b, d in zip(tc, tg, tw, strict=True)]
+        parts.append(
+            (
+                f"{c['norm']}+{c['norm']} ({c['of']}): 0.1 vs |Δ closer single|",
+                [0.1] * len(seeds),
+                closer,
+                Rule("0.1 - |Δ|"),
+            )
+        )
     claims.append(
-        claim(
+        paired_claim(
             "botte_combinations",
             "Other combinations of gradient and weight penalty behave like one of the two alone",
             "Sec. IV",
-            f"|Pr[signal largest](combination) − closer single penalty| over the {len(diffs)} same-norm "
-            f"combinations that train to 100% on every seed: median {med:.2f}, max "
-            f"{max(diffs, default=float('nan')):.2f} (combination vs gradient / weight alone: "
-            f"{'; '.join(rows_txt)}); not training, left out: {'; '.join(failed) or 'none'}",
-            ("yes" if not failed else "partly") if med < 0.1 else "no",
-            "Each penalty one grid step below the strongest value it tolerates alone, so that no "
-            "combination stacks two maximal weights; combinations that still do not train are left out "
-            "of the comparison (partly: the claim is tested on the others only).",
+            parts,
+            seeds,
+            note="each penalty one grid step below the strongest value it tolerates alone; every "
+            "combination counts, also those that do not train to 100%",
         )
     )
     return claims
@@ -480,7 +546,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.claims_from is not None:
         rep = json.loads(args.claims_from.read_text())
         res = rep["results"]
-        rep["claims"] = make_claims(res["aggregate"], rep["config"]["selected_lambda"], res["combinations"])
+        rep["claims"] = make_claims(
+            res["aggregate"], rep["config"]["selected_lambda"], res["combinations"], rep["config"]["seeds"]
+        )
         args.claims_from.write_text(json.dumps(rep, indent=2))
         print_claims(rep["claims"])
         return
@@ -547,7 +615,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )
     agg = aggregate(runs)
-    claims = make_claims(agg, sel, combos)
+    claims = make_claims(agg, sel, combos, seeds)
     report = {
         "paper": "Bötte & Pfeiffer, 'The Role of Input Gradients as Indicators for Discriminative "
         "Features', Sec. III-IV (Figs. 2-6)",
@@ -570,13 +638,14 @@ def main(argv: list[str] | None = None) -> None:
             "scaled_down": "width 128 (paper 25,000), 1,000 SGD steps with constant lr "
             "(paper 4,000 epochs, lr 0.1 decayed x0.75 every 50 epochs)",
         },
+        "verdict_rule": VERDICT_RULE,
         "claims": claims,
         "results": {"aggregate": agg, "per_seed": runs, "combinations": combos},
     }
     report["total_seconds"] = time.perf_counter() - t0
     report["cpu_seconds"] = time.process_time() - c0
-    path = write_report(report, "reproduce_botte", args.out, args.quick)
-    plot(agg, sel, maps, signal0, png_path("reproduce_botte", args.out, args.quick))
+    path = write_report(report, "reproduce_botte", args.out, args.quick, seeds)
+    plot(agg, sel, maps, signal0, png_path("reproduce_botte", args.out, args.quick, seeds))
     print_claims(claims)
     print(f"total {report['total_seconds']:.0f}s wall, {report['cpu_seconds']:.0f}s CPU -> {path} (+ .png)")
 

@@ -11,12 +11,14 @@ from .attr import CAFO, CASO, AttributionDetails, SmoothCASO
 from .compare import compare_attributions
 from .manipulation import LossGradientManipulation, SoftmaxShift, check_equivalence
 from .metrics import (
+    ExecutionOptions,
     aopc,
     attribution_attack,
     class_conditional_samples,
     data_randomization,
     density_ratio_curve,
     diff_roar,
+    diff_roar_without_retraining,
     feature_leakage,
     gan_test,
     model_randomization,
@@ -50,6 +52,8 @@ __all__ = [
     "LossGradientManipulation",
     "check_equivalence",
     "diff_roar",
+    "diff_roar_without_retraining",
+    "ExecutionOptions",
     "pixel_perturbation",
     "feature_leakage",
     "density_ratio_curve",

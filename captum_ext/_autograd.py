@@ -10,6 +10,8 @@ Everything here differentiates with respect to *inputs* (never parameters), with
   :class:`NoDoubleBackwardError` (a ``RuntimeError``) when a layer has no usable double backward,
   instead of returning the zeros autograd silently produces for detached or ``@once_differentiable``
   backward functions.
+* :func:`penalty_gradient`: an input gradient that a training loss differentiates again (gradient
+  penalties, score matching), refused when autograd would silently drop its second-order term.
 * :func:`hutchinson`: mean and standard error of Hutchinson probes ``v.Hv`` (trace estimation).
 * :func:`math_attention_kernel`: the context under which ``scaled_dot_product_attention`` (and so
   ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``) has a double backward on every device.
@@ -32,6 +34,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -48,6 +51,7 @@ __all__ = [
     "input_hvp",
     "is_missing_double_backward",
     "math_attention_kernel",
+    "penalty_gradient",
     "rademacher",
 ]
 
@@ -180,6 +184,55 @@ def input_hvp(
             "custom autograd.Function whose backward detaches its result)"
         )
     return _zeros_for_none(hv, inputs)
+
+
+def penalty_gradient(score: Tensor, inputs: Sequence[Tensor], who: str) -> tuple[Tensor, ...]:
+    """Input gradient of ``score`` with ``create_graph=True``, for a loss that differentiates it again.
+
+    A training loss built on an input gradient (a gradient penalty, score matching) needs that
+    gradient's own derivative with respect to the parameters. A layer without a usable double
+    backward (a custom ``autograd.Function`` marked ``@once_differentiable``, a backward that detaches,
+    a compiled model) makes autograd drop that term without an error: the penalty would be reported
+    but never trained. This refuses a gradient without a graph and warns about custom Functions, whose
+    second derivatives cannot be checked here.
+
+    Args:
+        score: a scalar (e.g. the summed label logit of a batch).
+        inputs: tensors with ``requires_grad=True`` that ``score`` was computed from.
+        who: the caller's name for the error message.
+
+    Returns:
+        One gradient per input, with a graph for a second differentiation.
+
+    Raises:
+        NoDoubleBackwardError: the gradient has no graph at all.
+
+    Warns:
+        RuntimeWarning: the graph holds a custom Function (its second derivative is unverifiable).
+
+    Examples:
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> (g,) = penalty_gradient(torch.tanh(x).sum(), (x,), "example")
+        >>> g.requires_grad
+        True
+    """
+    grads = input_gradient(score, inputs, create_graph=True)
+    if not any(g.requires_grad for g in grads):
+        raise NoDoubleBackwardError(
+            f"{who}: the input gradient has no graph to differentiate again (a layer's backward is "
+            "detached or the model is compiled), so the penalty would never be trained; use the eager "
+            "model, or layers with a double backward"
+        )
+    custom = custom_function_nodes(score.grad_fn)
+    if custom:
+        warnings.warn(
+            f"{who}: the model contains custom autograd Functions ({', '.join(sorted(set(custom)))}) "
+            "whose second derivatives cannot be verified; if one of them is @once_differentiable or "
+            "detaches in its backward, the penalty's gradient through it is silently zero",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return grads
 
 
 def rademacher(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:

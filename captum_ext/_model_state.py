@@ -6,6 +6,8 @@
   dimension, ``SyncBatchNorm``, the lazy variants, ``InstanceNorm(track_running_stats=True)``, any
   custom layer with ``running_*`` buffers), couples the examples of a batch (train-mode BatchNorm) or
   is random (Dropout). CASO, CAFO and every metric refuse such a model.
+* :func:`check_eval_mode` refuses a model with such layers in training mode, looking through bound
+  methods, partials, closures, compiled modules and Captum attributions.
 * :func:`refuse_train_mode_layers` enforces the same policy on models hidden behind a lambda or any
   opaque callable, for every batch size (one included): a global forward pre-hook raises *before*
   such a layer runs, so nothing is updated.
@@ -138,23 +140,36 @@ def owning_modules(forward_func: Any, depth: int = 3) -> list[nn.Module]:
     return mods
 
 
-def check_train_mode(forward_func: Any, who: str) -> None:
+def check_eval_mode(forward_func: Any, name: str = "forward_func") -> None:
     """Raise ``ValueError`` when a module reachable from ``forward_func`` has mode-dependent layers
     in training mode (see :func:`has_stochastic_or_batch_layers`).
 
+    The one train-mode policy of every attribution, metric and diagnostic: such a model would
+    overwrite its running statistics, answer at random or couple the examples of a batch, so it is
+    refused before it is touched. What :func:`owning_modules` cannot see into (an opaque callable) is
+    caught while it runs by :func:`refuse_train_mode_layers`.
+
+    Args:
+        forward_func: a module, a bound method, a ``functools.partial``, a closure, a compiled module
+            or a Captum attribution's bound ``attribute`` (its model is checked).
+        name: who needs the eval-mode model (the caller or the argument), for the message.
+
+    Raises:
+        ValueError: naming the offending layers and the fix (``.eval()``).
+
     Examples:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
-        >>> check_train_mode(net.eval(), "CASO")
+        >>> check_eval_mode(net.eval(), "CASO")
         >>> try:
-        ...     check_train_mode(net.train(), "CASO")
+        ...     check_eval_mode(net.train(), "CASO")
         ... except ValueError as err:
         ...     print(str(err)[:40])
         CASO needs a deterministic, per-example
     """
     modules = owning_modules(forward_func)
-    live = [name for module in modules for name in has_stochastic_or_batch_layers(module)]
+    live = [layer for module in modules for layer in has_stochastic_or_batch_layers(module)]
     if live:
-        raise ValueError(_train_mode_message(who, live))
+        raise ValueError(_train_mode_message(name, live))
 
 
 def _train_mode_message(who: str, live: list[str]) -> str:

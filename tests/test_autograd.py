@@ -105,3 +105,49 @@ def test_hessian_trace_of_multihead_attention_matches_dense_trace():
         with math_attention_kernel():  # the oracle needs the double backward too
             dense = torch.autograd.functional.hessian(lambda z: model(z[None])[0, 1], x[i])
         assert abs(float(res.trace[i]) - float(dense.trace())) <= 1e-10 * (1 + float(dense.abs().max()))
+
+
+class _OnceTanhNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 5)
+        self.b = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(OnceTanh.apply(self.a(x)))
+
+
+def test_hessian_trace_refuses_a_once_differentiable_layer_instead_of_reporting_zero():
+    torch.manual_seed(0)
+    net = _OnceTanhNet().double().eval()
+    x = torch.randn(4, 6, dtype=DT)
+    with pytest.raises(NoDoubleBackwardError, match="differentiate again|detached"):
+        hessian_trace(net, x, target=0, exact=True)
+
+
+def test_gradient_penalty_warns_on_custom_functions_and_refuses_a_graphless_gradient():
+    from captum_ext._autograd import penalty_gradient
+    from captum_ext.regularizers import InputGradientPenalty
+
+    torch.manual_seed(0)
+    wrapped = InputGradientPenalty(_OnceTanhNet(), lam=1.0)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with pytest.warns(RuntimeWarning, match="OnceTanhBackward"):
+        wrapped.loss(x, y)
+    frozen = torch.zeros(3, requires_grad=True)
+    with pytest.raises(NoDoubleBackwardError, match="never be trained"):
+        penalty_gradient((frozen * 2.0).sum(), (frozen,), "test")
+
+
+def test_differentiable_saliency_refuses_a_once_differentiable_layer():
+    from captum_ext.attr.gradient_saliency import gradient_saliency
+
+    torch.manual_seed(0)
+    net = _OnceTanhNet().double().eval()
+    for p in net.parameters():  # a frozen surrogate: only the input carries a graph
+        p.requires_grad_(False)
+    x = torch.randn(3, 6, dtype=DT, requires_grad=True)
+    plain = gradient_saliency(net, x, torch.tensor([0, 1, 2]))
+    assert plain.shape == x.shape
+    with pytest.raises(NoDoubleBackwardError, match="differentiate again"):
+        gradient_saliency(net, x, torch.tensor([0, 1, 2]), create_graph=True)

@@ -25,7 +25,7 @@ def test_lambda1_zero_is_dense_newton_solution(hessian):
     model = relu_mlp()
     x = torch.randn(4, 12, dtype=torch.float64)
     caso = CASO(model)
-    delta = caso.attribute(x, hessian=hessian, rank_tol=0.0)
+    delta = caso.attribute(x, hessian=hessian, rank_tol=0.0, orientation="paper")
     det = caso.last_details
     assert det.hessian == "closed_form"
     H, g = _dense(model, x, det.target)
@@ -41,7 +41,7 @@ def test_lambda1_zero_exact_path_converges_to_dense_solution():
     model = softplus_mlp()
     x = torch.randn(3, 12, dtype=torch.float64)
     caso = CASO(model)
-    delta = caso.attribute(x, hessian="exact", lambda2=5.0)
+    delta = caso.attribute(x, hessian="exact", lambda2=5.0, orientation="paper")
     H, g = _dense(model, x, caso.last_details.target)
     for i in range(3):
         ref = torch.linalg.solve(10.0 * torch.eye(12, dtype=torch.float64) - H[i], g[i])
@@ -53,11 +53,13 @@ def test_cafo_closed_forms():
     x = torch.randn(5, 12, dtype=torch.float64)
     cafo = CAFO(model)
     target = torch.tensor([0, 1, 2, 3, 0])
-    d0 = cafo.attribute(x, target=target)
+    d0 = cafo.attribute(x, target=target, orientation="paper")
     _, g = _dense(model, x, target)
     assert torch.allclose(d0, g / 20.0, atol=1e-14)
-    d1 = cafo.attribute(x, target=target, lambda1=0.01, lambda2=3.0)
+    d1 = cafo.attribute(x, target=target, lambda1=0.01, lambda2=3.0, orientation="paper")
     assert torch.allclose(d1, soft_threshold(g, 0.01) / 6.0, atol=1e-14)
+    # Captum's orientation (the default) is the negated paper solution
+    assert torch.equal(cafo.attribute(x, target=target, lambda1=0.01, lambda2=3.0), -d1)
 
 
 @pytest.mark.parametrize("hessian", ["closed_form", "exact"])
@@ -65,7 +67,7 @@ def test_lambda1_positive_matches_scipy(hessian):
     model = relu_mlp(d=6, c=3, hidden=8)
     x = torch.randn(2, 6, dtype=torch.float64)
     caso = CASO(model)
-    delta = caso.attribute(x, hessian=hessian, lambda1=0.02, lambda2=2.0, rank_tol=0.0)
+    delta = caso.attribute(x, hessian=hessian, lambda1=0.02, lambda2=2.0, rank_tol=0.0, orientation="paper")
     H, g = _dense(model, x, caso.last_details.target)
     for i in range(2):
         ref = _scipy_split_solve(g[i], H[i], 0.02, 2.0)
@@ -128,7 +130,7 @@ def test_sparsity_search_hits_window_and_records_details():
     model = relu_cnn(c=4)
     x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     caso = CASO(model)
-    delta = caso.attribute(x, sparsity=(0.75, 1.0))
+    delta = caso.attribute(x, sparsity=(0.75, 1.0), orientation="paper")
     det = caso.last_details
     eta = (delta.reshape(3, -1) == 0).double().mean(1)
     assert torch.allclose(det.sparsity, eta)
@@ -196,7 +198,9 @@ def test_tuple_inputs_and_additional_forward_args():
     x2 = torch.randn(3, 4, dtype=torch.float64)
     scale = torch.tensor([[0.5], [1.0], [2.0]], dtype=torch.float64)
     caso = CASO(model)
-    a1, a2 = caso.attribute((x1, x2), target=2, additional_forward_args=(scale,), rank_tol=0.0)
+    a1, a2 = caso.attribute(
+        (x1, x2), target=2, additional_forward_args=(scale,), rank_tol=0.0, orientation="paper"
+    )
     assert a1.shape == x1.shape and a2.shape == x2.shape
     # oracle: dense Hessian over the concatenated inputs
     for i in range(3):
@@ -286,11 +290,11 @@ def test_plain_function_forward_and_agreement_with_captum_saliency():
     target = model(x).argmax(1)
     cafo = CAFO(lambda z: model(z)).attribute(x, target=target)
     # CAFO(lambda1=0) = g / (2 c1) with g the input-gradient of the cross-entropy, which Captum's
-    # Saliency computes on the negative log-softmax output
+    # Saliency computes on the negative log-softmax output; Captum's orientation (default) is -g / (2 c1)
     g = Saliency(lambda z: -torch.log_softmax(model(z), 1)).attribute(
         x.clone().requires_grad_(True), target=target, abs=False
     )
-    assert torch.allclose(cafo, g / 20.0, atol=1e-7)
+    assert torch.allclose(cafo, -g / 20.0, atol=1e-7)
 
 
 # ---------------------------------------------------------------- errors
@@ -331,7 +335,9 @@ def test_smooth_caso_solves_the_averaged_problem():
     x = torch.randn(2, 12, dtype=torch.float64)
     s, sd = 6, 0.3
     torch.manual_seed(5)
-    out = SmoothCASO(model, nt_samples=s, stdevs=sd).attribute(x, target=[1, 2], rank_tol=0.0)
+    out = SmoothCASO(model, nt_samples=s, stdevs=sd).attribute(
+        x, target=[1, 2], rank_tol=0.0, orientation="paper"
+    )
     torch.manual_seed(5)
     rep = x.repeat_interleave(s, 0)
     noisy = rep + sd * torch.randn_like(rep)

@@ -61,14 +61,15 @@ def objective(H, g, D, lam1, lam2):
 
 def assert_matches_oracle(model, x, out, det, lam1, oracle_model=None, oracle_tol=1e-12):
     """lambda1 = 0: dense linear solve; lambda1 > 0: scipy's L-BFGS-B on the split problem (accurate to
-    ~1e-6 relative on these problems) plus the dense certificate, which must meet our tolerance."""
+    ~1e-6 relative on these problems) plus the dense certificate, which must meet our tolerance.
+    ``out`` is in Captum's orientation (the default), the negated solution ``Delta`` of the problem."""
     assert bool(det.converged.all())
     assert float(det.error_bound.max()) <= TOL64
     errors = []
     for i in range(x.shape[0]):
         H, g = stable_dense(oracle_model or model, x[i], int(det.target[i]))
         lam2 = float(det.lambda2[i])
-        D = out[i].reshape(-1).detach()
+        D = -out[i].reshape(-1).detach()  # Delta = -out
         L = float(torch.linalg.eigvalsh(H)[-1])
         assert lam2 > L / 2
         if lam1 == 0:
@@ -261,7 +262,7 @@ def test_single_logit_model_is_binary_logistic_loss():
     z = model(x)[:, 0]
     w = model[2].weight @ torch.diag_embed(1 - torch.tanh(model[0](x)) ** 2) @ model[0].weight
     g = (torch.sigmoid(z) - 1)[:, None] * w[:, 0]
-    assert torch.allclose(cafo, g.detach() / 20.0, atol=1e-12)
+    assert torch.allclose(cafo, -g.detach() / 20.0, atol=1e-12)  # Captum orientation: -Delta
 
 
 class _PrependZero(nn.Module):
@@ -380,7 +381,9 @@ def test_paper_setting_reproduces_the_papers_algorithm(hessian):
         caso = CASO(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # 10 iterations do not converge (the point of this issue)
-            out = caso.attribute(x[i : i + 1], lambda1=lam1, lambda2=lam2, solver="paper", hessian=hessian)
+            out = caso.attribute(
+                x[i : i + 1], lambda1=lam1, lambda2=lam2, solver="paper", hessian=hessian, orientation="paper"
+            )
         H, g = stable_dense(model, x[i], int(caso.last_details.target[0]))
         ref = paper_fista(H, g, lam1, lam2)
         assert torch.allclose(out[0], ref, rtol=1e-10, atol=1e-13)

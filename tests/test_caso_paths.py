@@ -278,7 +278,7 @@ def test_options_are_validated_once_and_match_the_signatures():
     with pytest.raises(TypeError, match=r"missing \['sparsity'\]"):
 
         @matching_options(CAFOOptions)
-        def attribute(inputs, *, lambda1=0.0, lambda2=None, c1=10.0): ...
+        def attribute(inputs, *, lambda1=0.0, lambda2=None, c1=10.0, orientation="captum"): ...
 
 
 def test_details_take_selects_examples_in_order():

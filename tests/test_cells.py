@@ -16,13 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from captum_ext.metrics._cells import (
-    CellCache,
-    UnfingerprintableError,
-    _mp_context,
-    fingerprint,
-    run_cells,
-)
+from captum_ext._runner import CellCache, UnfingerprintableError, fingerprint, run_cells
+from captum_ext._runner.workers import mp_context as _mp_context
 from captum_ext.training import MLPFactory, Trainer
 
 # ------------------------------------------------------------------------------------- fingerprints
@@ -74,9 +69,10 @@ def test_referenced_globals_partials_and_dataclass_fields_count():
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
 
 
+@pytest.mark.slow
 def test_fingerprint_is_the_same_in_another_process():
     code = (
-        "from captum_ext.metrics._cells import fingerprint;"
+        "from captum_ext._runner import fingerprint;"
         "from captum_ext.training import MLPFactory, Trainer;"
         "import torch;"
         "print(fingerprint((MLPFactory((3,), hidden=(4,)), Trainer(epochs=2), torch.arange(5))))"
@@ -161,6 +157,7 @@ def _logged(shared, cell):
 CELLS = [{"i": i} for i in range(6)]
 
 
+@pytest.mark.slow
 def test_serial_pools_and_cache_agree(tmp_path):
     shared = {"base": torch.arange(6.0)}
     serial, stats = run_cells(_square, shared, CELLS)
@@ -179,6 +176,7 @@ def _threads_and_data(shared, cell):
     return torch.get_num_threads(), float(shared["base"].sum())
 
 
+@pytest.mark.slow
 def test_pool_workers_start_with_the_cells_thread_count_and_the_data_file_is_removed(tmp_path, monkeypatch):
     # the thread count is set once per worker (not switched per cell), and the pickled data go
     # through one temporary file that is deleted when the run ends, also when a cell fails

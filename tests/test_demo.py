@@ -42,7 +42,7 @@ def test_help_of_every_entry_point(capsys):
     assert exc.value.code == 0
     assert "demo" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        demo.main(["--help"])  # python -m captum_ext.demo --help: the same parser, its own name
+        cli.demo_main(["--help"])  # python -m captum_ext.demo --help: the same parser, its own name
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: python -m captum_ext.demo") and "--threads" in text

@@ -6,12 +6,8 @@ from captum.attr import Saliency
 from sklearn.datasets import load_digits
 from torch import nn
 
-from captum_ext.metrics.robustness import (
-    attribution_attack,
-    gradient_saliency,
-    stability,
-    topk_intersection,
-)
+from captum_ext.attr.gradient_saliency import gradient_saliency
+from captum_ext.metrics.robustness import attribution_attack, stability, topk_intersection
 from captum_ext.metrics.similarity import topk_intersection as topk_pure
 from captum_ext.training import MLPFactory, Trainer
 

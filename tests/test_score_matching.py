@@ -347,7 +347,7 @@ def test_score_matching_defaults_follow_paper_and_code():
     assert (sm.lam, sm.sigma, sm.n_samples, sm.mu, sm.estimator) == (1e-3, 0.01, 1, 1e-2, "antithetic")
     asm = AntiScoreMatching(net)
     assert (asm.lam, asm.sigma, asm.clamp, asm.n_samples, asm.estimator) == (
-        1e-4,
+        1e-2,  # calibrated for the antithetic estimator (paper_defaults keeps the paper's 1e-4)
         1e-3,
         1000.0,
         1,

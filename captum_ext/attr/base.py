@@ -22,7 +22,7 @@ from .._format import (
     run_forward,
     select_additional_args,
 )
-from .._model_state import check_per_example, check_train_mode, refuse_train_mode_layers
+from .._model_state import check_eval_mode, check_per_example, refuse_train_mode_layers
 from .details import AttributionDetails
 from .graph import (
     build_loss_graph,
@@ -75,8 +75,9 @@ class _ContextAwareAttribution(GradientAttribution):
         opts: CAFOOptions,
         abs_: bool,
     ) -> TensorOrTuple:
-        """Solve every chunk (``self._solve``) and shape the output like ``inputs`` (``|Delta|`` with
-        ``abs_``); a grid of ``lambda1`` values (``grid_fn``) adds a leading sweep dimension."""
+        """Solve every chunk (``self._solve``) and shape the output like ``inputs``: ``opts.sign * Delta``
+        (``-Delta`` in Captum's orientation, ``|Delta|`` with ``abs_``); a grid of ``lambda1`` values
+        (``grid_fn``) adds a leading sweep dimension."""
         who = type(self).__name__
         tup, is_tuple = format_inputs(inputs)
         for i, x in enumerate(tup):
@@ -86,7 +87,7 @@ class _ContextAwareAttribution(GradientAttribution):
                 raise ValueError(f"inputs[{i}] contains NaN or infinite values")
         n = tup[0].shape[0]
         opts.check_batch(n)
-        check_train_mode(self.forward_func, who)
+        check_eval_mode(self.forward_func, who)
         forward, compiled = _eager(self.forward_func)
         args = format_additional_args(additional_forward_args)
         if n == 0:
@@ -132,7 +133,8 @@ class _ContextAwareAttribution(GradientAttribution):
         result = tuple(torch.cat([o[i] for o in outs]) for i in range(len(tup)))
         if grid_fn is not None:  # (n, m, ...) -> (m, n, ...)
             result = tuple(r.movedim(1, 0) for r in result)
-        return format_output(is_tuple, tuple(r.abs() for r in result) if abs_ else result)
+        # the one place the orientation is applied: solvers and last_details keep the paper's Delta
+        return format_output(is_tuple, tuple(r.abs() if abs_ else opts.sign * r for r in result))
 
 
 def _eager(forward_func: Callable[..., Tensor]) -> tuple[Callable[..., Tensor], str]:

@@ -20,7 +20,7 @@ from .graph import (
     LossGraph,
     loss_gradient_from_logits,
 )
-from .options import CAFOOptions, matching_options
+from .options import CAFOOptions, Orientation, matching_options
 from .solvers import caso_objective, soft_threshold
 
 
@@ -28,11 +28,17 @@ class CAFO(_ContextAwareAttribution):
     r"""Context-Aware First-Order interpretation (Singla et al., 2019, Def. 2).
 
     Maximises :math:`g^T\Delta - \lambda_1\|\Delta\|_1 - \lambda_2\|\Delta\|_2^2` per example, with
-    ``g`` the input-gradient of the cross-entropy at ``target``. The problem is separable, so the
+    ``g`` the input-gradient of the cross-entropy at ``target``, returned as ``-Delta`` (positive where
+    the input is evidence for the target, Captum's orientation; ``orientation="paper"`` returns
+    ``Delta``, the loss-increasing perturbation). The problem is separable, so the
     optimum is exact in closed form for every ``lambda1``: ``Delta = soft(g, lambda1) / (2 lambda2)``
     (the paper runs FISTA; the closed form is its limit, at the cost of a single backward pass).
     ``lambda2=None`` means ``c1`` (paper: 10). ``sparsity=(low, high)`` picks ``lambda1`` per example
-    by the sparsity-ratio rule of Sec. 4.1. SmoothCAFO is ``NoiseTunnel(CAFO(model))``.
+    by the sparsity-ratio rule of Sec. 4.1. SmoothCAFO is ``NoiseTunnel(CAFO(model))``. Scale: the
+    maps are ``1 / (2 lambda2)`` (1/20 by default) times the loss gradient, itself about
+    ``1 - p_target`` times Saliency's logit gradient: at least 20x smaller than Saliency's (see
+    :class:`~captum_ext.attr.caso.CASO`); use ``normalize=True`` with ``captum.metrics.infidelity``.
+    ``last_details`` describes the problem solved (paper orientation) whatever ``orientation`` is.
 
     Args:
         forward_func: the model or any function returning logits ``(batch, classes)``.
@@ -59,6 +65,7 @@ class CAFO(_ContextAwareAttribution):
         lambda2: float | None = None,
         c1: float = 10.0,
         sparsity: tuple[float, float] | None = None,
+        orientation: Orientation = "captum",
         abs: bool = False,
         internal_batch_size: int | None = None,
     ) -> TensorOrTuple:
@@ -73,13 +80,17 @@ class CAFO(_ContextAwareAttribution):
             lambda2: l2 weight (> 0); ``None`` means ``c1``.
             c1: default ``lambda2`` (paper: 10).
             sparsity: ``(low, high)`` window for the unsupervised ``lambda1`` choice, or None.
-            abs: return ``|Delta|`` instead of the signed ``Delta``.
+            orientation: ``"captum"`` (default, ``-Delta``: evidence for the target is positive) or
+                ``"paper"`` (``Delta``, the loss-increasing perturbation).
+            abs: return ``|Delta|`` (either orientation) instead of the signed map.
             internal_batch_size: examples per chunk.
 
         Returns:
-            Attributions shaped like ``inputs``.
+            Attributions shaped like ``inputs``, in the chosen ``orientation``.
         """
-        opts = CAFOOptions(lambda1=lambda1, lambda2=lambda2, c1=c1, sparsity=sparsity)
+        opts = CAFOOptions(
+            lambda1=lambda1, lambda2=lambda2, c1=c1, sparsity=sparsity, orientation=orientation
+        )
         return self._attribute(inputs, target, additional_forward_args, None, internal_batch_size, opts, abs)
 
     def sweep(
@@ -91,11 +102,12 @@ class CAFO(_ContextAwareAttribution):
         *,
         lambda2: float | None = None,
         c1: float = 10.0,
+        orientation: Orientation = "captum",
         abs: bool = False,
         internal_batch_size: int | None = None,
     ) -> TensorOrTuple:
         """CAFO for several ``lambda1`` values; leading sweep dimension ``(m, *input.shape)``."""
-        opts = CAFOOptions(lambda2=lambda2, c1=c1)
+        opts = CAFOOptions(lambda2=lambda2, c1=c1, orientation=orientation)
         grid_fn = _grid_fn(lambda1_values)
         return self._attribute(
             inputs, target, additional_forward_args, grid_fn, internal_batch_size, opts, abs

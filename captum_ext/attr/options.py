@@ -15,7 +15,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -27,6 +27,10 @@ from .graph import DEFAULT_RANK_TOL
 SOLVERS = ("certified", "paper")
 #: arguments of the facade methods that are not solver options
 FACADE_ARGS = ("abs", "internal_batch_size")
+#: values of ``orientation=``: Captum's sign convention (evidence for the target is positive, the
+#: default) or the paper's (the loss-increasing perturbation ``Delta``, its negation)
+ORIENTATIONS = ("captum", "paper")
+Orientation = Literal["captum", "paper"]
 
 
 def _positive_int(name: str, value: Any, optional: bool = False) -> None:
@@ -55,14 +59,22 @@ class CAFOOptions:
         ... except TypeError as err:
         ...     print(str(err)[:40])
         sparsity must be a window (low, high), e
+        >>> CAFOOptions().orientation, CAFOOptions(orientation="paper").sign
+        ('captum', 1.0)
     """
 
     lambda1: float | Tensor = 0.0
     lambda2: float | None = None
     c1: float = 10.0
     sparsity: tuple[float, float] | None = None
+    orientation: Orientation = "captum"
 
     def __post_init__(self) -> None:
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(
+                f"orientation must be 'captum' (positive = evidence for the target, the default) or "
+                f"'paper' (the loss-increasing perturbation), got {self.orientation!r}"
+            )
         check_lambda1(self.lambda1)
         if torch.as_tensor(self.lambda1).dim() > 1:
             raise ValueError(
@@ -88,6 +100,11 @@ class CAFOOptions:
                 raise ValueError(
                     f"sparsity must be a window (low, high) with 0 <= low < high <= 1, got {self.sparsity}"
                 )
+
+    @property
+    def sign(self) -> float:
+        """Factor from the solved ``Delta`` (paper orientation) to the returned attribution."""
+        return 1.0 if self.orientation == "paper" else -1.0
 
     def check_batch(self, n: int) -> None:
         """``ValueError`` unless ``lambda1`` is one number or one value per example."""
@@ -177,8 +194,8 @@ def matching_options(options: type, *, exclude: tuple[str, ...] = ()) -> Callabl
 
     Examples:
         >>> @matching_options(CAFOOptions)
-        ... def attribute(inputs, *, lambda1=0.0, lambda2=None, c1=10.0, sparsity=None, abs=False,
-        ...               internal_batch_size=None): ...
+        ... def attribute(inputs, *, lambda1=0.0, lambda2=None, c1=10.0, sparsity=None,
+        ...               orientation="captum", abs=False, internal_batch_size=None): ...
     """
     fields = {f.name: f.default for f in dataclasses.fields(options) if f.name not in exclude}
 

@@ -29,7 +29,6 @@ One module per job: :mod:`~captum_ext.demo.config` (presets, pure), :mod:`~captu
 :mod:`captum_ext.cli`.
 """
 
-from ..cli import demo_main as main  # noqa: F401 - `captum_ext.demo.main()`, documented on the CLI page
 from .compare import by_confidence, map_difference, select_examples
 from .config import (
     DEFAULT_OUT,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._autograd import input_gradient
 from .._format import (
     TargetLike,
     TensorOrTuple,
@@ -96,9 +97,8 @@ class EquivalenceReport:
         return asdict(self)
 
 
-def _flat_grads(grads: tuple[Tensor | None, ...], inputs: tuple[Tensor, ...]) -> Tensor:
-    parts = [(torch.zeros_like(x) if g is None else g).flatten(1) for g, x in zip(grads, inputs, strict=True)]
-    return torch.cat(parts, dim=1)
+def _flat_grads(grads: tuple[Tensor, ...]) -> Tensor:
+    return torch.cat([g.flatten(1) for g in grads], dim=1)
 
 
 def _scores(
@@ -182,13 +182,13 @@ def _compare(
         pa, t, la, fa = _scores(model_a, xs, args, target)
         pb, _, lb, fb = _scores(model_b, xs, args, t)
         sel = t.unsqueeze(1)
-        ga_logit = torch.autograd.grad(fa.gather(1, sel).sum(), xs, retain_graph=True, allow_unused=True)
-        gb_logit = torch.autograd.grad(fb.gather(1, sel).sum(), xs, retain_graph=True, allow_unused=True)
-        ga_loss = torch.autograd.grad(la.sum(), xs, allow_unused=True)
-        gb_loss = torch.autograd.grad(lb.sum(), xs, allow_unused=True)
+        ga_logit = input_gradient(fa.gather(1, sel).sum(), xs, retain_graph=True)
+        gb_logit = input_gradient(fb.gather(1, sel).sum(), xs, retain_graph=True)
+        ga_loss = input_gradient(la.sum(), xs)
+        gb_loss = input_gradient(lb.sum(), xs)
     pa, pb, la, lb = pa.detach(), pb.detach(), la.detach(), lb.detach()
-    a_logit, b_logit = _flat_grads(ga_logit, xs), _flat_grads(gb_logit, xs)
-    a_loss, b_loss = _flat_grads(ga_loss, xs), _flat_grads(gb_loss, xs)
+    a_logit, b_logit = _flat_grads(ga_logit), _flat_grads(gb_logit)
+    a_loss, b_loss = _flat_grads(ga_loss), _flat_grads(gb_loss)
 
     def rel(a: Tensor, b: Tensor) -> float:
         return float(((a - b).norm(dim=1) / a.norm(dim=1).clamp_min(1e-30)).max())

@@ -3,10 +3,14 @@
 One convention for every metric (Captum's): ``metric(forward_func, inputs, attributions, *,
 target=None, additional_forward_args=None, baselines=..., max_examples_per_batch=None, ...,
 show_progress=False)``; tuple inputs, per-example baselines, per-example values as tensors beside the
-aggregated curve, and a frozen result dataclass with ``to_dict()`` and ``plot(ax=None)``. A model with
-BatchNorm/Dropout in training mode is refused (``ValueError``); no metric changes the model.
+aggregated curve, and a frozen result dataclass with ``to_dict()``, ``plot(ax=None)`` and a one-line
+``repr``. NaN/infinite, empty and 1-D data are refused; a model with Dropout or normalisation running
+statistics in training mode is refused (``ValueError``); no metric changes the model. The contract of
+each metric is recorded in :mod:`captum_ext.metrics._registry`, from which its tests are generated.
 
-* :func:`diff_roar` -- DiffROAR curves (top-k minus bottom-k remove-and-retrain), Shah et al.;
+* :func:`diff_roar` -- DiffROAR curves (top-k minus bottom-k remove-and-retrain), Shah et al.
+  (:func:`diff_roar_without_retraining`: the App. C variant; :class:`ExecutionOptions`: where the
+  retrainings run, cached or not);
 * :func:`pixel_perturbation` -- discriminative pixel perturbation (accuracy), Srinivas & Fleuret;
 * :func:`feature_leakage` -- attribution share outside a known per-instance signal;
 * :func:`density_ratio_curve` -- how models score noisy inputs (Srinivas & Fleuret 5.1.1);
@@ -16,20 +20,23 @@ BatchNorm/Dropout in training mode is refused (``ValueError``); no metric change
 * sample quality (Srinivas & Fleuret 5.1.2): :func:`class_conditional_samples`, :func:`gan_test`.
 """
 
+from .._runner import ExecutionOptions
 from ._common import MetricResult
 from ._masking import DIFF_ROAR_FRACTIONS, count_for_fraction, unmask
-from .diff_roar import DiffROARResult, diff_roar
+from .diff_roar import DiffROARResult, diff_roar, diff_roar_without_retraining
 from .leakage import LeakageResult, feature_leakage
 from .pixel_perturbation import PixelPerturbationResult, pixel_perturbation
 
 __all__ = [
     "DIFF_ROAR_FRACTIONS",
     "DiffROARResult",
+    "ExecutionOptions",
     "LeakageResult",
     "MetricResult",
     "PixelPerturbationResult",
     "count_for_fraction",
     "diff_roar",
+    "diff_roar_without_retraining",
     "feature_leakage",
     "pixel_perturbation",
     "unmask",

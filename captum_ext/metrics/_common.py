@@ -5,12 +5,14 @@ attributions, *, target=None, additional_forward_args=None, baselines=..., max_e
 and validates its input through the helpers here, so that the same mistake gets the same clear error
 everywhere:
 
-* :func:`check_eval_mode` -- the one train-mode policy: a model with BatchNorm / Dropout layers in
-  training mode is refused with a ``ValueError`` *before* it is called (a forward pass would change
-  its running statistics or be random), as CASO does;
+* :func:`check_eval_mode` -- the one train-mode policy: a model with Dropout or a normalisation layer
+  with running statistics (BatchNorm, InstanceNorm with ``track_running_stats``) in training mode is
+  refused with a ``ValueError`` *before* it is called (a forward pass would change its running
+  statistics or be random), as CASO does;
 * :func:`format_target` / :func:`check_labels` -- ``target`` in every form Captum accepts (int,
   tuple, list of ints, list of tuples, tensor) with range checks against the model's output shape;
-* :func:`check_finite`, :func:`check_not_empty`, :func:`check_batch_size` -- NaN / empty / bad sizes;
+* :func:`check_data` (:func:`check_finite`, :func:`check_not_empty`), :func:`check_batch_size` -- the
+  one input check: NaN / infinite, empty and 1-D inputs are refused with the fix in the message;
 * :class:`MetricResult` -- the base of every result: a frozen dataclass with ``to_dict()`` (JSON-able)
   and ``plot(ax=None)``.
 """
@@ -36,13 +38,17 @@ from .._format import (
     run_forward,
     select_additional_args,
 )
-from .._model_state import has_stochastic_or_batch_layers
+from .._model_state import check_eval_mode
 from ._attribution import call_attribution, check_like
+from ._validate import OPTIONAL_POSITIVE_INT, OneOf, validate
 
 __all__ = [
     "MetricResult",
     "TargetLike",
     "check_batch_size",
+    "check_data",
+    "check_model_outputs",
+    "class_probabilities",
     "check_eval_mode",
     "check_finite",
     "check_labels",
@@ -58,59 +64,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------
-# train-mode policy
-
-
-def _module_of(forward_func: Any, depth: int = 0) -> nn.Module | None:
-    if isinstance(forward_func, nn.Module):
-        return forward_func
-    if depth > 3:
-        return None
-    owner = getattr(forward_func, "__self__", None)  # a bound method such as model.forward
-    if isinstance(owner, nn.Module):
-        return owner
-    # a Captum attribution's bound ``attribute`` (Saliency(model).attribute): its forward_func
-    inner = getattr(owner, "forward_func", None)
-    return None if inner is None else _module_of(inner, depth + 1)
-
-
-def check_eval_mode(forward_func: Any, name: str = "forward_func") -> None:
-    """Raise ``ValueError`` if ``forward_func`` is (a method of) a module with BatchNorm / Dropout
-    layers in training mode.
-
-    This is the single train-mode policy of every metric and of CASO: such a model would change its
-    running statistics (BatchNorm) or answer at random (Dropout) on every forward pass, so it is
-    refused before it is touched. Plain callables cannot be inspected and are accepted.
-
-    Args:
-        forward_func: a module, a bound method of a module, a Captum attribution's bound
-            ``attribute`` (its model is checked), or any callable.
-        name: the argument's name in the error message.
-
-    Raises:
-        ValueError: naming the offending layers and the fix (``.eval()``).
-
-    Examples:
-        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-        >>> check_eval_mode(net.eval())
-        >>> try:
-        ...     check_eval_mode(net.train())
-        ... except ValueError as e:
-        ...     print(str(e)[:52])
-        forward_func has layers in training mode whose outpu
-    """
-    module = _module_of(forward_func)
-    if module is None:
-        return
-    bad = has_stochastic_or_batch_layers(module)
-    if bad:
-        raise ValueError(
-            f"{name} has layers in training mode whose output depends on the mode ({bad[:5]}): a forward "
-            f"pass would change BatchNorm running statistics or be random; call .eval() on the model first"
-        )
-
-
-# ------------------------------------------------------------------------------------------------
 # simple validators
 
 
@@ -120,8 +73,7 @@ def check_batch_size(value: int | None, name: str = "max_examples_per_batch") ->
     Examples:
         >>> check_batch_size(None); check_batch_size(4)
     """
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    validate(**{name: (value, OPTIONAL_POSITIVE_INT)})
 
 
 def check_not_empty(inputs: tuple[Tensor, ...], name: str = "inputs") -> int:
@@ -136,9 +88,32 @@ def check_not_empty(inputs: tuple[Tensor, ...], name: str = "inputs") -> int:
     if n == 0:
         raise ValueError(f"{name} are empty: need at least one example")
     if any(x.dim() < 2 for x in inputs):
-        raise ValueError(f"{name} must be shaped (N, ...) with at least one feature dimension")
+        raise ValueError(
+            f"{name} must be shaped (N, ...) with at least one feature dimension, got shape "
+            f"{tuple(next(x for x in inputs if x.dim() < 2).shape)}: for one example of shape (D,) "
+            "pass x.unsqueeze(0), for N scalar features x.unsqueeze(1)"
+        )
     if any(x[0].numel() == 0 for x in inputs):
         raise ValueError(f"{name} have no features (a zero-sized dimension)")
+    return n
+
+
+def check_data(tensors: Tensor | tuple[Tensor, ...], name: str = "inputs") -> int:
+    """The one input check of every metric: a batch of at least one example, shaped ``(N, ...)``
+    with a feature dimension, finite; returns the batch size.
+
+    Examples:
+        >>> check_data(torch.zeros(3, 2))
+        3
+        >>> try:
+        ...     check_data(torch.zeros(3))
+        ... except ValueError as e:
+        ...     print(str(e)[:60])
+        inputs must be shaped (N, ...) with at least one feature dim
+    """
+    tup = tensors if isinstance(tensors, tuple) else (tensors,)
+    n = check_not_empty(tup, name)
+    check_finite(tup, name)
     return n
 
 
@@ -157,6 +132,46 @@ def check_finite(tensors: Tensor | tuple[Tensor, ...], name: str) -> None:
             bad = int((~torch.isfinite(t)).sum())
             if bad:
                 raise ValueError(f"{name} contain NaN or infinite values ({bad} of {t.numel()} entries)")
+
+
+# ------------------------------------------------------------------------------------------------
+# model outputs
+
+#: what a classifier's forward returns: scores to be softmaxed, or class probabilities already
+MODEL_OUTPUTS = ("logits", "probabilities")
+
+
+def check_model_outputs(out: Tensor, model_outputs: str, name: str = "forward_func") -> None:
+    """The one probability policy: a model declared to return logits (the default) whose outputs are
+    rows of non-negative numbers summing to 1 is refused, so that probabilities are never softmaxed
+    twice; ``model_outputs="probabilities"`` declares them.
+
+    Examples:
+        >>> check_model_outputs(torch.tensor([[2.0, -1.0]]), "logits")
+        >>> try:
+        ...     check_model_outputs(torch.tensor([[0.25, 0.75]]), "logits")
+        ... except ValueError as e:
+        ...     print(str(e)[:45])
+        forward_func returns probabilities (each row
+    """
+    validate(model_outputs=(model_outputs, OneOf(MODEL_OUTPUTS)))
+    if model_outputs == "logits" and out.dim() == 2 and out.shape[1] > 1 and out.numel():
+        rows = out.detach().to(torch.float64)
+        if bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1.0).abs() <= 1e-5).all()):
+            raise ValueError(
+                f"{name} returns probabilities (each row is >= 0 and sums to 1): softmaxing them again "
+                "would flatten every score; pass model_outputs='probabilities' (or return logits)"
+            )
+
+
+def class_probabilities(out: Tensor, model_outputs: str) -> Tensor:
+    """Softmax of logits, or the probabilities a model returns (see :func:`check_model_outputs`).
+
+    Examples:
+        >>> class_probabilities(torch.tensor([[0.25, 0.75]]), "probabilities")
+        tensor([[0.2500, 0.7500]])
+    """
+    return out if model_outputs == "probabilities" else torch.softmax(out, dim=1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,6 +390,32 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot convert a {type(value).__name__} to JSON")
 
 
+def _short(value: Any, limit: int = 6) -> str:
+    """A compact text for one field of a result."""
+    if isinstance(value, Tensor):
+        if value.numel() <= limit:
+            return str(
+                [
+                    round(v, 4) if isinstance(v, float) else v
+                    for v in value.detach().cpu().reshape(-1).tolist()
+                ]
+            )
+        return f"<tensor {tuple(value.shape)} {str(value.dtype).replace('torch.', '')}>"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (tuple, list)):
+        if len(value) <= limit:
+            inner = ", ".join(_short(v, limit) for v in value)
+            return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+        return f"<{len(value)} items>"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v, limit)}" for k, v in value.items()) + "}"
+    if isinstance(value, nn.Module):
+        return f"<{type(value).__name__}>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class MetricResult(abc.ABC):
     """Base of every metric result: subclasses are frozen dataclasses that implement ``plot``.
 
@@ -395,6 +436,13 @@ class MetricResult(abc.ABC):
         >>> Toy(torch.tensor([0.5, 1.0])).to_dict()
         {'values': [0.5, 1.0]}
     """
+
+    def __repr__(self) -> str:
+        """One line: scalars and short values as they are, tensors and long sequences summarised
+        (a result over thousands of examples does not print thousands of numbers)."""
+        fields = [f for f in dataclasses.fields(self) if f.repr] if dataclasses.is_dataclass(self) else []
+        body = ", ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in fields)
+        return f"{type(self).__name__}({body})"
 
     def to_dict(self) -> dict[str, Any]:
         """The result's fields as a JSON-able dict (``json.dumps`` accepts it)."""

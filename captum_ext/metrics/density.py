@@ -31,16 +31,16 @@ from ._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_finite,
     check_labels,
-    check_not_empty,
 )
+from ._validate import POSITIVE_INT, validate
 
 __all__ = ["DensityRatioCurve", "density_ratio_curve"]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class DensityRatioCurve(MetricResult):
     """Mean density ratio per noise level.
 
@@ -96,6 +96,17 @@ class DensityRatioCurve(MetricResult):
         return ax
 
 
+def _example_noise(chunk: tuple[Tensor, ...], idx: Tensor, n_samples: int, seed: int) -> tuple[Tensor, ...]:
+    """Standard-normal noise ``(n_samples, b, ...)`` per input tensor, example ``i`` drawn from a CPU
+    generator seeded with ``(seed, i)``: the same numbers whatever the batching."""
+    per_example: list[list[Tensor]] = [[] for _ in chunk]
+    for i in idx.tolist():
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        for t, x in enumerate(chunk):
+            per_example[t].append(torch.randn((n_samples, *x.shape[1:]), generator=gen, dtype=x.dtype))
+    return tuple(torch.stack(zs, dim=1).to(x.device) for zs, x in zip(per_example, chunk, strict=True))
+
+
 @log_usage()
 def density_ratio_curve(
     forward_func: Callable[..., Tensor],
@@ -127,7 +138,8 @@ def density_ratio_curve(
         max_examples_per_batch: examples per forward pass (each pass holds
             ``max_examples_per_batch · n_samples`` rows); ``None``: all at once.
         n_samples: noise samples per example and σ.
-        seed: seed of the noise generator (created on the inputs' device).
+        seed: seed of the noise: example ``i`` draws its noise from its own generator seeded with
+            ``(seed, i)``, so the numbers do not depend on ``max_examples_per_batch`` or the device.
         show_progress: tqdm progress bar over batches.
 
     Returns:
@@ -141,18 +153,15 @@ def density_ratio_curve(
     """
     check_eval_mode(forward_func)
     xs, _ = format_inputs(inputs)
-    n = check_not_empty(xs)
-    check_finite(xs, "inputs")
+    n = check_data(xs)
     args = format_additional_args(additional_forward_args)
     sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
     if sig.numel() == 0 or bool((sig <= 0).any()) or not bool(torch.isfinite(sig).all()):
         raise ValueError(f"sigmas must be a non-empty sequence of positive numbers, got {sigmas!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    validate(n_samples=(n_samples, POSITIVE_INT))
     check_batch_size(max_examples_per_batch)
     bs = n if max_examples_per_batch is None else max_examples_per_batch
     device = xs[0].device
-    gen = torch.Generator(device=device).manual_seed(int(seed))
     ratios = torch.zeros(sig.numel(), n, dtype=torch.float64)
     log_ratios = torch.zeros_like(ratios)
     starts = range(0, n, bs)
@@ -177,9 +186,7 @@ def density_ratio_curve(
             y = y_all.index_select(0, idx).to(base.device)
             fy = base.gather(1, y.unsqueeze(1)).squeeze(1).double()
             b = idx.numel()
-            z = tuple(
-                torch.randn((n_samples, *x.shape), generator=gen, device=device, dtype=x.dtype) for x in chunk
-            )
+            z = _example_noise(chunk, idx, n_samples, int(seed))
             rep_args = tuple(
                 a.repeat(n_samples, *([1] * (a.dim() - 1)))
                 if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == b

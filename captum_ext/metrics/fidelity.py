@@ -21,20 +21,28 @@ import torch
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_ext._format import TensorOrTuple, format_additional_args, format_inputs, select_additional_args
+from captum_ext._format import (
+    TensorOrTuple,
+    format_additional_args,
+    format_inputs,
+    run_forward,
+    select_additional_args,
+)
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_finite,
     check_labels,
-    check_not_empty,
+    check_model_outputs,
+    class_probabilities,
     forward_batched,
     resolve_attributions,
 )
 from captum_ext.metrics._masking import UnitLayout, format_baselines, rank_units, select_baselines
+from captum_ext.metrics._validate import POSITIVE_INT, OneOf, validate
 from captum_ext.metrics.similarity import AttrLike
 
 __all__ = ["AOPCResult", "FidelityDrop", "aopc", "relative_fidelity_drop"]
@@ -42,7 +50,7 @@ __all__ = ["AOPCResult", "FidelityDrop", "aopc", "relative_fidelity_drop"]
 AttributionsLike = AttrLike | Callable[..., AttrLike]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class AOPCResult(MetricResult):
     """AOPC under MoRF removal.
 
@@ -112,6 +120,7 @@ def aopc(
     aggregate: str = "signed",
     channel_dim: int = 1,
     attribute_kwargs: dict[str, Any] | None = None,
+    model_outputs: str = "logits",
     show_progress: bool = False,
 ) -> AOPCResult:
     """Area over the MoRF perturbation curve at each number of removal steps in ``steps``.
@@ -142,6 +151,9 @@ def aopc(
             ``channel_dim``: ``"sum"`` (signed sum over channels), ``"abs_sum"``, ``"abs_max"``, ``"l2"``.
         channel_dim: the channel dimension for per-pixel aggregates and ``"channel_mean"``.
         attribute_kwargs: extra keyword arguments when ``attributions`` is a function.
+        model_outputs: ``"logits"`` (default; softmaxed for ``output="probability"``) or
+            ``"probabilities"`` (a model that returns class probabilities; a model returning them
+            undeclared is refused rather than softmaxed twice).
         show_progress: tqdm progress bar over steps.
 
     Returns:
@@ -166,14 +178,11 @@ def aopc(
     if not callable(forward_func):
         raise TypeError("forward_func must be a model or a callable returning class scores")
     steps_t = _steps(steps)
-    if isinstance(features_per_step, bool) or not isinstance(features_per_step, int) or features_per_step < 1:
-        raise ValueError(f"features_per_step must be a positive int, got {features_per_step!r}")
-    if output not in ("probability", "logit"):
-        raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
+    validate(features_per_step=(features_per_step, POSITIVE_INT))
+    validate(output=(output, OneOf(("probability", "logit"))))
     check_batch_size(max_examples_per_batch)
     tup, _ = format_inputs(inputs)
-    n = check_not_empty(tup)
-    check_finite(tup, "inputs")
+    n = check_data(tup)
     layout = UnitLayout.of(tup, aggregate, channel_dim)
     bases = format_baselines(baselines, tup)
     args = format_additional_args(additional_forward_args)
@@ -185,6 +194,8 @@ def aopc(
             f"{p} removal units per example"
         )
     clean = forward_batched(forward_func, tup, args, max_examples_per_batch)
+    if output == "probability":
+        check_model_outputs(clean, model_outputs)
     tgt = clean.argmax(dim=1) if target is None else check_labels(target, n, clean.shape[1]).to(clean.device)
 
     attr_t = resolve_attributions(
@@ -209,9 +220,11 @@ def aopc(
                 keep = rank[start : start + bs] >= step * features_per_step
                 xb = tuple(x[start : start + bs] for x in tup)
                 perturbed = layout.fill(xb, keep, select_baselines(bases, n, idx))
-                out = forward_func(*perturbed, *select_additional_args(args, n, idx.to(tup[0].device)))
+                out = run_forward(
+                    forward_func, perturbed, select_additional_args(args, n, idx.to(tup[0].device))
+                )
                 if output == "probability":
-                    out = torch.softmax(out, dim=1)
+                    out = class_probabilities(out, model_outputs)
                 vals.append(out.gather(1, tgt[start : start + bs].view(-1, 1).to(out.device))[:, 0])
             rows.append(torch.cat(vals))
     scores = torch.stack(rows)  # (last + 1, N)
@@ -221,7 +234,7 @@ def aopc(
     return AOPCResult(steps=steps_t, aopc=aopc_vals, scores=scores, target=tgt)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class FidelityDrop(MetricResult):
     """Relative fidelity drop of a post-processed attribution against its base method.
 
@@ -306,6 +319,7 @@ def relative_fidelity_drop(
     """
     check_eval_mode(forward_func)
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(aopc_kwargs.get("additional_forward_args"))
     clean = forward_batched(forward_func, tup, args, aopc_kwargs.get("max_examples_per_batch"))
     n = tup[0].shape[0]

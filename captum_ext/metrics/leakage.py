@@ -22,8 +22,8 @@ from ._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_not_empty,
     format_target,
     resolve_attributions,
 )
@@ -69,7 +69,7 @@ def leakage_from_scores(
     return (top & outside).sum(dim=1).to(torch.float64) / top_k
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class LeakageResult(MetricResult):
     """Outcome of :func:`feature_leakage`.
 
@@ -127,6 +127,7 @@ def feature_leakage(
     aggregate: str = "abs",
     channel_dim: int = 1,
     seed: int = 0,
+    attribute_kwargs: dict[str, Any] | None = None,
 ) -> LeakageResult:
     """Per-example share of attribution outside the instance's ground-truth signal.
 
@@ -151,6 +152,7 @@ def feature_leakage(
         aggregate: ``"abs"``, ``"abs_sum"``, ``"abs_max"`` or ``"l2"`` (non-negative relevances).
         channel_dim: the channel dimension for per-pixel aggregates.
         seed: seed of the random tie-breaking for ``top_k``.
+        attribute_kwargs: extra keyword arguments when ``attributions`` is a function.
 
     Returns:
         :class:`LeakageResult` with the per-example ``leakage`` ``(N,)`` and ``mean()``.
@@ -170,7 +172,7 @@ def feature_leakage(
         raise ValueError(f"aggregate must be one of {_ABSOLUTE} (non-negative relevance), got {aggregate!r}")
     check_batch_size(max_examples_per_batch)
     xs, _ = format_inputs(inputs)
-    n = check_not_empty(xs)
+    n = check_data(xs)
     masks = signal_masks if isinstance(signal_masks, tuple) else (signal_masks,)
     if len(masks) != len(xs):
         raise ValueError(f"got {len(masks)} signal mask(s) for {len(xs)} input tensor(s)")
@@ -212,6 +214,7 @@ def feature_leakage(
         inputs,
         t,
         additional_forward_args=additional_forward_args,
+        attribute_kwargs=attribute_kwargs,
         max_examples_per_batch=max_examples_per_batch,
     )
     scores = layout.scores(attrs_t)

@@ -24,10 +24,11 @@ from ._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_finite,
     check_labels,
-    check_not_empty,
+    check_model_outputs,
+    class_probabilities,
     forward_batched,
     resolve_attributions,
 )
@@ -40,13 +41,14 @@ from ._masking import (
     rank_units,
     select_baselines,
 )
+from ._validate import OneOf, validate
 
 __all__ = ["PIXEL_FRACTIONS", "PixelPerturbationResult", "pixel_perturbation"]
 
 PIXEL_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PixelPerturbationResult(MetricResult):
     """Outcome of :func:`pixel_perturbation`.
 
@@ -134,6 +136,8 @@ def pixel_perturbation(
     aggregate: str = "abs_sum",
     channel_dim: int = 1,
     seed: int = 0,
+    attribute_kwargs: dict[str, Any] | None = None,
+    model_outputs: str = "logits",
     show_progress: bool = False,
 ) -> PixelPerturbationResult:
     """Discriminative pixel perturbation: accuracy after removing the least relevant pixels.
@@ -171,6 +175,11 @@ def pixel_perturbation(
             over ``channel_dim``, or ``"abs"`` / ``"signed"`` to rank every coordinate on its own.
         channel_dim: the channel dimension of the inputs (for ``aggregate`` and ``"channel_mean"``).
         seed: seed of the random tie-breaking.
+        attribute_kwargs: extra keyword arguments when ``attributions`` is a function (e.g.
+            ``{"nt_samples": 10}``).
+        model_outputs: ``"logits"`` (default; softmaxed for ``label_prob``) or
+            ``"probabilities"`` (a model that returns class probabilities; a model returning them
+            undeclared is refused rather than softmaxed twice).
         show_progress: tqdm progress bar over batches.
 
     Returns:
@@ -194,12 +203,10 @@ def pixel_perturbation(
     check_eval_mode(forward_func)
     if callable(attributions):
         check_eval_mode(attributions, "the model behind attributions")
-    if order not in ("least", "most"):
-        raise ValueError(f"order must be 'least' or 'most', got {order!r}")
+    validate(order=(order, OneOf(("least", "most"))))
     check_batch_size(max_examples_per_batch)
     xs, _ = format_inputs(inputs)
-    n = check_not_empty(xs)
-    check_finite(xs, "inputs")
+    n = check_data(xs)
     layout = UnitLayout.of(xs, aggregate, channel_dim)
     fracs = check_fractions(fractions)
     counts = counts_for_fractions(fracs, layout.total, "removed")
@@ -211,13 +218,15 @@ def pixel_perturbation(
     tgt = clean.argmax(dim=1) if target is None else check_labels(target, n, clean.shape[1])
     tgt = tgt.to(clean.device)
     base_correct = (clean.argmax(dim=1) == tgt).cpu()
-    base_probs = torch.softmax(clean, dim=1).gather(1, tgt[:, None])[:, 0].cpu()
+    check_model_outputs(clean, model_outputs)
+    base_probs = class_probabilities(clean, model_outputs).gather(1, tgt[:, None])[:, 0].cpu()
 
     attrs_t = resolve_attributions(
         attributions,
         inputs,
         tgt.to(xs[0].device),
         additional_forward_args=additional_forward_args,
+        attribute_kwargs=attribute_kwargs,
         max_examples_per_batch=max_examples_per_batch,
     )
     rank = rank_units(layout.scores(attrs_t), torch.Generator().manual_seed(seed))
@@ -240,7 +249,7 @@ def pixel_perturbation(
                 out = run_forward(forward_func, layout.fill(xb, keep, fb), args_b).to(torch.float64)
                 t = tb.to(out.device)
                 correct[j, idx] = (out.argmax(dim=1) == t).cpu()
-                probs[j, idx] = torch.softmax(out, dim=1).gather(1, t[:, None])[:, 0].cpu()
+                probs[j, idx] = class_probabilities(out, model_outputs).gather(1, t[:, None])[:, 0].cpu()
     return PixelPerturbationResult(
         fractions=fracs,
         accuracy=correct.to(torch.float64).mean(dim=1),

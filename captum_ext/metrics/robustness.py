@@ -21,25 +21,28 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._autograd import input_gradient
 from captum_ext._format import (
     TensorOrTuple,
     format_additional_args,
     format_inputs,
+    run_forward,
     select_additional_args,
 )
+from captum_ext.attr.gradient_saliency import gradient_saliency
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
-    check_finite,
-    check_not_empty,
     compute_attributions,
     explainer_for,
     resolve_target,
 )
 from captum_ext.metrics._masking import relevance_scores
+from captum_ext.metrics._validate import FRACTION, POSITIVE, POSITIVE_INT, validate
 from captum_ext.metrics.sanity import ExplainerLike
 from captum_ext.metrics.similarity import (
     AttrLike,
@@ -67,39 +70,13 @@ SaliencyFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 # Differentiable saliency used by the attack
 
 
-def _forward(model: nn.Module, x: Tensor, args: tuple[Any, ...]) -> Tensor:
-    out = model(x, *args)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        raise ValueError("the model must return (batch, classes) scores")
-    return out
-
-
-def gradient_saliency(
-    model: nn.Module,
-    x: Tensor,
-    target: Tensor,
-    *,
-    times_input: bool = False,
-    create_graph: bool = False,
-    additional_args: tuple[Any, ...] = (),
-) -> Tensor:
-    """``|d f_target / dx|`` (or ``|x * d f_target / dx|``), differentiable when ``create_graph``.
-
-    ``x`` must require grad. Uses ``torch.autograd.grad`` only, so no ``.grad`` field changes.
-    """
-    out = _forward(model, x, additional_args)
-    sel = out.gather(1, target.view(-1, 1)).sum()
-    (g,) = torch.autograd.grad(sel, x, create_graph=create_graph)
-    return (g * x).abs() if times_input else g.abs()
-
-
 def _pixel_map(s: Tensor) -> Tensor:
     """Per-example flat map (differentiable): |s| summed over the channels of 4-d inputs (pixel
     level), else |s| per coordinate -- the masking engine's ``"abs_sum"`` / ``"abs"``."""
     return relevance_scores(s, "abs_sum" if s.dim() == 4 else "abs")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class AttackResult(MetricResult):
     """Outcome of :func:`attribution_attack`.
 
@@ -223,19 +200,18 @@ def attribution_attack(
         raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
     check_eval_mode(model)
     if isinstance(inputs, tuple) or not isinstance(inputs, Tensor):
-        raise TypeError("attribution_attack takes a single input tensor (batch first)")
-    if inputs.dim() < 2 or not inputs.is_floating_point():
-        raise ValueError("inputs must be a floating (N, ...) tensor with a batch dimension")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be positive, got {epsilon}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise TypeError(
+            "attribution_attack takes a single input tensor (batch first; the L2 budget is over it): "
+            f"tuple inputs are not supported, got {type(inputs).__name__}"
+        )
+    check_data(inputs)
+    if not inputs.is_floating_point():
+        raise ValueError(f"inputs must be floating point, got {inputs.dtype}")
+    validate(epsilon=(epsilon, POSITIVE), steps=(steps, POSITIVE_INT))
     if step_size is None:
         step_size = 2.5 * epsilon / steps
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
-    if not 0.0 < topk_fraction <= 1.0:
-        raise ValueError(f"topk_fraction must lie in (0, 1], got {topk_fraction}")
+    validate(step_size=(step_size, POSITIVE))
+    validate(topk_fraction=(topk_fraction, FRACTION))
     if clip is not None and not clip[0] < clip[1]:
         raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
     if attribution in ("gradient", "gradient_x_input"):
@@ -260,8 +236,6 @@ def attribution_attack(
         )
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
-    check_not_empty((inputs,))
-    check_finite(inputs, "inputs")
     if surrogate is None:
         surrogate = relu_to_softplus(model, beta=surrogate_beta)
     elif not isinstance(surrogate, nn.Module):
@@ -339,7 +313,7 @@ def _attack_chunk(
             xr = x.detach().requires_grad_(True)
             s = sal(model, xr, t, False, args).detach()
         with torch.no_grad():
-            pred = _forward(model, x, args).argmax(dim=1)
+            pred = run_forward(model, (x,), args).argmax(dim=1)
         return _pixel_map(s), pred
 
     s0, pred0 = real_map(x0)
@@ -363,7 +337,7 @@ def _attack_chunk(
             xa = (x0 + delta).detach().requires_grad_(True)
             s = _pixel_map(sal(surrogate, xa, t, True, args))
             share = (s * region).sum(dim=1) / s.sum(dim=1).clamp_min(tiny)
-            (g,) = torch.autograd.grad(share.sum(), xa)
+            (g,) = input_gradient(share.sum(), (xa,))
         with torch.no_grad():
             gn = g.reshape(m, -1).norm(dim=1).view(shape)
             direction = torch.where(gn > 0, -g / gn.clamp_min(tiny), torch.zeros_like(g))
@@ -384,7 +358,7 @@ def _attack_chunk(
         bar.update(1)
     with torch.no_grad():
         perturbed = x0 + best_delta
-        kept = _forward(model, perturbed, args).argmax(dim=1) == pred0
+        kept = run_forward(model, (perturbed,), args).argmax(dim=1) == pred0
     return perturbed, s0, best_map, best_score.to(x0.dtype), kept
 
 
@@ -392,7 +366,7 @@ def _attack_chunk(
 # Stability across retrainings
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class SimilarityResult(MetricResult):
     """Per-example similarity of two attribution batches.
 
@@ -492,6 +466,7 @@ def stability(
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(additional_forward_args)
     copy_a, copy_b = copy.deepcopy(forward_func), copy.deepcopy(other_forward_func)
     tgt = resolve_target(copy_a, tup, target, args, batch_size)

@@ -17,21 +17,23 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_ext._autograd import input_gradient
 from captum_ext.metrics._common import (
     NOT_IN_DICT,
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
     check_labels,
-    check_not_empty,
     forward_batched,
 )
+from captum_ext.metrics._validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, validate
 
 __all__ = ["ClassSamples", "GANTestResult", "class_conditional_samples", "gan_test"]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class ClassSamples(MetricResult):
     """Class-conditional samples from :func:`class_conditional_samples`.
 
@@ -85,7 +87,7 @@ class ClassSamples(MetricResult):
         return ax
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class GANTestResult(MetricResult):
     """Outcome of :func:`gan_test`.
 
@@ -148,8 +150,8 @@ def class_conditional_samples(
 
     i.e. gradient ascent on ``f_y(x) - weight_decay / 2 * ||x - center||^2``: plain activity
     maximisation with ``weight_decay = 0`` (Srinivas & Fleuret, Sec. 5.1.2), and with a small
-    ``weight_decay`` the paper's pull towards mid-grey 0.5. Gradients are taken with
-    ``torch.autograd.grad``; the model is not changed.
+    ``weight_decay`` the paper's pull towards mid-grey 0.5. Gradients are taken
+    with respect to the inputs only; the model is not changed.
 
     Args:
         forward_func: the classifier, an ``nn.Module`` (eval mode if it has BatchNorm / Dropout;
@@ -187,12 +189,7 @@ def class_conditional_samples(
     shape = tuple(int(s) for s in input_shape)
     if any(s < 1 for s in shape):
         raise ValueError(f"input_shape must hold positive sizes, got {tuple(input_shape)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    validate(steps=(steps, NON_NEGATIVE_INT), lr=(lr, POSITIVE), weight_decay=(weight_decay, NON_NEGATIVE))
     if clip is not None and not clip[0] < clip[1]:
         raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
     param = next(iter(model.parameters()), None)
@@ -215,8 +212,17 @@ def class_conditional_samples(
         raise TypeError("target must be an int, a list of ints or a 1-d tensor of classes")
     if n == 0:
         raise ValueError("target is empty: give at least one class")
-    with torch.no_grad():
-        probe = model(torch.zeros((1,) + shape, device=dev, dtype=dt))
+    if not shape:
+        raise ValueError("input_shape is one example's shape without the batch dimension, e.g. (1, 28, 28)")
+    try:
+        with torch.no_grad():
+            probe = model(torch.zeros((1,) + shape, device=dev, dtype=dt))
+    except RuntimeError as err:
+        raise ValueError(
+            f"forward_func cannot take inputs of shape (N, *{shape}) ({str(err).splitlines()[0]}); "
+            "input_shape is ONE example's shape without the batch dimension, as the model expects it "
+            "(e.g. (1, 28, 28) for a convolutional MNIST model, (784,) for a flat one)"
+        ) from err
     if not isinstance(probe, Tensor) or probe.dim() != 2:
         raise ValueError(f"the model must return (batch, classes) scores for inputs of shape (N, *{shape})")
     labels = check_labels(targets, n, probe.shape[1]).to(dev)
@@ -254,7 +260,7 @@ def class_conditional_samples(
             for _ in range(steps):
                 with torch.enable_grad():
                     xr = x.detach().requires_grad_(True)
-                    (g,) = torch.autograd.grad(model(xr).gather(1, y).sum(), xr)
+                    (g,) = input_gradient(model(xr).gather(1, y).sum(), (xr,))
                 with torch.no_grad():
                     if normalize_grad:
                         gn = g.reshape(g.shape[0], -1).norm(dim=1).view(view)
@@ -318,11 +324,11 @@ def gan_test(
         if labels is None:
             labels = samples.labels
         samples = samples.samples
-    if not isinstance(samples, Tensor) or samples.dim() < 2:
-        raise TypeError("inputs must be an (N, ...) tensor or a ClassSamples")
+    if not isinstance(samples, Tensor):
+        raise TypeError(f"inputs must be an (N, ...) tensor or a ClassSamples, got {type(samples).__name__}")
+    n = check_data(samples, "inputs")
     if labels is None:
         raise ValueError("target is required: the class each sample was generated for")
-    n = check_not_empty((samples,))
     out = forward_batched(forward_func, (samples,), (), max_examples_per_batch)
     num_classes = out.shape[1]
     pred = out.argmax(dim=1).cpu()

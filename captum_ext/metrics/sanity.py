@@ -37,11 +37,13 @@ from captum_ext.metrics._common import (
     MetricResult,
     TargetLike,
     check_batch_size,
+    check_data,
     check_eval_mode,
     compute_attributions,
     explainer_for,
     resolve_target,
 )
+from captum_ext.metrics._validate import OneOf, validate
 from captum_ext.metrics.similarity import (
     AttrLike,
     check_metrics,
@@ -59,7 +61,7 @@ InitLike = str | Callable[[nn.Module], None]
 # Result
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class RandomizationResult(MetricResult):
     """Similarity of attributions after each randomisation stage to the original attributions.
 
@@ -293,12 +295,12 @@ def model_randomization(
     if not isinstance(model, nn.Module):
         raise TypeError(f"forward_func must be an nn.Module, got {type(model).__name__}")
     check_eval_mode(model)
-    if mode not in ("cascading", "independent"):
-        raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
+    validate(mode=(mode, OneOf(("cascading", "independent"))))
     mets = check_metrics(metrics)
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(additional_forward_args)
     names = _resolve_layers(model, layers)
     index = {name: i for i, name in enumerate(names)}
@@ -366,6 +368,7 @@ def data_randomization(
     ssim_kwargs: dict[str, Any] | None = None,
     max_examples_per_batch: int | None = None,
     return_attributions: bool = False,
+    show_progress: bool = False,
 ) -> RandomizationResult:
     """Data randomisation test: retrain on permuted labels and compare attributions.
 
@@ -398,6 +401,8 @@ def data_randomization(
         ssim_kwargs: keyword arguments for the SSIM.
         max_examples_per_batch: examples per attribution call (``None``: all at once).
         return_attributions: keep both attribution batches in the result.
+        show_progress: a progress bar over the training epochs of the default trainer (a given
+            ``trainer`` shows its own, e.g. ``Trainer(progress=True)``).
 
     Returns:
         :class:`RandomizationResult` with one stage (``scores[metric]`` shaped ``(1, N)``) and the
@@ -422,11 +427,13 @@ def data_randomization(
     check_batch_size(max_examples_per_batch)
     batch_size = max_examples_per_batch
     if trainer is None:
-        trainer = Trainer()
+        trainer = Trainer(progress=bool(show_progress))
     elif not callable(trainer):
         raise TypeError("trainer must be callable as trainer(model, (inputs, labels), seed)")
     x_train, y_train = as_tensors(train_data)
+    check_data(x_train, "train_data inputs")
     tup, _ = format_inputs(inputs)
+    check_data(tup)
     args = format_additional_args(additional_forward_args)
 
     reference = copy.deepcopy(model)

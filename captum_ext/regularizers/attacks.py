@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._autograd import input_gradient as _autograd_input_gradient
 from .._format import TargetLike, expand_target
 from .base import restore_modes
 
@@ -312,7 +313,7 @@ def input_gradient(
         per_example = loss_fn(model(inputs.detach() + d), target)
         if per_example.dim() != 1:
             raise ValueError("loss_fn must return one loss per example (reduction='none')")
-        (grad,) = torch.autograd.grad(per_example.sum(), d)
+        (grad,) = _autograd_input_gradient(per_example.sum(), (d,))
     return per_example.detach(), grad
 
 
@@ -516,7 +517,7 @@ def _elastic_ascent(
         with torch.enable_grad():
             d = delta.detach().requires_grad_(True)
             val = objective(model(x + d), y, d)
-            (g,) = torch.autograd.grad(val.sum(), d)
+            (g,) = _autograd_input_gradient(val.sum(), (d,))
         val = val.detach()
         if best_val is None:
             best_val = val

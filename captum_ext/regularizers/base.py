@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RegularizedModel", "unwrap", "restore_modes", "mode_dependent_layers", "auxiliary_forward"]
+from .._model_state import has_stochastic_or_batch_layers
+
+__all__ = ["RegularizedModel", "unwrap", "restore_modes", "auxiliary_forward"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -86,32 +88,6 @@ def restore_modes(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Mo
             m.training = flag
 
 
-def mode_dependent_layers(model: nn.Module) -> list[str]:
-    """Names of sub-modules in training mode whose output or buffers depend on the training flag.
-
-    Normalisation layers that track running statistics (BatchNorm, InstanceNorm with
-    ``track_running_stats=True``, ...) and Dropout layers.
-
-    Args:
-        model: the module to inspect.
-
-    Returns:
-        Their names (``""`` for ``model`` itself is reported as its class name).
-
-    Examples:
-        >>> mode_dependent_layers(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)))
-        ['1']
-        >>> mode_dependent_layers(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval())
-        []
-    """
-    out = []
-    for name, m in model.named_modules():
-        stats = isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
-        if m.training and (stats or isinstance(m, nn.modules.dropout._DropoutNd)):
-            out.append(name or type(m).__name__)
-    return out
-
-
 @contextlib.contextmanager
 def auxiliary_forward(model: nn.Module, *, float32: bool = False) -> Iterator[nn.Module]:
     """Context for an auxiliary forward pass: frozen statistics (eval mode, flags restored after).
@@ -146,7 +122,7 @@ def autocast_active() -> bool:
 
 def reusable(model: nn.Module, logits: Tensor | None) -> bool:
     """Whether a penalty may reuse the task loss's ``logits`` (same numbers as a frozen forward)."""
-    return logits is not None and not mode_dependent_layers(model)
+    return logits is not None and not has_stochastic_or_batch_layers(model)
 
 
 def check_batch(x: Tensor, y: Tensor) -> None:

@@ -19,7 +19,7 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._autograd import math_attention_kernel
+from .._autograd import input_hvp, math_attention_kernel, penalty_gradient
 from .._format import (
     TargetLike,
     TensorOrTuple,
@@ -29,6 +29,7 @@ from .._format import (
     run_forward,
     select_additional_args,
 )
+from .._model_state import check_eval_mode
 
 __all__ = ["HessianTrace", "hessian_trace"]
 
@@ -136,7 +137,6 @@ def hessian_trace(
         >>> exact.trace.shape, exact.grad_norm_sq.shape
         (torch.Size([4]), torch.Size([4]))
     """
-    from ..metrics._common import check_eval_mode  # the package's one train-mode policy (lazy: no cycle)
 
     check_eval_mode(model, "model")
     xs, _ = format_inputs(inputs)
@@ -198,7 +198,7 @@ def _chunk_trace(
         t = expand_target(target, n_total, logits.shape[1], logits.device)
         t = logits.argmax(1) if t is None else t.index_select(0, idx.to(t.device))
         fy = logits.gather(1, t.unsqueeze(1)).squeeze(1)
-        grads = torch.autograd.grad(fy.sum(), leaves, create_graph=True)
+        grads = penalty_gradient(fy.sum(), leaves, "hessian_trace")
         gnorm = sum(g.detach().pow(2).flatten(1).sum(1) for g in grads)
         m = leaves[0].shape[0]
         acc = leaves[0].new_zeros(m)
@@ -208,12 +208,8 @@ def _chunk_trace(
             offsets.append(offsets[-1] + leaf[0].numel())
         for j in range(k):
             probes = _probes(leaves, offsets, j, exact, gen)
-            gv = sum((g * v).sum() for g, v in zip(grads, probes, strict=True))
-            hvs = torch.autograd.grad(gv, leaves, retain_graph=True, allow_unused=True)
-            quad = sum(
-                (v * hv).flatten(1).sum(1) for v, hv in zip(probes, hvs, strict=True) if hv is not None
-            )
-            quad = quad.detach() if isinstance(quad, Tensor) else leaves[0].new_zeros(m)
+            hvs = input_hvp(grads, leaves, probes, strict=True)
+            quad = sum((v * hv).flatten(1).sum(1) for v, hv in zip(probes, hvs, strict=True)).detach()
             acc += quad
             acc_sq += quad.pow(2)
             bar.update(1)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._autograd import penalty_gradient
 from .base import RegularizedModel, auxiliary_forward, class_scores, reusable
 
 __all__ = ["InputGradientPenalty", "WeightPenalty", "norm_penalty", "weight_norm", "penalised_parameters"]
@@ -201,7 +202,7 @@ class InputGradientPenalty(RegularizedModel):
             score = F.cross_entropy(logits, y, reduction="sum")
         else:
             score = class_scores(logits, y).sum()
-        (grad,) = torch.autograd.grad(score, x, create_graph=True)
+        (grad,) = penalty_gradient(score, (x,), type(self).__name__)
         value = norm_penalty(grad, self.p, self.squared).mean()
         return self.lam * value, {f"input_grad_{_P_NAMES[self.p]}": float(value.detach())}
 

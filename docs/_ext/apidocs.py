@@ -45,12 +45,19 @@ API_PAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 #: The metrics reference, one page per group (results and "other" are found automatically).
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
-    "faithfulness": ("pixel_perturbation", "diff_roar", "aopc", "relative_fidelity_drop"),
+    "faithfulness": (
+        "pixel_perturbation",
+        "diff_roar",
+        "diff_roar_without_retraining",
+        "aopc",
+        "relative_fidelity_drop",
+    ),
     "localisation": ("feature_leakage",),
     "sanity": ("model_randomization", "data_randomization"),
     "robustness": ("attribution_attack", "stability", "topk_intersection"),
     "density": ("density_ratio_curve", "class_conditional_samples", "gan_test"),
     "helpers": (
+        "ExecutionOptions",
         "DIFF_ROAR_FRACTIONS",
         "count_for_fraction",
         "unmask",

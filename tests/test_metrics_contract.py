@@ -1,15 +1,12 @@
-"""Issue 12, findings 3, 4, 5 and 7 (metrics other than DiffROAR): each test failed on the old code.
+"""The metric contract, generated from the registry (``captum_ext.metrics._registry.METRICS``):
+one argument dialect, NaN / empty / 1-D data refused, the one model policy (train-mode Dropout and
+normalisation with running statistics refused, the model never changed), probabilities never
+softmaxed twice, compact result reprs; plus per-metric behaviours of the shared plumbing
+(per-example baselines, target forms, one vocabulary of units)."""
 
-* 3: ``pixel_perturbation`` checked ``fill`` per batch (per-example baselines broke with batching);
-* 4: unchecked input (fractions that keep nothing, NaN/empty input for ``aopc``, ``channel_dim`` not
-  passed to the fill, train-mode models only warned about and then changed);
-* 5: not Captum's dialect (labels third, ``fill``/``batch_size``/``progress``, batch means only);
-* 7: scattered masking plumbing (``reduce=``/``aggregate=``, helpers imported from ``sanity.py``).
-
-And the guarantee that no metric changes the model, also when it raises.
-"""
-
+import copy
 import dataclasses
+import functools
 import inspect
 import json
 
@@ -25,6 +22,8 @@ from captum_ext.metrics import (
     class_conditional_samples,
     data_randomization,
     density_ratio_curve,
+    diff_roar,
+    diff_roar_without_retraining,
     feature_leakage,
     gan_test,
     model_randomization,
@@ -32,6 +31,7 @@ from captum_ext.metrics import (
     relative_fidelity_drop,
     stability,
 )
+from captum_ext.metrics._registry import METRICS
 from captum_ext.training import Trainer
 
 DT = torch.float64
@@ -56,10 +56,10 @@ def _data(n=6, seed=0):
     return x, torch.rand(n, 2, 2, 2, generator=g, dtype=DT), torch.randint(0, 3, (n,), generator=g)
 
 
-# ------------------------------------------------------------------------------------------ finding 3
+# ---------------------------------------------------------------------------------------- baselines
 
 
-def test_finding3_per_example_baselines_work_with_any_batch_size():
+def test_per_example_baselines_work_with_any_batch_size():
     torch.manual_seed(0)
     net = Recorder(8)
     x, attr, y = _data()
@@ -78,7 +78,7 @@ def test_finding3_per_example_baselines_work_with_any_batch_size():
         torch.testing.assert_close(res.probs, ref.probs, rtol=0, atol=1e-14)
 
 
-def test_finding3_baselines_of_another_length_are_refused_not_reused():
+def test_baselines_of_another_length_are_refused_not_reused():
     net = Recorder(8)
     x, attr, y = _data()
     half = torch.zeros(3, 2, 2, 2, dtype=DT)
@@ -86,17 +86,17 @@ def test_finding3_baselines_of_another_length_are_refused_not_reused():
         pixel_perturbation(net, x, attr, target=y, baselines=half, fractions=(0.5,), max_examples_per_batch=3)
 
 
-# ------------------------------------------------------------------------------------------ finding 4
+# --------------------------------------------------------------------------------------- bad input
 
 
-def test_finding4_fractions_must_stand_for_at_least_one_unit():
+def test_fractions_must_stand_for_at_least_one_unit():
     net = Recorder(8)
     x, attr, y = _data()
     with pytest.raises(ValueError, match="stand for 0"):
         pixel_perturbation(net, x, attr, target=y, fractions=(1e-6,))
 
 
-def test_finding4_aopc_refuses_nan_and_empty_input():
+def test_aopc_refuses_nan_and_empty_input():
     net = nn.Linear(4, 3).double().eval()
     x = torch.rand(3, 4, dtype=DT)
     with pytest.raises(ValueError, match="NaN"):
@@ -107,7 +107,7 @@ def test_finding4_aopc_refuses_nan_and_empty_input():
         aopc(net, x * float("nan"), x, target=0, steps=(1,))
 
 
-def test_finding4_channel_dim_reaches_the_fill():
+def test_channel_dim_reaches_the_fill():
     """Channels-last images: 'channel_mean' is the mean of each channel, not of dim 1."""
     x = torch.tensor([[[[1.0, 10.0], [3.0, 30.0]], [[5.0, 50.0], [7.0, 70.0]]]], dtype=DT)  # (1,H,W,C)
     attr = torch.tensor([[[[4.0, 4.0], [3.0, 3.0]], [[2.0, 2.0], [1.0, 1.0]]]], dtype=DT)
@@ -122,7 +122,7 @@ def test_finding4_channel_dim_reaches_the_fill():
 
 
 @pytest.mark.parametrize("which", ["pixel_perturbation", "density_ratio_curve", "aopc"])
-def test_finding4_train_mode_models_are_refused_and_left_alone(which, untouched):
+def test_train_mode_models_are_refused_and_left_alone(which, untouched):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).double().train()
     x, attr, y = _data()
@@ -136,7 +136,7 @@ def test_finding4_train_mode_models_are_refused_and_left_alone(which, untouched)
 
 
 @pytest.mark.parametrize("which", ["pixel_perturbation", "aopc", "density_ratio_curve", "gan_test"])
-def test_finding4_out_of_range_targets_are_refused(which):
+def test_out_of_range_targets_are_refused(which):
     net = Recorder(8)
     x, attr, _ = _data()
     bad = [0, 1, 2, 3, 0, 1]  # 3 classes
@@ -151,45 +151,34 @@ def test_finding4_out_of_range_targets_are_refused(which):
             gan_test(net, x, target=bad)
 
 
-# ------------------------------------------------------------------------------------------ finding 5
-
-METRICS = {
-    "pixel_perturbation": pixel_perturbation,
-    "aopc": aopc,
-    "relative_fidelity_drop": relative_fidelity_drop,
-    "density_ratio_curve": density_ratio_curve,
-    "model_randomization": model_randomization,
-    "data_randomization": data_randomization,
-    "stability": stability,
-    "attribution_attack": attribution_attack,
-    "class_conditional_samples": class_conditional_samples,
-    "gan_test": gan_test,
-    "feature_leakage": feature_leakage,
-}
+# ------------------------------------------------------------------------------------------ dialect
 
 
 @pytest.mark.parametrize("name", sorted(METRICS))
-def test_finding5_one_dialect(name):
-    fn = METRICS[name]
+def test_every_registered_metric_speaks_one_dialect(name):
+    spec = METRICS[name]
+    fn = spec.fn
     assert hasattr(fn, "__wrapped__"), f"{name} lacks @log_usage()"
     params = inspect.signature(fn).parameters
     names = list(params)
-    if name == "feature_leakage":  # no model: inputs first, as captum.metrics.sensitivity_max
-        assert names[:2] == ["inputs", "attributions"]
-    else:
-        assert names[0] == "forward_func", names
-    if name not in ("class_conditional_samples", "feature_leakage"):
-        assert names[1] == "inputs", names
-    assert params["target"].kind is inspect.Parameter.KEYWORD_ONLY
+    expected = (["forward_func"] if spec.model else []) + list(spec.data)
+    assert names[: len(expected)] == expected, names
+    assert all(params[n].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for n in expected)
+    options = [n for n in names[len(expected) :] if n != "aopc_kwargs"]
+    assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in options), names
+    if "target" in params:
+        assert params["target"].kind is inspect.Parameter.KEYWORD_ONLY
     if name != "relative_fidelity_drop":  # forwards **aopc_kwargs
         assert "max_examples_per_batch" in params and params["max_examples_per_batch"].default is None
     for old in ("labels", "targets", "model", "classifier", "batch_size", "progress", "fill", "baseline"):
         assert old not in params, f"{name} still has {old!r}"
+    if spec.long_running:
+        assert "show_progress" in params, f"{name} trains or loops long but has no show_progress"
     if "show_progress" in params:
         assert params["show_progress"].default is False
 
 
-def test_finding5_per_example_values_beside_the_curves_and_frozen_results():
+def test_per_example_values_beside_the_curves_and_frozen_results():
     net = Recorder(8)
     x, attr, y = _data()
     pp = pixel_perturbation(net, x, attr, target=y, fractions=(0.5, 1.0))
@@ -214,7 +203,7 @@ def test_finding5_per_example_values_beside_the_curves_and_frozen_results():
     plt.close("all")
 
 
-def test_finding5_target_forms_agree_and_tuple_inputs_take_per_example_baselines():
+def test_target_forms_agree_and_tuple_inputs_take_per_example_baselines():
     net = Recorder(8)
     x, attr, y = _data()
     ref = pixel_perturbation(net, x, attr, target=y, fractions=(0.5,))
@@ -246,10 +235,10 @@ def test_finding5_target_forms_agree_and_tuple_inputs_take_per_example_baselines
         assert full.scores[:, i].tolist() == pytest.approx(expect, abs=1e-12)
 
 
-# ------------------------------------------------------------------------------------------ finding 7
+# ---------------------------------------------------------------------------------- one vocabulary
 
 
-def test_finding7_one_vocabulary_for_units_across_metrics():
+def test_one_vocabulary_for_units_across_metrics():
     """``aggregate=`` means the same in pixel perturbation, AOPC and leakage (one engine)."""
     x = torch.rand(4, 3, 2, 2, dtype=DT) + 1.0
     attr = torch.rand(4, 3, 2, 2, dtype=DT)
@@ -265,7 +254,7 @@ def test_finding7_one_vocabulary_for_units_across_metrics():
     assert leak.leakage.tolist() == [0.0] * 4
 
 
-def test_finding7_shared_helpers_live_in_common_not_sanity():
+def test_shared_helpers_live_in_common_not_sanity():
     import captum_ext.metrics.fidelity as fidelity
     import captum_ext.metrics.robustness as robustness
     import captum_ext.metrics.samples as samples
@@ -339,7 +328,177 @@ def _calls(net, x, attr, y):
             lambda: gan_test(net, x, target=y),
             lambda: gan_test(net, x, target=[3] * 6),
         ),
+        "diff_roar": (
+            lambda: diff_roar(net, (x, y), (x, y), (attr, attr), **_retrain(net)),
+            lambda: diff_roar(net, (x, y), (x, y), (attr, attr), **_retrain(net), seeds=()),
+        ),
+        "diff_roar_without_retraining": (
+            lambda: diff_roar_without_retraining(net, (x, y), attr, fractions=(0.5,)),
+            lambda: diff_roar_without_retraining(net, (x, y), attr, fractions=(1e-6,)),
+        ),
     }
+
+
+def _retrain(net):
+    """DiffROAR's retraining options for the small models of these tests (same architecture)."""
+    arch = copy.deepcopy(net)
+    return dict(
+        model_factory=functools.partial(_fresh_copy, arch),
+        trainer=Trainer(epochs=1, batch_size=3),
+        fractions=(0.5,),
+        seeds=(0,),
+        mask_control=False,
+    )
+
+
+def _fresh_copy(model):
+    fresh = copy.deepcopy(model).train()
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return fresh
+
+
+def _invoke(name, net, x, attr, y):
+    """Call metric ``name`` on data ``x`` (attributions ``attr``, labels ``y``) with small settings."""
+    sal = Saliency(net).attribute
+    calls = {
+        "aopc": lambda: aopc(net, x, attr, target=y, steps=(1,)),
+        "attribution_attack": lambda: attribution_attack(net, x, target=y, epsilon=0.1, steps=1),
+        "class_conditional_samples": lambda: class_conditional_samples(
+            net, tuple(x.shape[1:]), target=[0], steps=1
+        ),
+        "data_randomization": lambda: data_randomization(
+            net, x, Saliency, train_data=(x, y), trainer=Trainer(epochs=1, batch_size=3), metrics=("topk",)
+        ),
+        "density_ratio_curve": lambda: density_ratio_curve(net, x, [0.1], target=y),
+        "diff_roar": lambda: diff_roar(net, (x, y), (x, y), (attr, attr), **_retrain(net)),
+        "diff_roar_without_retraining": lambda: diff_roar_without_retraining(
+            net, (x, y), attr, fractions=(1.0,)
+        ),
+        "feature_leakage": lambda: feature_leakage(x, sal, x > 0.5, target=y),
+        "gan_test": lambda: gan_test(net, x, target=y),
+        "model_randomization": lambda: model_randomization(net, x, Saliency, target=y, metrics=("topk",)),
+        "pixel_perturbation": lambda: pixel_perturbation(net, x, attr, target=y, fractions=(0.5,)),
+        "relative_fidelity_drop": lambda: relative_fidelity_drop(
+            net, x, attr, attr.abs(), target=y, steps=(1,), output="logit"
+        ),
+        "stability": lambda: stability(net, x, Saliency, other_forward_func=net, target=y, metrics=("topk",)),
+    }
+    return calls[name]()
+
+
+DATA_METRICS = sorted(n for n in METRICS if n != "class_conditional_samples")  # it makes its inputs
+
+
+def _bad(kind):
+    x, attr, y = _data()
+    if kind == "nan":
+        x = x.clone()
+        x[2, 1, 0, 1] = float("nan")
+    elif kind == "inf":
+        x = x.clone()
+        x[0, 0, 0, 0] = float("inf")
+    elif kind == "empty":
+        x, attr, y = x[:0], attr[:0], y[:0]
+    else:  # 1-D: six scalars
+        x, attr = x[:, 0, 0, 0].contiguous(), attr[:, 0, 0, 0].contiguous()
+    return x, attr, y
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("empty", "empty"), ("1d", "feature dimension")],
+)
+@pytest.mark.parametrize("name", DATA_METRICS)
+def test_every_metric_refuses_nan_empty_and_1d_data_with_a_clear_error(name, kind, message, untouched):
+    net = _net()
+    x, attr, y = _bad(kind)
+    with untouched(net), pytest.raises(ValueError, match=message):
+        _invoke(name, net, x, attr, y)
+
+
+def test_class_conditional_samples_explains_a_wrong_input_shape():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(3)).double().eval()
+    net(torch.zeros(1, 1, 4, 4, dtype=DT))  # materialise the lazy layer
+    with pytest.raises(ValueError, match="without the batch dimension"):
+        class_conditional_samples(net, (16,), target=[0], steps=1)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_every_metric_refuses_train_mode_instance_norm_with_running_stats(name, untouched):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.InstanceNorm2d(2, track_running_stats=True),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+        nn.Tanh(),
+        nn.Linear(4, 3),
+    ).double()
+    x, attr, y = _data()
+    with untouched(net), pytest.raises(ValueError, match="training mode"):
+        _invoke(name, net, x, attr, y)
+    _invoke(name, net.eval(), x, attr, y)  # in eval mode it runs
+
+
+class _Probabilities(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        return torch.softmax(self.lin(x.flatten(1)), dim=1)
+
+
+@pytest.mark.parametrize("which", ["pixel_perturbation", "aopc"])
+def test_probabilities_are_never_softmaxed_twice(which):
+    torch.manual_seed(0)
+    net = _Probabilities().eval()
+    x, attr, y = _data()
+    call = {
+        "pixel_perturbation": lambda **kw: pixel_perturbation(net, x, attr, target=y, fractions=(0.5,), **kw),
+        "aopc": lambda **kw: aopc(net, x, attr, target=y, steps=(2,), **kw),
+    }[which]
+    with pytest.raises(ValueError, match="model_outputs='probabilities'"):
+        call()
+    res = call(model_outputs="probabilities")
+    with torch.no_grad():
+        want = net(x).gather(1, y[:, None])[:, 0]  # the probabilities themselves, not re-softmaxed
+    got = res.baseline_probs if which == "pixel_perturbation" else res.scores[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+
+
+def test_attribute_kwargs_reach_the_attribution_in_pixel_perturbation_and_feature_leakage():
+    net = Recorder(8)
+    x, attr, y = _data()
+    seen = []
+
+    def attribute(inputs, target=None, scale=1.0):
+        seen.append(scale)
+        return inputs * scale
+
+    pixel_perturbation(net, x, attribute, target=y, fractions=(0.5,), attribute_kwargs={"scale": 2.0})
+    feature_leakage(x, attribute, x > 0.5, target=y, attribute_kwargs={"scale": 3.0})
+    assert seen == [2.0, 3.0]
+
+
+def test_result_reprs_are_compact():
+    net = Recorder(8)
+    x = torch.rand(200, 2, 2, 2, dtype=DT)
+    attr = torch.rand(200, 2, 2, 2, dtype=DT)
+    y = torch.randint(0, 3, (200,))
+    results = [
+        pixel_perturbation(net, x, attr, target=y, fractions=(0.5, 1.0)),
+        aopc(net, x, attr, target=y, steps=(1, 2)),
+        density_ratio_curve(net, x, [0.1], target=y),
+        feature_leakage(x, attr, x > 0.5),
+        gan_test(net, x, target=y),
+        diff_roar_without_retraining(net, (x, y), attr, fractions=(0.5, 1.0)),
+    ]
+    for res in results:
+        text = repr(res)
+        assert len(text) < 400 and "\n" not in text, text
+        assert text.startswith(type(res).__name__ + "(")
 
 
 @pytest.mark.parametrize("name", sorted(METRICS))
@@ -374,3 +533,65 @@ def test_metrics_follow_the_inputs_device():
     assert ao.aopc.device.type == "cuda"
     fl = feature_leakage(x, attr, x > 0.5, top_k=2)
     assert fl.leakage.shape == (6,)
+
+
+class _TwoInputs(nn.Module):
+    """A classifier of two input tensors (an image-like one and a flat one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 3).double()
+        self.b = nn.Linear(3, 3).double()
+
+    def forward(self, a, b):
+        return torch.tanh(self.a(a.flatten(1))) + self.b(b)
+
+
+def _invoke_tuple(name, net, xs, attrs, y):
+    sal = Saliency(net).attribute
+    calls = {
+        "aopc": lambda: aopc(net, xs, attrs, target=y, steps=(1,), aggregate="abs_sum"),
+        "density_ratio_curve": lambda: density_ratio_curve(net, xs, [0.1], target=y),
+        "feature_leakage": lambda: feature_leakage(xs, sal, tuple(x > 0.5 for x in xs), target=y),
+        "model_randomization": lambda: model_randomization(net, xs, Saliency, target=y, metrics=("topk",)),
+        "pixel_perturbation": lambda: pixel_perturbation(net, xs, attrs, target=y, fractions=(0.5,)),
+        "relative_fidelity_drop": lambda: relative_fidelity_drop(
+            net,
+            xs,
+            attrs,
+            tuple(a.abs() for a in attrs),
+            target=y,
+            steps=(1,),
+            output="logit",
+            aggregate="abs_sum",
+        ),
+        "stability": lambda: stability(
+            net, xs, Saliency, other_forward_func=net, target=y, metrics=("topk",)
+        ),
+        "data_randomization": lambda: data_randomization(
+            net, xs, Saliency, train_data=(xs, y), trainer=Trainer(epochs=1, batch_size=3), metrics=("topk",)
+        ),
+        "attribution_attack": lambda: attribution_attack(net, xs, target=y, epsilon=0.1, steps=1),
+        "gan_test": lambda: gan_test(net, xs, target=y),
+        "diff_roar": lambda: diff_roar(net, (xs, y), (xs, y), (attrs, attrs), **_retrain(net)),
+        "diff_roar_without_retraining": lambda: diff_roar_without_retraining(
+            net, (xs, y), attrs, fractions=(1.0,)
+        ),
+    }
+    return calls[name]()
+
+
+@pytest.mark.parametrize("name", sorted(n for n in METRICS if n != "class_conditional_samples"))
+def test_tuple_inputs_work_where_the_registry_says_and_are_refused_clearly_elsewhere(name, untouched):
+    torch.manual_seed(0)
+    net = _TwoInputs().eval()
+    x, attr, y = _data()
+    b = torch.rand(6, 3, dtype=DT, generator=torch.Generator().manual_seed(5))
+    xs, attrs = (x, b), (attr, b.flip(1))
+    with untouched(net):
+        if METRICS[name].tuple_inputs:
+            res = _invoke_tuple(name, net, xs, attrs, y)
+            assert isinstance(res, MetricResult)
+        else:
+            with pytest.raises((TypeError, ValueError), match="tuple|single|one input|tensor"):
+                _invoke_tuple(name, net, xs, attrs, y)
