@@ -33,7 +33,7 @@ def test_closed_form_sparse_caso_matches_independent_solver_at_tight_lambda2(rat
         L = float(caso.last_details.top_eigenvalue[0])
         H, g = stable_dense(model, xi[0], int(caso.last_details.target[0]))
         lam1, lam2 = float(g.abs().median()), ratio * L
-        out = caso.attribute(xi, hessian="closed_form", lambda1=lam1, lambda2=lam2)
+        out = caso.attribute(xi, hessian="closed_form", lambda1=lam1, lambda2=lam2, orientation="paper")
         det = caso.last_details
         assert det.solver == "dual_newton"
         assert bool(det.converged.all()) and int(det.iterations.max()) <= 10

@@ -20,7 +20,7 @@ def test_bound_with_the_uncertainty_of_L_holds_against_the_true_L(c1, tol, hessi
         model = scaled_mlp(nn.ReLU(), scale=5.0, seed=1)
     x = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     caso = CASO(model)
-    out = caso.attribute(x, c1=c1, tol=tol, hessian=hessian)
+    out = caso.attribute(x, c1=c1, tol=tol, hessian=hessian, orientation="paper")
     det = caso.last_details
     assert bool(det.converged.all())
     for i in range(3):
