@@ -1,6 +1,7 @@
 """CASO at the paper's own scale: ResNet-50 and ViT-B/16, 3x224x224 inputs, 1000 classes.
 
-For each model (random weights, ``weights=None``) and each confidence level (the last layer is scaled so
+For each model (random weights, ``weights=None``), each batch size (``--batch``, default 1 and 8) and each
+confidence level (the last layer is scaled so
 that the median top probability is about 0.3, 0.9, 0.999 and 1 - 1e-6), one run times:
 
 * ``cafo``: CAFO (one backward pass);
@@ -8,6 +9,7 @@ that the median top probability is about 0.3, 0.9, 0.999 and 1 - 1e-6), one run 
 * ``gauss_newton``: CASO with matrix-free Gauss-Newton products ``J^T A J v`` (double-VJP ``J v``);
 * ``exact``: CASO with double-backward products (Lanczos for ``L``, certified conjugate gradients);
 * ``auto``: CASO's default, and which path it chose;
+* ``sparsity_rule``: CASO's default path with the paper's ``lambda1`` choice (sparsity in [0.75, 1]);
 * ``paper``: the paper's loop (10 power + 10 FISTA iterations, double-backward products);
 * ``ig``: Captum's IntegratedGradients with 50 steps.
 
@@ -65,6 +67,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = (0.3, 0.9, 0.999, 1 - 1e-6)
 #: methods whose cost does not depend on the confidence: by default timed at one level per model
 FIXED_COST = ("paper", "ig")
+#: the methods of a cell, in table and plot order
+METHODS = ("cafo", "factor", "gauss_newton", "exact", "auto", "auto_warm", "sparsity_rule", "paper", "ig")
 
 
 def _caso_has_gauss_newton() -> bool:
@@ -245,6 +249,8 @@ def run_cell(model, x, target, piecewise, args, device) -> dict:
         "gauss_newton": caso_run("gauss_newton"),
         "factor": caso_run("closed_form"),
         "auto": caso_run("auto"),
+        # the paper's unsupervised lambda1 (sparsity ratio in [0.75, 1]): the sparse solve at scale
+        "sparsity_rule": caso_run("auto", sparsity=(0.75, 1.0)),
     }
     if args.warm_auto:  # the same object twice: the second call reuses the cached curvature probe
         warm = CASO(model) if wired else StandaloneCASO(model, "auto")
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["resnet50", "vit_b_16"])
     parser.add_argument("--levels", nargs="+", type=float, default=list(LEVELS))
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (each a cell)")
     parser.add_argument("--repeats", type=int, default=1, help="median of this many runs per method")
     parser.add_argument("--factor-skip", type=float, default=3.0)
     parser.add_argument("--agree", type=float, default=1e-3, help="relative L2 agreement with exact")
@@ -340,33 +346,36 @@ def main(argv: list[str] | None = None) -> dict:
         "note": __doc__,
         "cells": [],
     }
-    for name in args.models:
-        for level in args.levels:
-            model, head, size, piecewise = build_model(name, args.quick)
-            model = model.to(device)
-            gen = torch.Generator().manual_seed(1)
-            x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
-            scale = scale_to_confidence(model, head, x, level)
-            with torch.no_grad():
-                target = model(x).argmax(1)
-            args.with_fixed = args.all_fixed or abs(level - args.fixed_level) < 1e-12
-            print(f"{name} level={level} scale={scale:.3g}", flush=True)
-            kernel = sdpa_kernel(SDPBackend.MATH) if name.startswith("vit") else contextlib.nullcontext()
-            with kernel:
-                cell = run_cell(model, x, target, piecewise, args, device)
-            cell.update(model=name, level=level, head_scale=scale, batch=args.batch, image=size)
-            report["cells"].append(cell)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(report, indent=1))
+    for name, batch, level in [(m, b, lv) for m in args.models for b in args.batch for lv in args.levels]:
+        model, head, size, piecewise = build_model(name, args.quick)
+        model = model.to(device)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+        scale = scale_to_confidence(model, head, x, level)
+        with torch.no_grad():
+            target = model(x).argmax(1)
+        args.with_fixed = args.all_fixed or abs(level - args.fixed_level) < 1e-12
+        print(f"{name} batch={batch} level={level} scale={scale:.3g}", flush=True)
+        kernel = sdpa_kernel(SDPBackend.MATH) if name.startswith("vit") else contextlib.nullcontext()
+        with kernel:
+            cell = run_cell(model, x, target, piecewise, args, device)
+        cell.update(model=name, level=level, head_scale=scale, batch=batch, image=size)
+        report["cells"].append(cell)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
     plot(report, Path(args.out).with_suffix(".png"))
     return report
 
 
 def markdown_table(report: dict) -> str:
     """One row per cell: CPU seconds (one thread) per method, auto's choice and the goal ratios."""
-    names = ["cafo", "factor", "gauss_newton", "exact", "auto", "auto_warm", "paper", "ig"]
-    head = "| model | p_max | rank | " + " | ".join(names) + " | auto chose | auto / fastest | CASO / CAFO |"
-    lines = [head, "|" + "---|" * (len(names) + 6)]
+    names = list(METHODS)
+    head = (
+        "| model | batch | p_max | rank | "
+        + " | ".join(names)
+        + " | auto chose | auto / fastest | CASO / CAFO |"
+    )
+    lines = [head, "|" + "---|" * (len(names) + 7)]
     for c in report["cells"]:
         meth = c["methods"]
         vals = []
@@ -386,7 +395,9 @@ def markdown_table(report: dict) -> str:
         ratio = " / ".join(f"{a / min(fast):.2f}" for a in autos) if fast and autos else "-"
         cafo = meth.get("cafo", {}).get("cpu_s")
         over = " / ".join(f"{a / cafo:.1f}" for a in autos) if cafo and autos else "-"
-        row = f"| {c['model']} | {c['p_max'][0]:.6g} | {c['rank'][0]} | " + " | ".join(vals)
+        row = f"| {c['model']} | {c.get('batch', 1)} | {c['p_max'][0]:.6g} | {c['rank'][0]} | " + " | ".join(
+            vals
+        )
         lines.append(row + f" | {chose} | {ratio} | {over} |")
     lines.append(
         "\n\\* not correct here: a Gauss-Newton Hessian on a net that is not piecewise linear, or an "
@@ -402,12 +413,12 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({c["model"] for c in report["cells"]})
+    models = sorted({(c["model"], c.get("batch", 1)) for c in report["cells"]})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        cells = [c for c in report["cells"] if c["model"] == model]
+    for ax, (model, batch) in zip(axes[0], models, strict=True):
+        cells = [c for c in report["cells"] if c["model"] == model and c.get("batch", 1) == batch]
         labels = [f"{c['level']:.6g}" for c in cells]
-        names = ["cafo", "factor", "gauss_newton", "exact", "auto", "auto_warm", "paper", "ig"]
+        names = list(METHODS)
         width = 0.8 / len(names)
         for k, meth in enumerate(names):
             vals = [c["methods"].get(meth, {}).get("cpu_s", float("nan")) for c in cells]

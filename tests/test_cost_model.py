@@ -153,6 +153,7 @@ def test_auto_follows_the_cost_model_at_low_and_high_confidence(scale, expected,
     assert det.extra["auto"]["choice"] == expected
     chosen = det.extra["auto"]["predicted_cost"]
     assert chosen[expected] == min(chosen.values())  # never a path it predicts to be slower
+    assert 0.0 <= det.extra["auto"]["planning_s"] < float("inf")  # its own time is reported
     # every correct path gives the same optimum (each certified to relative error 1e-8 in float64)
     for path in ("closed_form", "gauss_newton", "exact"):
         other = CASO(model).attribute(x, hessian=path, rank_tol=0.0)

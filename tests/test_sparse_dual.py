@@ -147,9 +147,10 @@ def test_agrees_with_the_certified_accelerated_solver(ratio):
     B, g, lam1, lam2 = random_problem(7, n=4, d=40, r=5, ratio=ratio)
     res = sparse_dual_solve(B, g, lam1, lam2)
     factor = LowRankFactor(B=B, eigvals=None, rank=None, discarded=None, gradient=g)
+    # tol 1e-11: the float64 certificate allows ~1e-12 of round-off at 2 lambda2 = 1.01 L
     apg = accelerated_prox_gradient(
         g[:, None], factor.hvp, lam1[:, None, None], lam2[:, None, None],
-        l_upper=top_eigenvalue(B)[:, None, None], tol=1e-12, max_iter=20_000,
+        l_upper=top_eigenvalue(B)[:, None, None], tol=1e-11, max_iter=20_000,
     )  # fmt: skip
     assert bool(apg.converged.all())
     for i in range(4):

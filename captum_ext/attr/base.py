@@ -29,6 +29,7 @@ from .graph import (
     unflatten_features,
 )
 from .options import CAFOOptions, check_lambda1
+from .progress import example_progress
 
 
 def _looks_like_probabilities(logits: Tensor) -> bool:
@@ -97,7 +98,8 @@ class _ContextAwareAttribution(GradientAttribution):
         outs: list[tuple[Tensor, ...]] = []
         details: list[AttributionDetails] = []
         # the math attention kernel has a double backward (flash / efficient ones have none on CPU)
-        with torch.enable_grad(), math_attention_kernel(), refuse_train_mode_layers(who):
+        bar = example_progress(n, getattr(opts, "show_progress", False), who)
+        with torch.enable_grad(), math_attention_kernel(), refuse_train_mode_layers(who), bar:
             for start in range(0, n, chunk):
                 idx = torch.arange(start, min(n, start + chunk), device=tup[0].device)
                 xs = tuple(x.index_select(0, idx) for x in tup)
@@ -124,6 +126,7 @@ class _ContextAwareAttribution(GradientAttribution):
                 flat, det = self._solve(graph, chunk_opts, grid_fn, forward, a_e)
                 outs.append(unflatten_features(flat, xs))
                 details.append(det)
+                bar.update(len(idx))
         self.last_details = AttributionDetails.concat(details)
         if compiled:
             self.last_details.extra["compiled"] = compiled

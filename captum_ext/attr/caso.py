@@ -165,6 +165,7 @@ class CASO(_ContextAwareAttribution):
         internal_batch_size: int | None = None,
         max_rank: int | None = None,
         max_memory: int | None = None,
+        show_progress: bool = False,
     ) -> TensorOrTuple:
         r"""Compute CASO attributions.
 
@@ -205,6 +206,8 @@ class CASO(_ContextAwareAttribution):
                 never picks a path predicted not to fit (it warns when none does); ``"closed_form"``
                 builds the factor in groups of examples that fit (same result; raises ``ValueError``
                 when one example's factor alone does not fit; not for :class:`SmoothCASO`).
+            show_progress: a tqdm progress bar over the batch's examples, advanced per chunk (set
+                ``internal_batch_size`` for a long batch); off by default.
 
         Returns:
             Attributions shaped like ``inputs`` (tuple in, tuple out), in the chosen ``orientation``.
@@ -226,6 +229,7 @@ class CASO(_ContextAwareAttribution):
             n_power_iter=n_power_iter,
             max_rank=max_rank,
             max_memory=max_memory,
+            show_progress=show_progress,
         )
         return self._attribute(inputs, target, additional_forward_args, None, internal_batch_size, opts, abs)
 

@@ -39,7 +39,9 @@ class AttributionDetails:
             (closed form: the Gauss-Newton part truncated at ``rank_tol``, exact for piecewise-linear
             nets with ``rank_tol=0``). With a sparsity search: the worst over the candidates solved.
         iterations: solver iterations used (0 for closed forms).
-        solver: ``"certified"``, ``"paper"`` (fixed iterations) or ``"closed_form"`` (CAFO).
+        solver: ``"certified"``, ``"dual_newton"`` (the closed form's exact sparse solve at
+            ``lambda1 > 0``, :mod:`~captum_ext.attr.sparse_dual`), ``"paper"`` (fixed iterations) or
+            ``"closed_form"`` (CAFO).
         extra: notes, e.g. ``"auto"`` (the cost model's choice, predicted cost per path in backward
             passes, predicted memory, budget; see :meth:`~captum_ext.attr.cost_model.AutoPlan.summary`),
             ``"factor_groups"`` (sizes of the example groups the factor was built in, to fit
@@ -61,7 +63,7 @@ class AttributionDetails:
         >>> delta = caso.attribute(x, target=0, sparsity=(0.5, 1.0))
         >>> d = caso.last_details
         >>> d.hessian, d.solver, d.extra["probe"]  # ReLU net: exact closed form, read off the graph
-        ('closed_form', 'certified', 'structural')
+        ('closed_form', 'dual_newton', 'structural')
         >>> d.converged.tolist(), bool((d.error_bound < 1e-6).all()), d.in_window.tolist()
         ([True, True], True, [True, True])
     """

@@ -17,6 +17,8 @@ The steps, each in one place:
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -26,13 +28,13 @@ from torch import Tensor
 
 from .._autograd import is_missing_double_backward
 from .._format import select_additional_args
-from .cost_model import default_max_memory, expected_products, kept_ranks, plan_auto
+from .cost_model import DEFAULT_COSTS, default_max_memory, expected_products, kept_ranks, plan_auto
 from .curvature import Curvature, GraphAnalysis, analyse_graph, get_path, paths
 from .curvature.closed_form import LowRankFactor
 from .details import AttributionDetails
 from .graph import LossGraph, build_loss_graph
 from .options import CASOOptions
-from .packed_factor import plan_rank_groups
+from .packed_factor import factor_memory, plan_rank_groups
 from .solvers import (
     SolveResult,
     accelerated_prox_gradient,
@@ -45,6 +47,7 @@ from .solvers import (
     sparsity_ratio,
     sparsity_search,
 )
+from .sparse_dual import sparse_dual_solve
 
 #: Lanczos for ``L`` on matrix-free operators: relative Ritz residual and step cap. The eigenvalue error
 #: is about residual^2 / gap, and the solve's guard catches any underestimate (see :func:`solve`).
@@ -91,6 +94,7 @@ def choose_path(
         return opts.hessian, {}
     if not exact:
         raise CurvaturePathError(f"{who}(hessian='auto'): {_what_would_work(analysis)}")
+    start = time.perf_counter()
     zero = opts.sparsity is None and n_values == 1 and bool((torch.as_tensor(opts.lambda1) == 0).all())
     products = expected_products(n_values, zero, opts.solver, opts.n_power_iter, opts.paper_iterations)
     d = sum(x[0].numel() for x in graph.inputs)
@@ -110,7 +114,8 @@ def choose_path(
             f"took {plan.path!r}, predicted {plan.predictions[plan.path].memory} bytes.",
             stacklevel=6,
         )
-    return plan.path, {"auto": plan.summary()}
+    # planning reads only the softmax probabilities the graph holds (a c-sized eigen-bound per example)
+    return plan.path, {"auto": {**plan.summary(), "planning_s": time.perf_counter() - start}}
 
 
 def _lanczos_start(g: Tensor) -> Tensor:
@@ -140,7 +145,8 @@ def _warn_unconverged(conv: Tensor, bound: Tensor, tol: float, iters: int, paper
     warnings.warn(
         f"{who}: {k} of {total} solves did not reach the relative tolerance {tol:g} {how}; their "
         f"certified relative error is up to {worst:.3g} (last_details.error_bound). Raise max_iter, or "
-        "lambda2 / c1 (a larger margin above L/2 converges faster).",
+        "lambda2 / c1 (a larger margin above L/2 converges faster); in float32 the bound also covers "
+        "round-off, about eps sqrt(d) L / (2 lambda2 - L), which only float64 inputs reduce.",
         stacklevel=6,
     )
 
@@ -181,10 +187,25 @@ def search_or_solve(
     return delta[:, 0], obj[:, 0], lam[:, 0], sparsity_ratio(delta[:, 0]), None
 
 
+def _dual_newton(factor: LowRankFactor, gm: Tensor, lams: Tensor, lam2: Tensor, upper, tol: float):
+    """The exact sparse solve on ``H = B B^T`` (:func:`~captum_ext.attr.sparse_dual.sparse_dual_solve`),
+    certified by its float64 KKT bound, as a :class:`SolveResult` (``method="dual_newton"``)."""
+    res = sparse_dual_solve(factor.B, gm, lams, lam2, tol=tol)
+    conv = res.converged[..., None]
+    bound = res.rel_error_bound[..., None].to(gm.dtype)
+    # the problem is concave by construction (2 lambda2 > L exactly, else sparse_dual_solve raises)
+    return SolveResult(
+        res.delta, res.h_delta, conv, bound, res.iterations[..., None], torch.zeros_like(conv),
+        upper.expand_as(bound), 0, method="dual_newton",
+    )  # fmt: skip
+
+
 def _make_solve(
     curv: Curvature, g: Tensor, lam2: Tensor, stats: list[SolveResult], opts: CASOOptions
 ) -> Solve:
     op, tol = curv.op, default_tol(g.dtype) if opts.tol is None else opts.tol
+    # the uncertainty of L takes its share of the tolerance (see _estimate_spectrum)
+    tol = max(tol - float(_lambda2_error(curv, curv.top, opts).max()), 0.25 * tol)
     factor = op if isinstance(op, LowRankFactor) else None
 
     def solve_fn(lams: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,6 +220,8 @@ def _make_solve(
             st = _certified(delta, factor.hvp(delta), gm, l1, l2, upper, 0, 0)
         elif bool((lams == 0).all()):
             st = conjugate_gradient(gm, op.hvp, l2, l_upper=upper, tol=tol, max_iter=opts.max_iter)
+        elif factor is not None:  # closed form (also SmoothCASO's group mean, packed groups), lambda1 > 0
+            st = _dual_newton(factor, gm, lams, lam2, upper, tol)
         else:
             lower = curv.lower[:, None, None] if isinstance(curv.lower, Tensor) else 0.0
             st = accelerated_prox_gradient(
@@ -218,18 +241,37 @@ def _make_solve(
     return solve_fn
 
 
-def _estimate_spectrum(curv: Curvature, opts: CASOOptions) -> None:
-    """Fill ``top`` / ``upper`` / ``lower`` of a matrix-free operator (power steps for the paper)."""
+def _estimate_spectrum(curv: Curvature, opts: CASOOptions, tol: float) -> None:
+    """Fill ``top`` / ``upper`` / ``lower`` of a matrix-free operator (power steps for the paper).
+
+    With the default ``lambda2 = L/2 + c1``, ``L`` is needed only as far as it moves the answer: an error
+    ``e`` in ``L`` moves ``lambda2`` by ``e / 2`` and the optimum by at most ``e / (2 lambda2 - L) <=
+    e / (2 c1 - e)`` relative (strong convexity), so Lanczos stops once its residual (which bounds ``e``)
+    is below ``0.9 tol c1`` (at most about ``tol / 2`` of the answer's error); :func:`_lambda2_error`
+    adds that error to the certificate, and the solve gets the rest of the tolerance.
+    """
     if curv.top is not None:
         return
     if opts.solver == "paper":
         curv.top = curv.upper = curv.op.top_eigenvalue(opts.n_power_iter)
         return
+    # default lambda2: an absolute target for L from the answer's tolerance; explicit: L feeds only mu
+    rtol, atol = (0.0, 0.9 * tol * opts.c1) if opts.lambda2 is None else (LANCZOS_TOL, 0.0)
     lz = lanczos_extremes(
-        curv.op.hvp, _lanczos_start(curv.gradient), tol=LANCZOS_TOL, max_iter=LANCZOS_MAX_ITER
+        curv.op.hvp, _lanczos_start(curv.gradient), tol=rtol, max_iter=LANCZOS_MAX_ITER, atol=atol
     )
     curv.top, curv.upper = lz.top.clamp_min(0), lz.upper.clamp_min(0)
     curv.lower = lz.bottom if curv.lower is None else curv.lower
+
+
+def _lambda2_error(curv: Curvature, top: Tensor, opts: CASOOptions) -> Tensor:
+    """Relative error ``(n,)`` that the uncertainty of ``L`` (``upper - top``) puts into the optimum
+    through the default ``lambda2 = L/2 + c1`` (zero for an explicit ``lambda2`` or an exact ``L``)."""
+    if opts.lambda2 is not None:
+        return torch.zeros_like(top)
+    err = (curv.upper - top).clamp_min(0)
+    margin = 2.0 * opts.c1 - err
+    return torch.where(margin > 0, err / margin.clamp_min(torch.finfo(top.dtype).tiny), math.inf)
 
 
 def _guarded_solve(curv: Curvature, opts: CASOOptions, grid: Tensor | None, who: str):
@@ -282,8 +324,9 @@ def solve(
     n = curv.gradient.shape[0]
     n_hvp0 = getattr(curv.op, "n_hvp", 0)
     grid = None if grid_fn is None else grid_fn(n, device, dtype)
+    tol = default_tol(dtype) if opts.tol is None else opts.tol
     try:
-        _estimate_spectrum(curv, opts)
+        _estimate_spectrum(curv, opts, tol)
         (delta, obj, lam1, eta, in_window), lam2, top, stats, raised = _guarded_solve(curv, opts, grid, who)
     except RuntimeError as err:
         if is_missing_double_backward(err):
@@ -296,13 +339,13 @@ def solve(
         extra["lambda2_raised"] = raised
     release = getattr(curv.op, "release", None)
     release() if callable(release) else graph.release()
-    conv = torch.cat([st.converged.reshape(n, -1) for st in stats], 1)
     bound = torch.cat([st.error_bound.reshape(n, -1) for st in stats], 1)
+    bound = bound + _lambda2_error(curv, top, opts)[:, None].to(bound.dtype)
+    conv = torch.cat([st.converged.reshape(n, -1) for st in stats], 1) & (bound <= tol)
     iters = torch.cat([st.iterations.reshape(n, -1) for st in stats], 1)
     if grid is None or opts.sparsity is not None:  # one value per example: worst over the candidates
         conv, bound, iters = conv.all(1), bound.amax(1), iters.amax(1)
     paper = opts.solver == "paper"
-    tol = default_tol(dtype) if opts.tol is None else opts.tol
     _warn_unconverged(conv, bound, tol, opts.paper_iterations if paper else opts.max_iter, paper, who)
     gap = analysis.probe_gap
     details = AttributionDetails(
@@ -321,7 +364,7 @@ def solve(
         converged=conv,
         error_bound=bound,
         iterations=iters,
-        solver=opts.solver,
+        solver="dual_newton" if any(st.method == "dual_newton" for st in stats) else opts.solver,
         extra=extra,
     )
     return delta.detach(), details
@@ -335,7 +378,14 @@ def _factor_groups(graph: LossGraph, opts: CASOOptions, budget: int) -> list[Ten
     except ValueError:
         ranks = kept_ranks(graph.probs, opts.rank_tol, opts.max_rank, exact=True)
         plan = plan_rank_groups(ranks, d, size, budget)
-    return plan.groups if len(plan.groups) > 1 else None
+    if len(plan.groups) == 1:
+        return None
+    # one group reuses the batch's forward graph (already built); groups each pay their own forward
+    ranks = plan.ranks
+    one = factor_memory(graph.n, int(ranks.max()), d, size)
+    if one <= budget and graph.n * DEFAULT_COSTS.backward * (int(ranks.max()) + 1) <= plan.work:
+        return None
+    return plan.groups
 
 
 def _solve_groups(graph, groups, opts, grid_fn, forward_func, args, extra, who):

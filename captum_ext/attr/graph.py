@@ -89,9 +89,16 @@ class LossGraph:
     def batched_vjp(self, grad_logits: Tensor, retain_graph: bool = True) -> Tensor:
         """``J^T w_k`` for a stack ``grad_logits`` of shape ``(k, n, c)``; returns ``(k, n, d)``.
 
-        Uses autograd's vectorised ``is_grads_batched`` and falls back to a loop for models whose
-        operations have no batching rule.
+        Uses autograd's vectorised ``is_grads_batched`` on accelerators and falls back to a loop for
+        models whose operations have no batching rule. On CPU a loop of backward passes is faster (the
+        batching rules add work there: ~1.4x for 3 rows of a small CNN on one thread).
         """
+        if self.logits.device.type == "cpu":
+            k = grad_logits.shape[0]
+            out = torch.stack([self.vjp(w, retain_graph or i < k - 1) for i, w in enumerate(grad_logits)])
+            if not retain_graph:
+                self.release()
+            return out
         try:
             grads = torch.autograd.grad(
                 self.logits,

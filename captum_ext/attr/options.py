@@ -149,9 +149,12 @@ class CASOOptions(CAFOOptions):
     n_power_iter: int = 10
     max_rank: int | None = None
     max_memory: int | None = None
+    show_progress: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.show_progress, bool):
+            raise TypeError(f"show_progress must be True or False, got {self.show_progress!r}")
         if self.hessian != "auto":
             get_path(self.hessian)  # raises naming the registered paths
         if self.solver not in SOLVERS:

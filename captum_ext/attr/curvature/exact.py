@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from ..._autograd import NoDoubleBackwardError, input_gradient, input_hvp
-from ..graph import LossGraph, flatten_features, softmax_covariance, unflatten_features
+from ..graph import LossGraph, flatten_features, unflatten_features
 from .analysis import GraphAnalysis
+from .gauss_newton import apply_softmax_covariance
 from .registry import Curvature, CurvaturePath, register
 
 
@@ -30,9 +31,11 @@ def stable_loss_surrogate(graph: LossGraph) -> Tensor:
     """
     dtype = graph.dtype
     r = graph.residual().to(dtype)
-    A = softmax_covariance(graph.probs).to(dtype)
     diff = graph.logits - graph.logits.detach()
-    return (graph.logits * r).sum() + 0.5 * torch.einsum("nc,ncd,nd->", diff, A, diff)
+    # A applied matrix-free (O(c) per example and product, not O(c^2)): each HVP differentiates it
+    return (graph.logits * r).sum() + 0.5 * (
+        diff * apply_softmax_covariance(graph.probs.to(dtype), diff)
+    ).sum()
 
 
 class ExactHessian:

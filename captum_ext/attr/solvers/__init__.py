@@ -1,7 +1,8 @@
 """Solvers of the CASO problem, pure tensor maths named for what they promise.
 
 * :mod:`~captum_ext.attr.solvers.certified`: the optimum to a tolerance, with a per-problem error
-  bound (Lanczos for ``L``, conjugate gradients, accelerated proximal gradient, :func:`certify`).
+  bound (conjugate gradients, accelerated proximal gradient, :func:`certify`).
+* :mod:`~captum_ext.attr.solvers.lanczos`: Lanczos for ``L`` (the extreme eigenvalues).
 * :mod:`~captum_ext.attr.solvers.paper`: the paper's fixed-iteration FISTA (reference algorithm).
 * :mod:`~captum_ext.attr.solvers.objective`: the objective, its smooth part and the l1 prox.
 * :mod:`~captum_ext.attr.solvers.lambda1_search`: the paper's ``lambda1`` choice by sparsity ratio.
@@ -12,15 +13,14 @@ returning a :class:`~captum_ext.attr.solvers.certified.SolveResult` (or a result
 
 from .certified import (
     CurvatureOperator,
-    LanczosResult,
     SolveResult,
     accelerated_prox_gradient,
     certify,
     conjugate_gradient,
     default_tol,
-    lanczos_extremes,
 )
 from .lambda1_search import SparsitySearch, initial_lambda1_grid, sparsity_ratio, sparsity_search
+from .lanczos import LanczosResult, lanczos_extremes
 from .objective import HVP, caso_objective, smooth_part, soft_threshold
 from .paper import FistaResult, FistaStep, fista
 

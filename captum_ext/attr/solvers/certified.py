@@ -53,130 +53,6 @@ def _norm(a: Tensor) -> Tensor:
 
 
 @dataclass
-class LanczosResult:
-    """Extreme eigenvalue estimates of ``H`` per example, from :func:`lanczos_extremes`.
-
-    Attributes:
-        top: largest Ritz value ``(n,)`` (a lower bound on ``lambda_max``; an eigenvalue lies within
-            ``residual`` of it).
-        bottom: smallest Ritz value ``(n,)`` (an upper bound on ``lambda_min``).
-        residual: Ritz residual norm ``||H y - top y||`` of the top pair ``(n,)``.
-        converged: ``residual <= tol * spectral scale`` (or an invariant subspace was found) ``(n,)``.
-        steps: Lanczos steps used per example ``(n,)``.
-        n_hvp: batched operator calls.
-    """
-
-    top: Tensor
-    bottom: Tensor
-    residual: Tensor
-    converged: Tensor
-    steps: Tensor
-    n_hvp: int
-
-    @property
-    def upper(self) -> Tensor:
-        """``top + residual``: an upper bound on the eigenvalue the top Ritz value approximates."""
-        return self.top + self.residual
-
-
-def lanczos_extremes(
-    hvp: HVP, start: Tensor, *, tol: float = 1e-4, max_iter: int = 64, atol: Tensor | float = 0.0
-) -> LanczosResult:
-    """Batched Lanczos with full reorthogonalisation for the extreme eigenvalues of ``H`` per example.
-
-    Each example stops (its values frozen) at the first step where the top Ritz pair's residual is at
-    most ``tol`` times the spectral scale ``max(|top|, |bottom|)``, or when its Krylov space becomes
-    invariant (then the Ritz values are exact eigenvalues). Freezing per example makes the result
-    independent of the other examples in the batch.
-
-    Args:
-        hvp: ``(n, d) -> (n, d)``, linear, symmetric.
-        start: starting vectors ``(n, d)`` (need not be normalised; zero rows get a constant vector).
-        tol: relative residual tolerance.
-        max_iter: at most this many steps (and at most ``d``).
-        atol: absolute residual tolerance, per example ``(n,)`` or a number: stop once
-            ``residual <= tol * scale + atol``. For CASO the accuracy of ``L`` only matters relative to
-            ``2 lambda2`` (``lambda2 = L/2 + c1``), so ``atol = tol * 2 * c1`` avoids chasing a tiny ``L``
-            (confident predictions) into float32 round-off.
-
-    Returns:
-        :class:`LanczosResult`.
-
-    Examples:
-        >>> H = torch.diag(torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64))[None]
-        >>> hvp = lambda v: (H @ v[..., None])[..., 0]
-        >>> res = lanczos_extremes(hvp, torch.ones(1, 3, dtype=torch.float64))
-        >>> [round(float(res.top), 6), round(float(res.bottom), 6)]
-        [3.0, -2.0]
-    """
-    n, d = start.shape
-    dtype, device = start.dtype, start.device
-    k_max = max(1, min(int(max_iter), d))
-    v = start.clone()
-    zero = _norm(v)[:, 0] == 0
-    if bool(zero.any()):
-        v[zero] = 1.0
-    v = v / _norm(v)
-    basis = [v]
-    alphas: list[Tensor] = []
-    betas: list[Tensor] = []
-    eps = torch.finfo(dtype).eps
-    gen = torch.Generator(device="cpu").manual_seed(1)
-    top = torch.zeros(n, dtype=dtype, device=device)
-    bottom = torch.zeros_like(top)
-    resid = torch.zeros_like(top)
-    steps = torch.zeros(n, dtype=torch.long, device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    n_hvp = 0
-    for j in range(k_max):
-        w = hvp(basis[j])
-        n_hvp += 1
-        a = (basis[j] * w).sum(1)
-        w = w - a[:, None] * basis[j]
-        if j > 0:
-            w = w - betas[-1][:, None] * basis[j - 1]
-        stack = torch.stack(basis, 1)  # (n, j+1, d)
-        for _ in range(2):
-            w = w - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, w))
-        b = w.norm(dim=1)
-        alphas.append(a)
-        T = torch.diag_embed(torch.stack(alphas, 1))
-        if betas:
-            off = torch.diag_embed(torch.stack(betas, 1), offset=1)
-            T = T + off + off.transpose(1, 2)
-        theta, S = torch.linalg.eigh(T)
-        scale = torch.maximum(theta[:, -1].abs(), theta[:, 0].abs())
-        res_j = b * S[:, -1, -1].abs()
-        invariant = b <= 64 * eps * (scale + a.abs() + (betas[-1] if betas else 0.0))
-        conv_j = invariant | (res_j <= tol * scale + atol) | (j == d - 1)
-        newly = conv_j & ~done
-        top = torch.where(newly, theta[:, -1], top)
-        bottom = torch.where(newly, theta[:, 0], bottom)
-        resid = torch.where(newly, torch.where(invariant, torch.zeros_like(res_j), res_j), resid)
-        steps = torch.where(newly, torch.full_like(steps, j + 1), steps)
-        done = done | conv_j
-        if bool(done.all()) or j == k_max - 1:
-            break
-        # continue the recursion; an invariant example restarts from a fresh orthogonal direction
-        if bool(invariant.any()):
-            fresh = torch.randn(n, d, generator=gen, dtype=dtype).to(device)
-            for _ in range(2):
-                fresh = fresh - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, fresh))
-            w = torch.where(invariant[:, None], fresh, w)
-            b = torch.where(invariant, torch.zeros_like(b), b)
-        betas.append(b)
-        basis.append(w / _norm(w).clamp_min(torch.finfo(dtype).tiny))
-    # examples still running at max_iter: report their last values, not converged
-    last = ~done
-    if bool(last.any()):
-        top = torch.where(last, theta[:, -1], top)
-        bottom = torch.where(last, theta[:, 0], bottom)
-        resid = torch.where(last, res_j, resid)
-        steps = torch.where(last, torch.full_like(steps, j + 1), steps)
-    return LanczosResult(top, bottom, resid, done, steps, n_hvp)
-
-
-@dataclass
 class SolveResult:
     """Output of :func:`conjugate_gradient` and :func:`accelerated_prox_gradient`, per problem ``(n, m)``.
 
@@ -190,6 +66,8 @@ class SolveResult:
         nonconcave: a Rayleigh quotient ``>= 2 lambda2`` was observed (the problem has no maximiser).
         rayleigh_max: largest Rayleigh quotient ``v.Hv / v.v`` seen (a lower bound on ``L``).
         n_hvp: batched operator calls.
+        method: the solver that produced it (``"certified"``; ``"dual_newton"`` for the closed form's
+            sparse solve).
     """
 
     delta: Tensor
@@ -200,6 +78,105 @@ class SolveResult:
     nonconcave: Tensor
     rayleigh_max: Tensor
     n_hvp: int
+    method: str = "certified"
+
+
+@dataclass
+class _Units:
+    """Per-problem units in which ``||g||_inf = 1`` and ``2 lambda2 = 1``.
+
+    Confident predictions give gradients and curvatures of ``1e-30`` and below; their squares (residual
+    norms, step tests) underflow in float32 and read zero, which would certify anything. With
+    ``c = ||g||_inf`` and ``t = 2 lambda2``, ``D = (c / t) D'`` where ``D'`` solves the problem with
+    ``g' = g / c``, ``lambda1' = lambda1 / c``, ``H' = H / t`` (so ``2 lambda2' = 1``); ``H D = c H' D'``.
+    Relative error bounds are the same in both units.
+    """
+
+    c: Tensor
+    t: Tensor
+
+    @classmethod
+    def of(cls, g: Tensor, lam2: Tensor) -> _Units:
+        c = g.abs().amax(-1, keepdim=True)
+        t = 2.0 * lam2
+        # g = 0 (answer 0) and 2 lambda2 <= 0 (non-concave, flagged by the solver) keep their units
+        return cls(torch.where(c > 0, c, torch.ones_like(c)), torch.where(t > 0, t, torch.ones_like(t)))
+
+    def operator(self, hvp: HVP) -> HVP:
+        return lambda v: hvp(v) / self.t
+
+    def result(self, res: SolveResult) -> SolveResult:
+        """``res`` (found in these units) in the caller's units."""
+        res.delta = res.delta * (self.c / self.t)
+        res.h_delta = res.h_delta * self.c
+        res.rayleigh_max = res.rayleigh_max * self.t
+        return res
+
+
+def _final_certificate(
+    res: SolveResult,
+    g: Tensor,
+    lam1: Tensor | float,
+    lam2: Tensor,
+    l_up: Tensor,
+    l_lo: Tensor | float,
+    tol: float,
+    spread: Tensor | None = None,
+) -> SolveResult:
+    """Replace the running bound of ``res`` (scaled units) by the certificate of its returned ``delta``,
+    evaluated in float64 (see :func:`_bound64`); ``converged`` follows it."""
+    bound, concave = _bound64(res.delta, res.h_delta, g, lam1, lam2, l_up, l_lo, res.rayleigh_max, spread)
+    res.nonconcave = res.nonconcave | ~concave
+    bound = torch.where(res.nonconcave, torch.full_like(bound, math.inf), bound)
+    res.error_bound = bound.to(res.delta.dtype)
+    res.converged = (bound <= tol) & ~res.nonconcave
+    return res
+
+
+def _bound64(
+    delta: Tensor,
+    h_delta: Tensor,
+    g: Tensor,
+    lam1: Tensor | float,
+    lam2: Tensor | float,
+    l_up: Tensor | float,
+    l_lo: Tensor | float,
+    rq: Tensor,
+    spread: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(bound, mu > 0)``, ``(n, m, 1)``: the relative error bound ``(||u|| + allowance) / (mu ||delta||)``
+    in float64.
+
+    ``u`` is the minimum-norm element of ``dF(delta)``, evaluated in float64 from the given tensors
+    (so nothing underflows). ``allowance`` covers the round-off of the product ``H delta`` in the working
+    dtype (its error, not part of ``u``): ``eps (sqrt(d) + 4) max(|l_up|, |l_lo|, |rq|) ||delta||``,
+    the probabilistic bound on a length-``d`` inner product's rounding (Higham and Mary, 2019) scaled
+    by the operator's norm (``||delta||`` is replaced by ``spread``, the sum of ``|step| ||p||`` when
+    ``h_delta`` was accumulated from several products); plus the float64 evaluation's own elementwise
+    round-off ``4 eps64`` of the
+    terms' norms. ``inf`` where
+    ``mu = 2 lambda2 - max(l_up, rq) <= 0`` (not concave).
+    """
+    f64 = torch.float64
+    eps_w, eps64 = torch.finfo(delta.dtype).eps, torch.finfo(f64).eps
+    d = delta.shape[-1]
+
+    def as64(t: Tensor | float) -> Tensor:
+        return torch.as_tensor(t, device=delta.device).to(f64)
+
+    x, hx, g64 = delta.to(f64), h_delta.to(f64), g.to(f64)
+    lam1_, lam2_, up, lo, rq_ = as64(lam1), as64(lam2), as64(l_up), as64(l_lo), as64(rq)
+    u = _min_norm_subgradient(x, hx, g64, lam1_, lam2_).norm(dim=-1, keepdim=True)
+    xn = x.norm(dim=-1, keepdim=True)
+    op_norm = torch.maximum(torch.maximum(up.abs(), lo.abs()), rq_.nan_to_num(0.0, 0.0, 0.0).abs())
+    scale = g64.norm(dim=-1, keepdim=True) + lam1_ * math.sqrt(d) + (2 * lam2_.abs() + op_norm) * xn
+    nonzero = (xn > 0).to(f64)
+    products = xn if spread is None else torch.maximum(xn, spread.to(f64))
+    allowance = nonzero * (eps_w * (math.sqrt(d) + 4) * op_norm * products + 4 * eps64 * scale)
+    mu = 2.0 * lam2_ - torch.maximum(up, rq_)
+    num = u + allowance
+    bound = torch.where(num == 0, torch.zeros_like(num), num / (mu.clamp_min(0) * xn))
+    return torch.where(mu > 0, bound, torch.full_like(bound, math.inf)), mu > 0
 
 
 def _certify(
@@ -240,10 +217,13 @@ def conjugate_gradient(
     """Solve ``(2 lambda2 I - H) D = g`` (CASO with ``lambda1 = 0``) by batched conjugate gradients.
 
     Each problem stops at the first iterate whose certified error bound ``||r|| / (mu ||D||)`` is at
-    most ``tol`` (``mu = 2 lambda2 - L``); the bound is then re-checked with the true residual
-    (one more product) and CG restarts from there if round-off made the recursive residual
-    optimistic. A curvature ``p.(2 lambda2 I - H)p <= 0`` (the system is not positive definite)
-    flags the problem ``nonconcave`` and stops it.
+    most ``tol / 2`` (``mu = 2 lambda2 - L``); the bound is then re-checked in float64 from ``x`` and the
+    accumulated ``H x`` with an allowance for the round-off of its products, and only where that fails
+    is ``H x`` recomputed (one more product) and CG restarted from the true residual. A curvature
+    ``p.(2 lambda2 I - H)p <= 0`` (the system is not positive definite) flags the problem ``nonconcave``
+    and stops it. The solve runs in units where ``||g||_inf = 1`` and
+    ``2 lambda2 = 1``, and the returned bound is re-evaluated in float64 with a round-off allowance
+    (:func:`certify`), so a tiny gradient (confident predictions) never reads as a zero residual.
 
     Args:
         g: right-hand sides ``(n, m, d)``.
@@ -266,6 +246,8 @@ def conjugate_gradient(
         True
     """
     lam2, l_up = _broadcast(g, lambda2, l_upper)
+    units = _Units.of(g, lam2)
+    g, lam2, l_up, hvp = g / units.c, lam2 / units.t, l_up / units.t, units.operator(hvp)
     x = torch.zeros_like(g)
     hx = torch.zeros_like(g)
     rq_max = torch.full_like(lam2, -math.inf)
@@ -273,9 +255,11 @@ def conjugate_gradient(
     nonconcave = torch.zeros_like(active)
     iters = torch.zeros_like(lam2, dtype=torch.long)
     bound = torch.full_like(lam2, math.inf)
+    # sum of |step| ||p||: H x is accumulated from that many products' worth of vectors (round-off scale)
+    spread = torch.zeros_like(lam2)
     n_hvp, used = 0, 0
     while used < max_iter and bool(active.any()):
-        # one CG cycle from x with the true residual
+        # one CG cycle from x with the residual of (x, H x)
         r = torch.where(active, g - (2.0 * lam2 * x - hx), torch.zeros_like(g))
         p = r.clone()
         rr = _dot(r, r)
@@ -291,27 +275,34 @@ def conjugate_gradient(
             step = torch.where(running & ~bad & (rr > 0), rr / pap.clamp_min(torch.finfo(g.dtype).tiny), 0.0)
             x = x + step * p
             hx = hx + step * hp
+            spread = spread + step.abs() * _norm(p)
             r = r - step * (2.0 * lam2 * p - hp)
             iters = iters + running.long()
             rr_new = _dot(r, r)
             est, nc = _certify(rr_new.sqrt(), x, lam2, l_up, rq_max)
-            stop = running & (nc | bad | (est <= tol) | (rr_new == 0))
+            stop = running & (nc | bad | (est <= 0.5 * tol) | (rr_new == 0))
             running = running & ~stop
             beta = torch.where(running, rr_new / rr.clamp_min(torch.finfo(g.dtype).tiny), 0.0)
             p = torch.where(running, r + beta * p, torch.zeros_like(p))
             rr = rr_new
-        # certify with the true residual (hx is exact up to round-off of the linear combination)
-        hx_true = hvp(x)
-        n_hvp += 1
-        hx = torch.where(active, hx_true, hx)
+        # the accumulated H x is exact up to the round-off of its products and their combination: the
+        # float64 certificate with that allowance decides; only where it fails is H x recomputed (one
+        # product; a recursive residual made optimistic by round-off then restarts CG)
+        cheap, _ = _bound64(x, hx, g, 0.0, lam2, l_up, 0.0, rq_max, spread)
+        redo = active & ~nonconcave & (cheap > 0.5 * tol)
+        if bool(redo.any()) and used < max_iter:
+            hx = torch.where(redo, hvp(x), hx)
+            n_hvp += 1
+            used += 1
+            spread = torch.where(redo, _norm(x), spread)
+            rq_max = torch.where(redo, torch.maximum(rq_max, _rayleigh(x, hx)), rq_max)
         true_r = g - (2.0 * lam2 * x - hx)
-        rq_max = torch.where(active, torch.maximum(rq_max, _rayleigh(x, hx)), rq_max)
         bound_now, nc = _certify(_norm(true_r), x, lam2, l_up, rq_max)
         nonconcave = nonconcave | (active & nc)
         bound = torch.where(active, bound_now, bound)
-        active = active & ~nonconcave & (bound > tol)
-    converged = (bound <= tol) & ~nonconcave
-    return SolveResult(x, hx, converged, bound, iters, nonconcave, rq_max, n_hvp)
+        active = active & ~nonconcave & (bound > 0.5 * tol)
+    res = SolveResult(x, hx, bound <= tol, bound, iters, nonconcave, rq_max, n_hvp)
+    return units.result(_final_certificate(res, g, 0.0, lam2, l_up, 0.0, tol, spread))
 
 
 def accelerated_prox_gradient(
@@ -333,9 +324,11 @@ def accelerated_prox_gradient(
     Gauss-Newton ``H``); no fixed cap. Where ``l_lower`` overestimates ``lambda_min`` the sufficient
     decrease test shrinks the step by ``decay`` (per problem). Momentum restarts when the
     proximal-gradient direction disagrees with the last step (O'Donoghue & Candes, 2015). Each
-    problem stops, frozen, once the certified bound ``||u|| / (mu ||z||)`` is at most ``tol``, where
+    problem stops, frozen, once the certified bound ``||u|| / (mu ||z||)`` is at most ``tol / 2``, where
     ``u = G + grad s(z) - grad s(y)`` lies in ``dF(z)``. One ``hvp`` call per iteration (plus one per
-    backtracking trial); ``H y`` at the momentum point is combined from earlier products.
+    backtracking trial); ``H y`` at the momentum point is combined from earlier products. As in
+    :func:`conjugate_gradient`, the solve runs in units where ``||g||_inf = 1`` and ``2 lambda2 = 1``
+    and the returned bound is the float64 certificate of the returned ``delta``.
 
     Args:
         g: ``(n, m, d)``.
@@ -359,6 +352,9 @@ def accelerated_prox_gradient(
         tensor([[[0.2500, 0.0000]]], dtype=torch.float64)
     """
     lam1, lam2, l_up, l_lo = _broadcast(g, lambda1, lambda2, l_upper, l_lower)
+    units = _Units.of(g, lam2)
+    g, lam1, hvp = g / units.c, lam1 / units.c, units.operator(hvp)
+    lam2, l_up, l_lo = lam2 / units.t, l_up / units.t, l_lo / units.t
     dtype = g.dtype
     tiny = torch.finfo(dtype).tiny
     sqrt_eps = math.sqrt(torch.finfo(dtype).eps)
@@ -415,7 +411,7 @@ def accelerated_prox_gradient(
         out = torch.where(active, z, out)
         h_out = torch.where(active, hz, h_out)
         bound = torch.where(active, est, bound)
-        active = active & ~nc & (est > tol)
+        active = active & ~nc & (est > 0.5 * tol)
         # adaptive restart (gradient scheme), then Nesterov momentum
         restart = _dot(y - z, z - x) > 0
         t = torch.where(restart, torch.ones_like(t), t)
@@ -423,8 +419,8 @@ def accelerated_prox_gradient(
         c = (t - 1.0) / t_next
         y, hy = z + c * (z - x), hz + c * (hz - hx)
         x, hx, t = z, hz, t_next
-    converged = (bound <= tol) & ~nonconcave
-    return SolveResult(out, h_out, converged, bound, iters, nonconcave, rq_max, n_hvp)
+    res = SolveResult(out, h_out, bound <= tol, bound, iters, nonconcave, rq_max, n_hvp)
+    return units.result(_final_certificate(res, g, lam1, lam2, l_up, l_lo, tol))
 
 
 def certify(
@@ -438,17 +434,21 @@ def certify(
     """Certified relative error bound of any candidate ``delta`` (e.g. from a closed form or FISTA).
 
     Uses the minimum-norm element of ``dF(delta)`` (``grad s + lambda1 sign(delta)`` on the support,
-    ``max(|grad s| - lambda1, 0)`` off it) and ``mu = 2 lambda2 - max(l_upper, delta.H delta / |delta|^2)``.
-    No extra Hessian products.
+    ``max(|grad s| - lambda1, 0)`` off it) and ``mu = 2 lambda2 - max(l_upper, delta.H delta / |delta|^2)``,
+    in units where ``||g||_inf = 1`` and ``2 lambda2 = 1``, evaluated in float64 with an allowance for the
+    round-off of ``h_delta`` (:func:`_bound64`): sound at any scale of ``g`` and ``H``. No extra Hessian
+    products.
 
     Returns:
         ``(error_bound, nonconcave, rayleigh)``, each ``(n, m, 1)``.
     """
     lam1, lam2, l_up = _broadcast(g.expand_as(delta), lambda1, lambda2, l_upper)
-    u = _min_norm_subgradient(delta, h_delta, g, lam1, lam2)
-    rq = _rayleigh(delta, h_delta)
-    bound, nonconcave = _certify(_norm(u), delta, lam2, l_up, rq)
-    return bound, nonconcave, rq
+    units = _Units.of(g.expand_as(delta), lam2)
+    x, hx = delta * (units.t / units.c), h_delta / units.c
+    rq = _rayleigh(x.double(), hx.double())
+    l2, up = lam2 / units.t, l_up / units.t
+    bound, concave = _bound64(x, hx, g / units.c, lam1 / units.c, l2, up, 0.0, rq)
+    return bound.to(delta.dtype), ~concave, (rq * units.t.double()).to(delta.dtype)
 
 
 def _min_norm_subgradient(delta: Tensor, h_delta: Tensor, g: Tensor, lam1: Tensor, lam2: Tensor) -> Tensor:
