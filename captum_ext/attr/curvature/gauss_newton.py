@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..._autograd import NoDoubleBackwardError
 from ..._format import run_forward
 from ..graph import LossGraph, loss_gradient_from_logits, unflatten_features
 from .analysis import GraphAnalysis
@@ -72,6 +73,14 @@ def apply_softmax_covariance(probs: Tensor, w: Tensor) -> Tensor:
     bracket = torch.where(top, rest_mass * w_top - others, w - p_top * w_top - others)
     out = p * bracket
     return out[:, 0] if squeeze else out
+
+
+def _detached_backward() -> NoDoubleBackwardError:
+    return NoDoubleBackwardError(
+        "Gauss-Newton's J v differentiates the input gradient once more, but a layer's backward is "
+        "detached (a custom autograd.Function marked @once_differentiable, or a compiled model); use "
+        "the eager model, or layers with a double backward"
+    )
 
 
 class GaussNewtonHessian:
@@ -152,11 +161,19 @@ class GaussNewtonHessian:
             )
             self._used = [i for i, gr in enumerate(grads) if gr is not None]
             self._jtu = [grads[i] for i in self._used]
-        if not self._jtu or not any(gr.requires_grad for gr in self._jtu):
+        if not self._jtu:  # the logits do not depend on the inputs: J = 0
             return torch.zeros_like(graph.logits)
+        if not any(gr.requires_grad for gr in self._jtu):  # a detached backward, not J = 0
+            raise _detached_backward()
         (out,) = torch.autograd.grad(
-            self._jtu, self._dual, grad_outputs=[parts[i] for i in self._used], retain_graph=True
+            self._jtu,
+            self._dual,
+            grad_outputs=[parts[i] for i in self._used],
+            retain_graph=True,
+            allow_unused=True,
         )
+        if out is None:  # J^T u no longer depends on u: the backward was detached on the way
+            raise _detached_backward()
         return out
 
     def hvp(self, v: Tensor) -> Tensor:
