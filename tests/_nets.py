@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def relu_mlp(d: int = 12, c: int = 4, hidden: int = 10, dtype=torch.float64, seed: int = 0):
@@ -53,3 +54,31 @@ def dense_loss_hessian(model, x, target):
     xg = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(loss(xg), xg)
     return h.reshape(d, d), g.reshape(d)
+
+
+class OnceTanh(torch.autograd.Function):
+    """tanh with a first derivative only (as fused kernels and quantised layers often are)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(x) ** 2)
+
+
+class OnceRelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)

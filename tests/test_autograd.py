@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from captum_ext._autograd import (
     NoDoubleBackwardError,
@@ -18,22 +17,9 @@ from captum_ext._autograd import (
 )
 from captum_ext.regularizers import hessian_trace
 
+from ._nets import OnceTanh
+
 DT = torch.float64
-
-
-class OnceTanh(torch.autograd.Function):
-    """tanh with a first derivative only (as fused kernels and quantised layers often are)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (1 - torch.tanh(x) ** 2)
 
 
 def test_gradient_and_hvp_match_a_dense_hessian():

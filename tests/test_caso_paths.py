@@ -13,7 +13,6 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from captum_ext import CASO
 from captum_ext._autograd import NoDoubleBackwardError
@@ -24,7 +23,7 @@ from captum_ext.attr.hessian import ExactHessian, build_loss_graph
 from captum_ext.attr.options import CAFOOptions, CASOOptions, matching_options
 from captum_ext.attr.solvers import fista
 
-from .test_autograd import OnceTanh
+from ._nets import OnceRelu, OnceTanh
 from .test_caso_certified import assert_matches_oracle, scaled_mlp, stable_dense
 from .test_optim import _scipy_split_solve
 
@@ -38,19 +37,6 @@ class _TwiceTanh(OnceTanh):
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return g * (1 - torch.tanh(x) ** 2)
-
-
-class _OnceRelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (x > 0)
 
 
 class _Apply(nn.Module):
@@ -90,7 +76,7 @@ def test_custom_function_with_a_real_double_backward_matches_the_oracle():
 
 
 def test_once_differentiable_piecewise_linear_function_takes_the_closed_form():
-    model = _net(_Apply(_OnceRelu.apply))
+    model = _net(_Apply(OnceRelu.apply))
     oracle = nn.Sequential(model[0], nn.ReLU(), model[2])
     x = torch.randn(3, 8, dtype=DT)
     caso = CASO(model)

@@ -14,7 +14,7 @@ from captum_ext.attr.hessian import (
     softmax_covariance,
 )
 
-from ._nets import relu_cnn, relu_mlp, softplus_mlp
+from ._nets import OnceRelu, relu_cnn, relu_mlp, softplus_mlp
 
 
 def _graph(model, x, target=None):
@@ -123,27 +123,13 @@ def test_apply_softmax_covariance_equals_dense(logits, seed):
 
 
 def test_a_detached_backward_is_refused_not_read_as_a_zero_jacobian():
-    from torch.autograd.function import once_differentiable
-
     from captum_ext._autograd import NoDoubleBackwardError
-
-    class OnceReLU(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x.clamp_min(0)
-
-        @staticmethod
-        @once_differentiable
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * (x > 0).to(g.dtype)
 
     torch.manual_seed(0)
     lin1, lin2 = nn.Linear(5, 7).double(), nn.Linear(7, 3).double()
 
     def model(x):
-        return lin2(OnceReLU.apply(lin1(x)))
+        return lin2(OnceRelu.apply(lin1(x)))
 
     x = torch.randn(4, 5, dtype=torch.float64)
     gn = GaussNewtonHessian(_graph(model, x), forward_func=model)
