@@ -90,8 +90,10 @@ class CASO(_ContextAwareAttribution):
 
     ``solver="certified"`` (default) returns the optimum to ``tol`` (relative error, default 1e-8 in
     float64 and 1e-4 in float32): ``lambda1 = 0`` by conjugate gradients (Woodbury on the closed form),
-    ``lambda1 > 0`` by accelerated proximal gradient with a step from the curvature bound, adaptive
-    restart and a certified stopping rule, up to ``max_iter`` iterations. An unconverged solve warns.
+    ``lambda1 > 0`` on the closed form exactly, by a semismooth Newton method on the rank-``r`` dual
+    (certified by its KKT residual), elsewhere by accelerated proximal gradient with a step from the
+    curvature bound, adaptive restart and a certified stopping rule, up to ``max_iter`` iterations.
+    Certificates are computed in float64 at any scale of the gradient. An unconverged solve warns.
     Any observed curvature ``v.Hv > 2 lambda2 |v|^2`` proves the problem non-concave: with
     ``lambda2=None`` ``L`` is raised and the problem re-solved, an explicit ``lambda2`` raises
     ``ValueError``. ``solver="paper"`` runs the paper's algorithm exactly (``n_power_iter`` power
