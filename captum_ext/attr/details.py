@@ -106,6 +106,25 @@ class AttributionDetails:
             extra={k: v for p in parts for k, v in p.extra.items()},
         )
 
+    def __repr__(self) -> str:
+        """One line: the batch size, path, solver, certificate summary and pass counts (the
+        per-example tensors are fields; print them one by one).
+
+        Examples:
+            >>> d = AttributionDetails(*(torch.zeros(3),) * 6, hessian="exact", target=torch.arange(3))
+            >>> d
+            AttributionDetails(n=3, hessian='exact', solver='certified', lambda2 median 0, n_hvp=0, n_vjp=0)
+        """
+        parts = [f"n={self.lambda1.shape[0]}", f"hessian={self.hessian!r}", f"solver={self.solver!r}"]
+        if self.converged is not None:
+            parts.append(f"converged {int(self.converged.sum())}/{self.converged.numel()}")
+        if self.error_bound is not None and self.error_bound.numel():
+            parts.append(f"error_bound max {float(self.error_bound.max()):.3g}")
+        if self.lambda2.numel():
+            parts.append(f"lambda2 median {float(self.lambda2.median()):.4g}")
+        parts += [f"n_hvp={self.n_hvp}", f"n_vjp={self.n_vjp}"]
+        return f"AttributionDetails({', '.join(parts)})"
+
     def take(self, index: Tensor) -> AttributionDetails:
         """The details of the examples ``index`` (a 1-d index tensor), in that order.
 
