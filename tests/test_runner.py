@@ -195,38 +195,38 @@ def test_an_attribute_of_a_config_module_changed_in_memory_is_part_of_the_key(tm
     _temp_modules(
         tmp_path,
         {
-            "h19_config.py": "EPOCHS = 1\n",
-            "h19_train.py": """
-                import h19_config
+            "user_config.py": "EPOCHS = 1\n",
+            "user_train.py": """
+                import user_config
 
                 def train(model, data, seed):
-                    return h19_config.EPOCHS
+                    return user_config.EPOCHS
             """,
         },
     )
     try:
-        import h19_config
-        import h19_train
+        import user_config
+        import user_train
 
-        before = fingerprint(h19_train.train)
-        h19_config.EPOCHS = 20  # the file is unchanged
-        assert fingerprint(h19_train.train) != before
-        h19_config.EPOCHS = 1
-        assert fingerprint(h19_train.train) == before
+        before = fingerprint(user_train.train)
+        user_config.EPOCHS = 20  # the file is unchanged
+        assert fingerprint(user_train.train) != before
+        user_config.EPOCHS = 1
+        assert fingerprint(user_train.train) == before
     finally:
-        _forget(tmp_path, "h19_config", "h19_train")
+        _forget(tmp_path, "user_config", "user_train")
 
 
 def test_code_of_an_editable_install_is_digested_by_content(tmp_path):
-    info = tmp_path / "h19pkg-0.1.dist-info"
+    info = tmp_path / "userpkg-0.1.dist-info"
     _temp_modules(
         tmp_path,
         {
-            "h19pkg/__init__.py": "def train(model, data, seed):\n    return 1\n",
-            "h19pkg-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: h19pkg\nVersion: 0.1\n",
-            "h19pkg-0.1.dist-info/top_level.txt": "h19pkg\n",
-            "h19pkg-0.1.dist-info/RECORD": "h19pkg/__init__.py,,\n",
-            "h19pkg-0.1.dist-info/direct_url.json": json.dumps(
+            "userpkg/__init__.py": "def train(model, data, seed):\n    return 1\n",
+            "userpkg-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: userpkg\nVersion: 0.1\n",
+            "userpkg-0.1.dist-info/top_level.txt": "userpkg\n",
+            "userpkg-0.1.dist-info/RECORD": "userpkg/__init__.py,,\n",
+            "userpkg-0.1.dist-info/direct_url.json": json.dumps(
                 {"url": tmp_path.as_uri(), "dir_info": {"editable": True}}
             ),
         },
@@ -234,18 +234,18 @@ def test_code_of_an_editable_install_is_digested_by_content(tmp_path):
     fingerprint_module._distributions.cache_clear()
     fingerprint_module._library.cache_clear()
     try:
-        import h19pkg
+        import userpkg
 
-        assert fingerprint_module._library("h19pkg") is None  # user code, not "h19pkg==0.1"
-        before = fingerprint(h19pkg.train)
-        (tmp_path / "h19pkg/__init__.py").write_text("def train(model, data, seed):\n    return 20\n")
-        importlib.reload(h19pkg)  # edited code, same version
-        assert fingerprint(h19pkg.train) != before
+        assert fingerprint_module._library("userpkg") is None  # user code, not "userpkg==0.1"
+        before = fingerprint(userpkg.train)
+        (tmp_path / "userpkg/__init__.py").write_text("def train(model, data, seed):\n    return 20\n")
+        importlib.reload(userpkg)  # edited code, same version
+        assert fingerprint(userpkg.train) != before
         (info / "direct_url.json").unlink()  # an install from an index: identified by version and RECORD
         fingerprint_module._library.cache_clear()
-        assert fingerprint_module._library("h19pkg").startswith("h19pkg==0.1 record=")
+        assert fingerprint_module._library("userpkg").startswith("userpkg==0.1 record=")
     finally:
-        _forget(tmp_path, "h19pkg")
+        _forget(tmp_path, "userpkg")
 
 
 # ------------------------------------------------------------------------------------ processes
