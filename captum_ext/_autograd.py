@@ -115,14 +115,24 @@ def input_gradient(
         >>> [g.shape for g in input_gradient((2 * x).sum(), (x,))]
         [torch.Size([2, 3])]
     """
-    grads = torch.autograd.grad(
-        outputs,
-        tuple(inputs),
-        grad_outputs=grad_outputs,
-        create_graph=create_graph,
-        retain_graph=create_graph if retain_graph is None else retain_graph,
-        allow_unused=True,
-    )
+    try:
+        grads = torch.autograd.grad(
+            outputs,
+            tuple(inputs),
+            grad_outputs=grad_outputs,
+            create_graph=create_graph,
+            retain_graph=create_graph if retain_graph is None else retain_graph,
+            allow_unused=True,
+        )
+    except RuntimeError as err:
+        if "donated buffers" not in str(err):
+            raise
+        raise RuntimeError(
+            "forward_func runs a torch.compile'd graph whose backward may run only once (it donates "
+            "its buffers), and this computation needs several backward passes through it. Pass the "
+            "compiled nn.Module itself (its eager original is then differentiated), pass the eager "
+            "model, or compile with torch._functorch.config.donated_buffer = False."
+        ) from err
     return _zeros_for_none(grads, inputs)
 
 

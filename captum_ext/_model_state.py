@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._format import repeat_additional_args, run_forward
+from ._format import repeat_additional_args, run_forward, select_additional_args
 
 
 @dataclass(frozen=True)
@@ -218,38 +218,39 @@ def check_per_example(
     logits: Tensor,
     who: str,
 ) -> None:
-    """Coupling probe: move the first example and check that the others' outputs stay put.
+    """Coupling probe: put one example between moved copies of itself; its output must not change.
 
     ``logits`` are ``forward_func``'s outputs at ``inputs`` (a single-logit output may have been
-    widened to ``[0, z]``). With a batch of one, the example is paired with a moved copy (a batch of
-    two) and its own output must not change, so the probe is sound for every batch size.
+    widened to ``[0, z]``). The probe is a batch of three, ``[moved, x_0, moved]``, so ``x_0`` meets
+    other examples before and after it that it did not meet in ``inputs``: an output that depends on
+    the rest of the batch in any direction (batch statistics, a sum or scan over dim 0, randomness)
+    changes. It costs a no-grad forward of three examples whatever the batch size. With a batch of
+    one, where only randomness can matter, the probe is ``[x_0, moved]``.
 
     Raises:
         ValueError: the outputs of one example depend on another example.
 
     Examples:
         >>> net = nn.Linear(3, 2)
-        >>> x = torch.randn(1, 3)
+        >>> x = torch.randn(4, 3)
         >>> check_per_example(net, (x,), (), net(x), "CASO")
     """
     n = inputs[0].shape[0]
-    moved, base, ref = [], [], logits.detach()
+    moved = []
     for x in inputs:
-        x = x.detach()
-        shift = x[:1] + 0.1 * (1.0 + x[:1].abs())
-        if n == 1:  # probe a batch of two: the example itself, then a moved copy
-            base.append(x)
-            moved.append(torch.cat([x, shift]))
-        else:
-            moved.append(torch.cat([shift, x[1:]]))
-    probe_args = repeat_additional_args(args, 1, 2) if n == 1 else args
+        x0 = x[:1].detach()
+        shift = x0 + 0.1 * (1.0 + x0.abs())
+        moved.append(torch.cat([x0, shift]) if n == 1 else torch.cat([shift, x0, shift]))
+    first = torch.zeros(1, dtype=torch.long, device=inputs[0].device)
+    probe_args = repeat_additional_args(select_additional_args(args, n, first), 1, 2 if n == 1 else 3)
+    ref, row = logits.detach()[:1], 0 if n == 1 else 1
     with torch.no_grad():
         out = run_forward(forward_func, tuple(moved), probe_args)
     if out.shape[1] == 1 and ref.shape[1] == 2:  # single-logit model read as [0, z]
         ref = ref[:, 1:]
-    stay_out, stay_ref = (out[:1], ref) if n == 1 else (out[1:], ref[1:])
-    tol = (1e-9 if ref.dtype == torch.float64 else 1e-4) * (1.0 + float(stay_ref.abs().max()))
-    change = float((stay_out - stay_ref).abs().max())
+    stay = out[row : row + 1]
+    tol = (1e-9 if ref.dtype == torch.float64 else 1e-4) * (1.0 + float(ref.abs().max()))
+    change = float((stay - ref).abs().max())
     if not change <= tol:
         raise ValueError(
             f"{who}: the model's output for one example changes when another example of the batch "

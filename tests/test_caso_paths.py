@@ -233,6 +233,13 @@ def test_compiled_models_are_differentiated_through_their_eager_original():
     torch.testing.assert_close(CASO(gcomp).attribute(x), CASO(gelu).attribute(x), rtol=1e-12, atol=1e-14)
     with pytest.raises(CurvaturePathError, match="_orig_mod"):
         CASO(lambda z: gcomp(z)).attribute(x)
+    # a compiled graph that has seen several batch sizes donates its buffers: its backward runs once,
+    # which an opaque callable cannot hide; the error says what to pass instead
+    for m in (1, 2):
+        compiled(torch.randn(m, 6, dtype=DT))
+    with pytest.raises(RuntimeError, match="donates its buffers"):
+        CASO(lambda z: compiled(z)).attribute(torch.randn(5, 6, dtype=DT))
+    torch.testing.assert_close(CASO(compiled).attribute(x), ref, rtol=1e-12, atol=1e-14)
 
 
 # ---------------------------------------------------------------- structure

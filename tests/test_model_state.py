@@ -84,3 +84,36 @@ def test_coupling_probe_is_sound_for_a_batch_of_one():
     with pytest.raises(ValueError, match="another example"):
         check_per_example(coupled, (x,), (), coupled(x), "CASO")
     check_per_example(lambda z: 2 * z, (x,), (), 2 * x, "CASO")
+
+
+@pytest.mark.parametrize("n", [2, 5, 16])
+@pytest.mark.parametrize(
+    "coupling",
+    [
+        lambda z: z - z.mean(0, keepdim=True) + 0.1 * z,  # batch statistics
+        lambda z: z.cumsum(0),  # each example sees the ones before it
+        lambda z: z.flip(0).cumsum(0).flip(0),  # ... or the ones after it
+        lambda z: z + 0.5 * z.roll(1, 0),  # a neighbour
+    ],
+    ids=["mean", "scan", "reverse_scan", "roll"],
+)
+def test_coupling_probe_sees_dependence_in_either_direction(n, coupling):
+    # the probe is a batch of three whatever n is: a cheap probe must still catch a scan over dim 0
+    # whose first example (the probed one) is independent of the rest
+    x = torch.randn(n, 3, dtype=DT, generator=torch.Generator().manual_seed(n))
+    with pytest.raises(ValueError, match="another example"):
+        check_per_example(coupling, (x,), (), coupling(x), "CASO")
+    check_per_example(torch.tanh, (x,), (), torch.tanh(x), "CASO")
+
+
+def test_coupling_probe_costs_three_examples_and_slices_additional_args():
+    seen = []
+
+    def model(z, scale):
+        seen.append((z.shape[0], scale.shape[0]))
+        return z * scale
+
+    x = torch.randn(16, 3, dtype=DT)
+    scale = torch.rand(16, 1, dtype=DT) + 0.5
+    check_per_example(model, (x,), (scale,), x * scale, "CASO")
+    assert seen == [(3, 3)]
