@@ -39,7 +39,8 @@ def test_formulas():
 
 
 def test_expected_products():
-    assert expected_products() == 8 + 5
+    assert expected_products() == 8  # one Lanczos run gives L and the solve
+    assert expected_products(lambda1_values=2) == 8 + 2 * 5
     assert expected_products(lambda1_values=8, lambda1_zero=False) == 8 + 8 * 30
     assert expected_products(solver="paper", n_power_iter=10, n_iter=10) == 22
     with pytest.raises(ValueError):

@@ -47,6 +47,7 @@ from .solvers import (
     sparsity_ratio,
     sparsity_search,
 )
+from .solvers.krylov import lanczos_solve
 from .sparse_dual import sparse_dual_solve
 
 #: Lanczos for ``L`` on matrix-free operators: relative Ritz residual and step cap. The eigenvalue error
@@ -264,6 +265,47 @@ def _estimate_spectrum(curv: Curvature, opts: CASOOptions, tol: float) -> None:
     curv.lower = lz.bottom if curv.lower is None else curv.lower
 
 
+def _shared_krylov(curv: Curvature, opts: CASOOptions, grid: Tensor | None, tol: float, who: str):
+    """``L`` and the ``lambda1 = 0`` solve of a matrix-free operator from one Lanczos run started at ``g``
+    (:func:`~captum_ext.attr.solvers.krylov.lanczos_solve`), certified like every other solve; ``None``
+    where it does not apply (a known ``L``, ``lambda1 > 0``, a grid or search, the paper's solver); also
+    ``None``, with ``L`` filled in, when the run needs more than ``LANCZOS_MAX_ITER`` products (its basis
+    would grow too large: conjugate gradients go on) or its certificate finds a Rayleigh quotient above
+    ``2 lambda2`` (the guarded route runs)."""
+    zero = bool((torch.as_tensor(opts.lambda1) == 0).all())
+    if (
+        curv.top is not None
+        or opts.solver == "paper"
+        or grid is not None
+        or opts.sparsity is not None
+        or not zero
+    ):
+        return None
+    g = curv.gradient
+    cap = min(opts.max_iter, LANCZOS_MAX_ITER)
+    res = lanczos_solve(
+        curv.op.hvp, g, c1=opts.c1, lambda2=opts.lambda2, tol=tol, max_iter=cap, l_rtol=LANCZOS_TOL
+    )
+    curv.top, curv.upper = res.top, res.upper
+    curv.lower = res.bottom if curv.lower is None else curv.lower
+    lam2 = resolve_lambda2(opts.lambda2, opts.c1, res.top, who)  # refuses an explicit lambda2 <= L / 2
+    if not bool(res.converged.all()) and cap < opts.max_iter:
+        # a slow solve (explicit lambda2 close to L / 2): L is known now; CG, which keeps no basis, goes on
+        return None
+    gm, delta, hd = g[:, None, :], res.delta[:, None, :], res.h_delta[:, None, :]
+    l2, upper = lam2[:, None, None], res.upper[:, None, None]
+    bound, nonconcave, rq = certify(delta, hd, gm, 0.0, l2, upper)
+    if bool(nonconcave.any()):  # pragma: no cover - Ritz values bound every Rayleigh quotient of the space
+        return None
+    # the uncertainty of L takes its share of the tolerance (as in _make_solve)
+    solve_tol = max(tol - float(_lambda2_error(curv, curv.top, opts).max()), 0.25 * tol)
+    conv = (bound <= solve_tol) & ~nonconcave
+    st = SolveResult(delta, hd, conv, bound, res.steps[:, None, None], nonconcave, rq, res.n_hvp)
+    obj = caso_objective(delta, hd, gm, 0.0, l2)[:, 0]
+    lam1 = torch.zeros_like(lam2)
+    return (res.delta, obj, lam1, sparsity_ratio(res.delta), None), lam2, curv.top, [st], 0
+
+
 def _lambda2_error(curv: Curvature, top: Tensor, opts: CASOOptions) -> Tensor:
     """Relative error ``(n,)`` that the uncertainty of ``L`` (``upper - top``) puts into the optimum
     through the default ``lambda2 = L/2 + c1`` (zero for an explicit ``lambda2`` or an exact ``L``)."""
@@ -326,8 +368,11 @@ def solve(
     grid = None if grid_fn is None else grid_fn(n, device, dtype)
     tol = default_tol(dtype) if opts.tol is None else opts.tol
     try:
-        _estimate_spectrum(curv, opts, tol)
-        (delta, obj, lam1, eta, in_window), lam2, top, stats, raised = _guarded_solve(curv, opts, grid, who)
+        shared = _shared_krylov(curv, opts, grid, tol, who)
+        if shared is None:
+            _estimate_spectrum(curv, opts, tol)
+            shared = _guarded_solve(curv, opts, grid, who)
+        (delta, obj, lam1, eta, in_window), lam2, top, stats, raised = shared
     except RuntimeError as err:
         if is_missing_double_backward(err):
             raise CurvaturePathError(
