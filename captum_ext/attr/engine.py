@@ -44,10 +44,10 @@ from .solvers import (
     default_tol,
     fista,
     lanczos_extremes,
+    lanczos_solve,
     sparsity_ratio,
     sparsity_search,
 )
-from .solvers.krylov import lanczos_solve
 from .sparse_dual import sparse_dual_solve
 
 #: Lanczos for ``L`` on matrix-free operators: relative Ritz residual and step cap. The eigenvalue error
