@@ -295,7 +295,7 @@ def _shared_krylov(curv: Curvature, opts: CASOOptions, grid: Tensor | None, tol:
     gm, delta, hd = g[:, None, :], res.delta[:, None, :], res.h_delta[:, None, :]
     l2, upper = lam2[:, None, None], res.upper[:, None, None]
     bound, nonconcave, rq = certify(delta, hd, gm, 0.0, l2, upper)
-    if bool(nonconcave.any()):  # pragma: no cover - Ritz values bound every Rayleigh quotient of the space
+    if bool(nonconcave.any()):  # explicit lambda2 between top / 2 and upper / 2: the guarded route decides
         return None
     # the uncertainty of L takes its share of the tolerance (as in _make_solve)
     solve_tol = max(tol - float(_lambda2_error(curv, curv.top, opts).max()), 0.25 * tol)
