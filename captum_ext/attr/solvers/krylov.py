@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .lanczos import LanczosRecurrence
 from .objective import HVP
 
 
@@ -116,17 +117,12 @@ def lanczos_solve(
         raise ValueError(f"g must have shape (n, d), got {tuple(g.shape)}")
     n, d = g.shape
     dtype, device = g.dtype, g.device
-    eps = torch.finfo(dtype).eps
     scale_g = g.abs().amax(1, keepdim=True)
     zero_g = scale_g[:, 0] == 0
     gs = g / torch.where(zero_g[:, None], torch.ones_like(scale_g), scale_g)
     gnorm = gs.norm(dim=1)
-    v = torch.where(zero_g[:, None], torch.ones_like(gs), gs)
-    v = v / v.norm(dim=1, keepdim=True)
-    basis, products = [v], []
-    alphas: list[Tensor] = []
-    betas: list[Tensor] = []
-    gen = torch.Generator(device="cpu").manual_seed(1)
+    rec = LanczosRecurrence(gs)  # a zero gradient gets a constant start (its D = 0 exactly)
+    products = []
     out = {
         k: torch.zeros(n, dtype=dtype, device=device)
         for k in ("lambda2", "top", "upper", "bottom", "estimate")
@@ -138,24 +134,12 @@ def lanczos_solve(
     conv = torch.zeros_like(done)
     k_max = max(1, min(int(max_iter), d))
     for j in range(k_max):
-        w = hvp(basis[j])
+        w = hvp(rec.current)
         products.append(w)
-        a = (basis[j] * w).sum(1)
-        w = w - a[:, None] * basis[j]
-        if j > 0:
-            w = w - betas[-1][:, None] * basis[j - 1]
-        stack = torch.stack(basis, 1)  # (n, j+1, d)
-        for _ in range(2):
-            w = w - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, w))
-        b = w.norm(dim=1)
-        alphas.append(a)
-        T = torch.diag_embed(torch.stack(alphas, 1))
-        if betas:
-            off = torch.diag_embed(torch.stack(betas, 1), offset=1)
-            T = T + off + off.transpose(1, 2)
-        theta, S = torch.linalg.eigh(T)
-        spread = torch.maximum(theta[:, -1].abs(), theta[:, 0].abs())
-        invariant = b <= 64 * eps * (spread + a.abs() + (betas[-1] if betas else 0.0))
+        step = rec.absorb(w)
+        theta, S, b, spread, invariant, stack = (
+            step.theta, step.S, step.b, step.spread, step.invariant, step.basis,
+        )  # fmt: skip
         top = theta[:, -1].clamp_min(0)
         res = torch.where(invariant, torch.zeros_like(b), b * S[:, -1, -1].abs())
         upper = top + res
@@ -199,14 +183,7 @@ def lanczos_solve(
         done = done | stop
         if bool(done.all()):
             break
-        if bool(invariant.any()):  # keep the recurrence going for the batch (frozen rows are ignored)
-            fresh = torch.randn(n, d, generator=gen, dtype=dtype).to(device)
-            for _ in range(2):
-                fresh = fresh - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, fresh))
-            w = torch.where(invariant[:, None], fresh, w)
-            b = torch.where(invariant, torch.zeros_like(b), b)
-        betas.append(b)
-        basis.append(w / w.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
+        rec.advance()
     unscale = torch.where(zero_g, torch.zeros_like(scale_g[:, 0]), scale_g[:, 0])[:, None]
     return LanczosSolveResult(
         delta=delta * unscale,

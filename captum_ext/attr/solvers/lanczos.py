@@ -44,6 +44,91 @@ class LanczosResult:
         return self.top + self.residual
 
 
+@dataclass
+class LanczosStep:
+    """What one step of :class:`LanczosRecurrence` learned, per example.
+
+    Attributes:
+        a: the new diagonal entry of ``T`` ``(n,)``.
+        b: the new off-diagonal entry (norm of the orthogonalised product) ``(n,)``.
+        theta: Ritz values, ascending ``(n, k)``; ``S`` their eigenvectors in the basis ``(n, k, k)``.
+        spread: ``max(|theta_max|, |theta_min|)`` ``(n,)``.
+        invariant: the Krylov space stopped growing (``b`` is round-off) ``(n,)``.
+        basis: the orthonormal basis so far ``(n, k, d)``.
+    """
+
+    a: Tensor
+    b: Tensor
+    theta: Tensor
+    S: Tensor
+    spread: Tensor
+    invariant: Tensor
+    basis: Tensor
+
+
+class LanczosRecurrence:
+    """Batched Lanczos with full reorthogonalisation, one product at a time: the recurrence that
+    :func:`lanczos_extremes` and :func:`~captum_ext.attr.solvers.krylov.lanczos_solve` share.
+
+    ``current`` is the vector to multiply next; :meth:`absorb` takes its product and returns the new
+    Ritz pairs; :meth:`advance` moves on (an invariant example restarts from a fixed random direction
+    orthogonal to its basis, so the batch can go on). Zero start rows get a constant vector.
+    """
+
+    def __init__(self, start: Tensor) -> None:
+        v = start.clone()
+        zero = _norm(v)[:, 0] == 0
+        if bool(zero.any()):
+            v[zero] = 1.0
+        self.basis = [v / _norm(v)]
+        self.alphas: list[Tensor] = []
+        self.betas: list[Tensor] = []
+        self._gen = torch.Generator(device="cpu").manual_seed(1)
+        self._pending: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def current(self) -> Tensor:
+        return self.basis[-1]
+
+    def absorb(self, product: Tensor) -> LanczosStep:
+        """Orthogonalise ``H current`` against the basis and diagonalise the new ``T``."""
+        v = self.basis[-1]
+        a = (v * product).sum(1)
+        w = product - a[:, None] * v
+        if self.betas:
+            w = w - self.betas[-1][:, None] * self.basis[-2]
+        stack = torch.stack(self.basis, 1)  # (n, k, d)
+        for _ in range(2):
+            w = w - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, w))
+        b = w.norm(dim=1)
+        self.alphas.append(a)
+        T = torch.diag_embed(torch.stack(self.alphas, 1))
+        if self.betas:
+            off = torch.diag_embed(torch.stack(self.betas, 1), offset=1)
+            T = T + off + off.transpose(1, 2)
+        theta, S = torch.linalg.eigh(T)
+        spread = torch.maximum(theta[:, -1].abs(), theta[:, 0].abs())
+        eps = torch.finfo(product.dtype).eps
+        invariant = b <= 64 * eps * (spread + a.abs() + (self.betas[-1] if self.betas else 0.0))
+        self._pending = (w, b, invariant, stack)
+        return LanczosStep(a, b, theta, S, spread, invariant, stack)
+
+    def advance(self) -> None:
+        """Append the next basis vector (after :meth:`absorb`)."""
+        assert self._pending is not None, "absorb() a product first"
+        w, b, invariant, stack = self._pending
+        if bool(invariant.any()):
+            n, d = w.shape
+            fresh = torch.randn(n, d, generator=self._gen, dtype=w.dtype).to(w.device)
+            for _ in range(2):
+                fresh = fresh - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, fresh))
+            w = torch.where(invariant[:, None], fresh, w)
+            b = torch.where(invariant, torch.zeros_like(b), b)
+        self.betas.append(b)
+        self.basis.append(w / _norm(w).clamp_min(torch.finfo(w.dtype).tiny))
+        self._pending = None
+
+
 def lanczos_extremes(
     hvp: HVP, start: Tensor, *, tol: float = 1e-4, max_iter: int = 64, atol: Tensor | float = 0.0
 ) -> LanczosResult:
@@ -77,16 +162,7 @@ def lanczos_extremes(
     n, d = start.shape
     dtype, device = start.dtype, start.device
     k_max = max(1, min(int(max_iter), d))
-    v = start.clone()
-    zero = _norm(v)[:, 0] == 0
-    if bool(zero.any()):
-        v[zero] = 1.0
-    v = v / _norm(v)
-    basis = [v]
-    alphas: list[Tensor] = []
-    betas: list[Tensor] = []
-    eps = torch.finfo(dtype).eps
-    gen = torch.Generator(device="cpu").manual_seed(1)
+    rec = LanczosRecurrence(start)
     top = torch.zeros(n, dtype=dtype, device=device)
     bottom = torch.zeros_like(top)
     resid = torch.zeros_like(top)
@@ -94,25 +170,10 @@ def lanczos_extremes(
     done = torch.zeros(n, dtype=torch.bool, device=device)
     n_hvp = 0
     for j in range(k_max):
-        w = hvp(basis[j])
+        step = rec.absorb(hvp(rec.current))
         n_hvp += 1
-        a = (basis[j] * w).sum(1)
-        w = w - a[:, None] * basis[j]
-        if j > 0:
-            w = w - betas[-1][:, None] * basis[j - 1]
-        stack = torch.stack(basis, 1)  # (n, j+1, d)
-        for _ in range(2):
-            w = w - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, w))
-        b = w.norm(dim=1)
-        alphas.append(a)
-        T = torch.diag_embed(torch.stack(alphas, 1))
-        if betas:
-            off = torch.diag_embed(torch.stack(betas, 1), offset=1)
-            T = T + off + off.transpose(1, 2)
-        theta, S = torch.linalg.eigh(T)
-        scale = torch.maximum(theta[:, -1].abs(), theta[:, 0].abs())
-        res_j = b * S[:, -1, -1].abs()
-        invariant = b <= 64 * eps * (scale + a.abs() + (betas[-1] if betas else 0.0))
+        theta, scale, invariant = step.theta, step.spread, step.invariant
+        res_j = step.b * step.S[:, -1, -1].abs()
         conv_j = invariant | (res_j <= tol * scale + atol) | (j == d - 1)
         newly = conv_j & ~done
         top = torch.where(newly, theta[:, -1], top)
@@ -122,15 +183,7 @@ def lanczos_extremes(
         done = done | conv_j
         if bool(done.all()) or j == k_max - 1:
             break
-        # continue the recursion; an invariant example restarts from a fresh orthogonal direction
-        if bool(invariant.any()):
-            fresh = torch.randn(n, d, generator=gen, dtype=dtype).to(device)
-            for _ in range(2):
-                fresh = fresh - torch.einsum("nkd,nk->nd", stack, torch.einsum("nkd,nd->nk", stack, fresh))
-            w = torch.where(invariant[:, None], fresh, w)
-            b = torch.where(invariant, torch.zeros_like(b), b)
-        betas.append(b)
-        basis.append(w / _norm(w).clamp_min(torch.finfo(dtype).tiny))
+        rec.advance()
     # examples still running at max_iter: report their last values, not converged
     last = ~done
     if bool(last.any()):
