@@ -7,7 +7,8 @@ Paths, per example with kept rank ``r`` of ``A = diag(p) - pp^T``, ``d`` input f
 Hessian-vector products needed by the solver (top eigenvalue + iterations; 0 for the factor, whose
 products are ``d x r`` matmuls and whose ``lambda1 = 0`` solve is closed form):
 
-* ``"closed_form"`` (low-rank factor): ``r + 1`` backward passes (the ``+1`` is the gradient);
+* ``"closed_form"`` (low-rank factor): ``r + 1`` backward passes (the ``+1`` is the gradient, saved when
+  ``p - e_t`` lies in the kept eigen-span: the prediction keeps it, an upper bound);
   memory ``d r`` floats for ``B`` plus the VJP buffer. Exact for piecewise-linear nets (to
   ``rank_tol``), the Gauss-Newton part otherwise.
 * ``"gauss_newton"`` (matrix-free ``J^T A J v``): gradient + one ``create_graph`` backward, then

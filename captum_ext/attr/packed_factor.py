@@ -205,4 +205,5 @@ def merge_factors(parts: Sequence[tuple[Tensor, LowRankFactor]], n: int) -> LowR
         B[i, :, :k] = f.B
         eigvals[i, :k] = f.eigvals
         rank[i], discarded[i], gradient[i] = f.rank, f.discarded, f.gradient
-    return LowRankFactor(B=B, eigvals=eigvals, rank=rank, discarded=discarded, gradient=gradient)
+    n_vjp = sum(f.n_vjp for _, f in parts)  # each group ran its own backward passes
+    return LowRankFactor(B=B, eigvals=eigvals, rank=rank, discarded=discarded, gradient=gradient, n_vjp=n_vjp)

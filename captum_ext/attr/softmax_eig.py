@@ -39,6 +39,18 @@ def choose_rank(eigvals_desc: Tensor, rank_tol: float, max_rank: int | None = No
     return rank
 
 
+def softmax_covariance_trace(probs: Tensor) -> Tensor:
+    """``tr(A) = sum_i p_i (1 - p_i)`` per example ``(n,)``, with ``1 - p_max`` summed from the others.
+
+    Examples:
+        >>> softmax_covariance_trace(torch.tensor([[0.5, 0.5]], dtype=torch.float64)).tolist()
+        [0.5]
+    """
+    top = F.one_hot(probs.argmax(1), probs.shape[1]).to(torch.bool)
+    others = torch.where(top, probs.masked_fill(top, 0.0).sum(1, keepdim=True), 1.0 - probs)
+    return (probs * others).sum(1)
+
+
 #: pair counts :func:`kept_eigenpairs` tries with the secular solver before a dense ``eigh`` of ``A``
 _SECULAR_PAIRS = (8, 64)
 #: below this many classes a batched dense ``eigh`` is cheaper than the per-example secular solver
@@ -77,9 +89,7 @@ def kept_eigenpairs(
     if rank_tol < 0 or rank_tol >= 1:
         raise ValueError(f"rank_tol must lie in [0, 1), got {rank_tol}")
     if n and rank_tol >= 1e-9 and c >= _SECULAR_MIN_CLASSES:
-        top = F.one_hot(probs.argmax(1), c).to(torch.bool)
-        others = torch.where(top, probs.masked_fill(top, 0.0).sum(1, keepdim=True), 1.0 - probs)
-        trace = (probs * others).sum(1)
+        trace = softmax_covariance_trace(probs)
         for m in _SECULAR_PAIRS:
             m = min(m, c)
             lam, U = softmax_covariance_top_eigh(probs, m)
@@ -101,6 +111,78 @@ def kept_eigenpairs(
     rank = choose_rank(lam, rank_tol, max_rank)
     r = int(rank.max().item()) if n else 0
     return lam[:, :r].clamp_min(0), U[:, :, :r], rank, lam.clamp_min(0)[:, r:].sum(1)
+
+
+def gradient_aligned_pairs(
+    residual: Tensor, lam: Tensor, U: Tensor, discarded: Tensor, trace: Tensor, rank_tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """The kept part of ``A`` re-expressed in ``r`` directions that contain ``p - e_t``, if that is cheap.
+
+    The closed form back-propagates ``p - e_t`` (for the gradient) and the ``r`` kept eigenvectors of
+    ``A``: ``r + 1`` backward passes. When the model is confident, ``p - e_t`` lies in the kept
+    eigen-span to ~1e-9, so those rows span only ``r`` dimensions. With ``w = (p - e_t) / ||p - e_t||``,
+    ``K = U diag(lam) U^T`` the kept part and ``P`` the projector onto ``w`` and the top ``r - 1`` left
+    singular vectors of ``W = (I - w w^T) U diag(lam)`` (the best such subspace for ``K``), ``A`` is
+    replaced by ``P K P``. Since ``(I - P) W`` has rank one, its error obeys::
+
+        ||A - P K P||_* <= ||A - K||_* + ||(I - P) K||_* + ||P K (I - P)||_* <= discarded + 2 sigma_r(W)
+
+    which decides cheaply whether to try. The bound returned is ``discarded`` plus the nuclear norm of
+    ``K - R diag(mu) R^T`` measured in an orthonormal basis of the ``2 r`` columns of ``U`` and ``R``
+    (round-off of these ``c``-space steps included, plus a ``(c + r) eps tr(K)`` allowance); it must fit
+    the budget :func:`choose_rank` gives the dropped eigenvalues, ``rank_tol * tr(A)``, for every example
+    (the backward passes are shared by the batch). Then, with ``Q^T K Q = V diag(mu) V^T``
+    and ``R = Q V``, the rows ``R`` give ``B = J^T R diag(mu)^{1/2}`` and ``g = J^T R a`` with
+    ``a = R^T (p - e_t)``: ``r`` backward passes instead of ``r + 1``.
+
+    Args:
+        residual: ``p - e_t`` ``(n, c)`` (float64).
+        lam, U, discarded: from :func:`kept_eigenpairs` (``(n, r)``, ``(n, c, r)``, ``(n,)``).
+        trace: ``tr(A)`` ``(n,)`` (:func:`softmax_covariance_trace`).
+        rank_tol: the spectral budget, relative to ``tr(A)``.
+
+    Returns:
+        ``(mu, R, a, bound)``: eigenvalues ``(n, r)`` descending, rows ``(n, c, r)``, gradient
+        coefficients ``(n, r)`` and the error bound above ``(n,)``; None when ``r = 0`` or some example's
+        bound exceeds its budget.
+
+    Examples:
+        >>> p = torch.tensor([[0.999, 0.0009, 0.0001]], dtype=torch.float64)
+        >>> lam, U, rank, discarded = kept_eigenpairs(p, rank_tol=1e-3)
+        >>> residual = p - torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+        >>> trace = softmax_covariance_trace(p)
+        >>> mu, R, a, bound = gradient_aligned_pairs(residual, lam, U, discarded, trace, 1e-3)
+        >>> bool(torch.allclose(R @ a[..., None], residual[..., None], rtol=0, atol=1e-15))
+        True
+    """
+    n, c, r = U.shape
+    if r == 0 or n == 0:
+        return None
+    norm = residual.norm(dim=1, keepdim=True)
+    fallback = F.one_hot(torch.zeros(n, dtype=torch.long, device=U.device), c).to(U.dtype)
+    w = torch.where(norm > 0, residual / norm.clamp_min(torch.finfo(U.dtype).tiny), fallback)
+    weighted = U * lam[:, None, :]
+    W = weighted - w[:, :, None] * (w[:, None, :] @ weighted)
+    left, sigma, _ = torch.linalg.svd(W, full_matrices=False)
+    if not bool((discarded + 2.0 * sigma[:, r - 1] <= rank_tol * trace).all()):
+        return None
+    # Householder QR keeps Q orthonormal to round-off (its first column is +-w) whatever the rank of W
+    Q = torch.linalg.qr(torch.cat([w[:, :, None], left[:, :, : r - 1]], dim=2)).Q
+    coords = Q.transpose(1, 2) @ U  # (n, r, r): P K P = Q coords diag(lam) coords^T Q^T
+    mu, V = torch.linalg.eigh(coords @ (lam[:, :, None] * coords.transpose(1, 2)))
+    mu, V = torch.flip(mu, [1]).clamp_min(0), torch.flip(V, [2])
+    R = Q @ V
+    a = (R.transpose(1, 2) @ residual[:, :, None])[:, :, 0]
+    # the error actually made, ||K - R diag(mu) R^T||_*, measured in an orthonormal basis Z of span(U, R)
+    # (A = Z Z^T A holds for Householder QR whatever the rank), so round-off above is accounted for too
+    Z = torch.linalg.qr(torch.cat([U, R], dim=2)).Q
+    zu, zr = Z.transpose(1, 2) @ U, Z.transpose(1, 2) @ R
+    diff = zu @ (lam[:, :, None] * zu.transpose(1, 2)) - zr @ (mu[:, :, None] * zr.transpose(1, 2))
+    eps = torch.finfo(U.dtype).eps
+    bound = discarded + torch.linalg.svdvals(diff).sum(1) + 8 * (c + r) * eps * lam.sum(1)
+    if not bool((bound <= rank_tol * trace).all()):
+        return None
+    return mu, R, a, bound
 
 
 # ---------------------------------------------------------------------------- top eigenpairs of A

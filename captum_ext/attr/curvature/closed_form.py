@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..graph import DEFAULT_RANK_TOL, LossGraph
-from ..softmax_eig import kept_eigenpairs
+from ..softmax_eig import gradient_aligned_pairs, kept_eigenpairs, softmax_covariance_trace
 from .analysis import GraphAnalysis
 from .registry import Curvature, CurvaturePath, register
 
@@ -34,6 +34,7 @@ class LowRankFactor:
             for every example: the extra columns are exact eigen-directions too, kept for free).
         discarded: spectral mass of ``A`` left out, per example ``(n,)``.
         gradient: the loss input-gradient ``g`` computed in the same batched backward ``(n, d)``.
+        n_vjp: backward passes spent (``r + 1``, or ``r`` when the gradient came from the columns).
     """
 
     B: Tensor
@@ -41,6 +42,7 @@ class LowRankFactor:
     rank: Tensor
     discarded: Tensor
     gradient: Tensor
+    n_vjp: int = 0
 
     def hvp(self, v: Tensor) -> Tensor:
         """``H v`` for ``v`` of shape ``(n, m, d)`` (or ``(n, d)``): two small matmuls."""
@@ -98,6 +100,7 @@ def group_mean_factor(factor: LowRankFactor, samples: int) -> LowRankFactor:
         rank=factor.rank.reshape(n, samples).amax(1),
         discarded=factor.discarded.reshape(n, samples).mean(1),
         gradient=factor.gradient.reshape(n, samples, d).mean(1),
+        n_vjp=factor.n_vjp,
     )
 
 
@@ -110,8 +113,10 @@ def low_rank_factor(
     """Closed-form Gauss-Newton factor ``B`` of the input Hessian (exact for piecewise-linear nets).
 
     Costs one batched vector-Jacobian product per kept eigenvector of ``A`` plus one for the gradient,
-    grouped ``vjp_batch`` at a time; the eigenpairs come from :func:`kept_eigenpairs`. The graph is
-    released afterwards.
+    grouped ``vjp_batch`` at a time; the eigenpairs come from :func:`kept_eigenpairs`. When ``p - e_t``
+    lies in the kept eigen-span to within the same ``rank_tol`` budget (a confident model), the gradient's
+    pass is saved: :func:`gradient_aligned_pairs` re-expresses the kept part in ``r`` rows that contain
+    ``p - e_t`` and ``g`` is a combination of their VJPs. The graph is released afterwards.
 
     Args:
         graph: from :func:`build_loss_graph`.
@@ -120,20 +125,41 @@ def low_rank_factor(
         vjp_batch: how many VJPs to vectorise in one backward call (memory vs speed).
     """
     lam_r, U, rank, discarded = kept_eigenpairs(graph.probs, rank_tol, max_rank)
-    r = lam_r.shape[1]
-    discarded = discarded.to(graph.dtype)
-    # rows to back-propagate: p - e_t (for the gradient) then u_1..u_r, in the model's dtype
-    weights = torch.cat([graph.residual()[None], U.permute(2, 0, 1)], dim=0)
-    weights = weights.to(graph.dtype)
+    residual = graph.residual()
+    aligned = gradient_aligned_pairs(
+        residual, lam_r, U, discarded, softmax_covariance_trace(graph.probs), rank_tol
+    )
+    if aligned is None:  # rows: p - e_t (for the gradient) then u_1..u_r
+        rows = torch.cat([residual[None], U.permute(2, 0, 1)], dim=0)
+    else:
+        lam_r, R, coeffs, discarded = aligned
+        rows = R.permute(2, 0, 1)
+    vjps = _stacked_vjps(graph, rows.to(graph.dtype), vjp_batch)  # (rows, n, d)
     lam_r = lam_r.to(graph.dtype)
+    if aligned is None:
+        gradient, columns = vjps[0], vjps[1:]
+    else:
+        columns = vjps
+        gradient = torch.einsum("knd,nk->nd", columns, coeffs.to(graph.dtype))
+    B = (columns * lam_r.T.sqrt()[:, :, None]).permute(1, 2, 0).contiguous()  # (n, d, r)
+    return LowRankFactor(
+        B=B,
+        eigvals=lam_r,
+        rank=rank,
+        discarded=discarded.to(graph.dtype),
+        gradient=gradient,
+        n_vjp=rows.shape[0],
+    )
+
+
+def _stacked_vjps(graph: LossGraph, rows: Tensor, vjp_batch: int) -> Tensor:
+    """``J^T w`` for every row ``w`` of ``rows`` ``(k, n, c)``, ``vjp_batch`` per backward call."""
+    k = rows.shape[0]
+    step = max(1, vjp_batch)
     chunks = []
-    for start in range(0, r + 1, max(1, vjp_batch)):
-        last = start + vjp_batch >= r + 1
-        chunks.append(graph.batched_vjp(weights[start : start + vjp_batch], retain_graph=not last))
-    vjps = torch.cat(chunks, dim=0)  # (r + 1, n, d)
-    gradient = vjps[0]
-    B = (vjps[1:] * lam_r.T.sqrt()[:, :, None]).permute(1, 2, 0).contiguous()  # (n, d, r)
-    return LowRankFactor(B=B, eigvals=lam_r, rank=rank, discarded=discarded, gradient=gradient)
+    for start in range(0, k, step):
+        chunks.append(graph.batched_vjp(rows[start : start + step], retain_graph=start + step < k))
+    return torch.cat(chunks, dim=0)
 
 
 @register
@@ -161,4 +187,4 @@ class ClosedFormPath(CurvaturePath):
         per_copy = low_rank_factor(graph, rank_tol=rank_tol, max_rank=max_rank)
         factor = group_mean_factor(per_copy, samples)
         top = factor.top_eigenvalue()
-        return Curvature(factor, factor.gradient, top, top, 0.0, factor.rank, per_copy.B.shape[2] + 1)
+        return Curvature(factor, factor.gradient, top, top, 0.0, factor.rank, per_copy.n_vjp)
