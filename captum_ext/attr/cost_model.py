@@ -13,7 +13,8 @@ products are ``d x r`` matmuls and whose ``lambda1 = 0`` solve is closed form):
   ``rank_tol``), the Gauss-Newton part otherwise.
 * ``"gauss_newton"`` (matrix-free ``J^T A J v``): gradient + one ``create_graph`` backward, then
   ``P (jvp + backward)``; memory a few input-sized vectors. Same correctness as the factor.
-* ``"exact"`` (double backward): gradient with ``create_graph`` then ``P`` double-backward products;
+* ``"exact"`` (double backward): gradient with ``create_graph`` (one backward pass) then ``P``
+  double-backward products;
   correct for any twice-differentiable model.
 
 :func:`choose_path` takes the cheapest path that is correct for the model (``piecewise_linear``) and
@@ -45,12 +46,13 @@ PATHS = tuple(paths())
 class PassCosts:
     """Cost of one pass per example, in units of one backward pass (VJP) unless ``unit`` says otherwise.
 
-    Defaults are measured on CPU (one thread, torch 2.x) for ResNet-50 at 224x224 with one image
-    (backward ~0.25 s): forward 1.0, ``J v`` by the double-VJP trick 3.0, one double-backward HVP 5.0,
-    the kept eigenpairs of the ``1000 x 1000`` matrix ``A`` 0.2 (secular equation,
-    :func:`~captum_ext.attr.hessian.kept_eigenpairs`, ~0.03 s; a dense ``eigh`` took ~1.0) (see
-    ``benchmarks/results/bench_caso_scale.json``). :func:`calibrate_pass_costs` measures them for a
-    given model.
+    Defaults are measured on CPU (one thread, torch 2.14) for ResNet-50 at 224x224 with one image
+    (backward ~0.09 s): forward 1.0, ``J v`` by the double-VJP trick 2.9 (a whole Gauss-Newton product,
+    ``J v`` then ``J^T``, took 0.355 s, i.e. 3.9 backward passes; :func:`calibrate_pass_costs`, which
+    times ``J v`` alone, said 2.7), one double-backward HVP 4.1 (0.36-0.38 s), the kept eigenpairs of
+    the ``1000 x 1000`` matrix ``A`` 0.2 (secular equation,
+    :func:`~captum_ext.attr.hessian.kept_eigenpairs`, ~6-30 ms depending on the rank; a dense ``eigh``
+    took ~0.25 s). :func:`calibrate_pass_costs` measures them for a given model.
 
     Attributes:
         forward: one forward pass that keeps the graph.
@@ -63,8 +65,8 @@ class PassCosts:
 
     forward: float = 1.0
     backward: float = 1.0
-    jvp: float = 3.0
-    double_backward: float = 5.0
+    jvp: float = 2.9
+    double_backward: float = 4.1
     eigh: float = 0.2
     unit: str = "backward"
 
@@ -127,7 +129,10 @@ def expected_products(
     ``solver="certified"``: Lanczos to 1e-4 (about 8 products) plus conjugate gradients (about 5 per
     ``lambda1 = 0`` problem) or accelerated prox-gradient (about 30 per ``lambda1 > 0`` value): medians
     seen on the benchmark's nets with ``lambda2 = L/2 + c1``, where the system is well conditioned. A
-    single ``lambda1 = 0`` problem shares the Lanczos run (its products also solve the system).
+    single ``lambda1 = 0`` problem shares one Lanczos run from ``g`` for ``L`` and the solve
+    (:func:`~captum_ext.attr.solvers.lanczos_solve`), which stops once the answer is certified: 1 to 6
+    products on the benchmarks' nets (ResNet-18/50: 1-2, ViT-B/16 at 224x224: 2, a small ViT: 2-6);
+    3 is predicted.
     ``solver="paper"``: ``n_power_iter`` power steps plus ``n_iter`` FISTA steps per value (plus a
     couple of backtracking trials).
 
@@ -139,7 +144,7 @@ def expected_products(
 
     Examples:
         >>> expected_products()
-        8
+        3
         >>> expected_products(solver="paper")  # 10 power + 10 FISTA steps + backtracking
         22
     """
@@ -150,7 +155,7 @@ def expected_products(
     if solver != "certified":
         raise ValueError(f"solver must be 'certified' or 'paper', got {solver!r}")
     if lambda1_values == 1 and lambda1_zero:  # one Lanczos run from g gives L and the solve (solvers/krylov)
-        return 8
+        return 3
     return 8 + lambda1_values * (5 if lambda1_zero else 30)
 
 
@@ -223,7 +228,7 @@ def predict_costs(
     Examples:
         >>> pc = predict_costs([2, 3], d=100, products=20)
         >>> pc["closed_form"].time, pc["gauss_newton"].time, pc["exact"].time
-        (7.4, 164.0, 204.0)
+        (7.4, 160.0, 166.0)
         >>> pc["closed_form"].memory
         5200
     """
