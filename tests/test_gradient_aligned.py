@@ -86,9 +86,10 @@ def test_a_one_hot_softmax_gives_zero_rows_without_nan():
     lam, U, _, discarded = kept_eigenpairs(probs, 1e-3)
     res = _residual(probs, torch.tensor([0, 0]))
     out = gradient_aligned_pairs(res, lam, U, discarded, softmax_covariance_trace(probs), 1e-3)
-    if out is not None:
-        mu, R, a, bound = out
-        assert bool(torch.isfinite(R).all()) and float(a[0].abs().max()) == 0.0 and float(mu[0].max()) == 0.0
+    assert out is not None  # A = 0 for the one-hot row and rank c - 1 for the other: both aligned
+    mu, R, a, bound = out
+    assert bool(torch.isfinite(R).all()) and float(a[0].abs().max()) == 0.0 and float(mu[0].max()) == 0.0
+    assert float(bound[0]) == 0.0
 
 
 def _confident_relu_mlp(seed: int, classes: int = 6) -> nn.Module:

@@ -418,8 +418,15 @@ def solve(
 def _factor_groups(graph: LossGraph, opts: CASOOptions, budget: int) -> list[Tensor] | None:
     """Groups of examples whose factors fit ``budget`` (None when the whole batch fits)."""
     d, size = sum(x[0].numel() for x in graph.inputs), graph.logits.element_size()
+    bound = kept_ranks(graph.probs, opts.rank_tol, opts.max_rank)  # O(c log c), the exact rank or more
+    top = int(bound.max())
+    # groups re-run the forward of every example, so they win only if the ranks below the largest add
+    # up to more backward passes than a forward of the batch: otherwise one factor, no planning
+    spare = float((top - bound).sum()) * DEFAULT_COSTS.backward
+    if factor_memory(graph.n, top, d, size) <= budget and spare <= graph.n * DEFAULT_COSTS.forward:
+        return None
     try:  # the O(c log c) rank bound first; exact ranks only if it seems not to fit
-        plan = plan_rank_groups(kept_ranks(graph.probs, opts.rank_tol, opts.max_rank), d, size, budget)
+        plan = plan_rank_groups(bound, d, size, budget)
     except ValueError:
         ranks = kept_ranks(graph.probs, opts.rank_tol, opts.max_rank, exact=True)
         plan = plan_rank_groups(ranks, d, size, budget)
