@@ -196,6 +196,25 @@ def test_lambda1_above_the_gradient_gives_exactly_zero():
     assert bool(res.converged.all())
 
 
+def test_all_thresholded_batch_is_certified_at_zero_without_newton_and_matches_the_newton_path():
+    """``|g_i| <= lambda1`` everywhere (here with ties ``|g_i| = lambda1``): ``D = 0`` is the KKT point; the
+    shortcut returns it with a zero bound, the same as the Newton path inside a mixed batch and the
+    active-set oracle; a non-concave ``lambda2`` is still refused."""
+    B, g, _, lam2 = random_problem(7, n=2, d=6, r=2, ratio=0.6)
+    g[0] = torch.tensor([0.5, -0.5, 0.25, 0.0, -0.125, 0.5], dtype=F64)
+    lam1 = torch.tensor([0.5, float(g[1].abs().median())], dtype=F64)
+    alone = sparse_dual_solve(B[:1], g[:1], lam1[:1], lam2[:1])
+    mixed = sparse_dual_solve(B, g, lam1, lam2)
+    assert torch.equal(alone.delta[0], torch.zeros(6, dtype=F64))
+    assert torch.equal(mixed.delta[0], alone.delta[0]) and float(mixed.delta[1].abs().max()) > 0
+    assert alone.error_bound.tolist() == [0.0] and bool(alone.converged.all())
+    assert int(alone.iterations[0]) == 0 and torch.equal(alone.u, torch.zeros(1, 2, dtype=F64))
+    ref = enumerate_active_sets(B[0] @ B[0].T, g[0], 0.5, float(lam2[0]))
+    assert float(np.abs(ref).max()) == 0.0
+    with pytest.raises(ValueError, match="lambda2"):
+        sparse_dual_solve(B[:1], g[:1], lam1[:1], 0.4 * top_eigenvalue(B[:1]))
+
+
 def test_tie_at_the_starting_point():
     """|g_i| = lambda1 exactly at u = 0: the generalised Jacobian takes the inactive branch and Newton
     still terminates on the right active set."""

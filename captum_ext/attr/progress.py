@@ -15,6 +15,23 @@ def example_progress(total: int, enabled: bool, who: str) -> Any:
         >>> bar.disable
         True
     """
+    if not enabled:  # no tqdm object at all (it costs ~0.2 ms even disabled)
+        return _Silent()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=who, unit="example", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=who, unit="example", leave=False)
+
+
+class _Silent:
+    """The disabled bar: a context manager whose ``update`` does nothing."""
+
+    disable = True
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None

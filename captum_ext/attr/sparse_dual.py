@@ -302,6 +302,13 @@ def sparse_dual_solve(
             f"{bad}: 2 * lambda2 = {float(two_l2[bad].min()):.6g}, L = {float(l_up[bad]):.6g}. "
             "Choose lambda2 > L / 2 (CASO's default lambda2 = L / 2 + c1)."
         )
+    if bool((g3.abs().amax(-1, keepdim=True) <= lam1).all()):
+        # |g_i| <= lambda1 everywhere: D = 0 meets the KKT conditions exactly (0 is in -g + lambda1 d|0|),
+        # so it is the optimum with a zero certificate, whatever u0 and B
+        zeros = torch.zeros_like(g3)
+        none = torch.zeros(n, m, 1, dtype=torch.float64, device=g.device)
+        iters = torch.zeros(n, m, dtype=torch.long, device=g.device)
+        return _pack(zeros, zeros, g3.new_zeros(n, m, r), iters, none, none, tol, mu, squeeze)
     if u0 is None:
         u = g3.new_zeros(n, m, r)
     else:
@@ -323,18 +330,17 @@ def sparse_dual_solve(
             iters = iters + more
     u = (c * sigma).to(w.dtype) * w
     delta, h_delta, residual, bound = _finish(B, g3, u, lam1, two_l2, mu, frob)
+    return _pack(delta, h_delta, u.to(g.dtype), iters, residual, bound, tol, mu, squeeze)
+
+
+def _pack(
+    delta: Tensor, h_delta: Tensor, u: Tensor, iters: Tensor, residual: Tensor, bound: Tensor, tol: float,
+    mu: Tensor, squeeze: bool,
+) -> SparseDualResult:  # fmt: skip
+    """The result from ``(n, m, ...)`` pieces (``residual``, ``bound``, ``mu``: ``(n, m, 1)``)."""
     dn = delta.to(torch.float64).norm(dim=-1, keepdim=True)
     rel = torch.where(bound == 0, torch.zeros_like(bound), bound / dn)  # x / 0 = inf for a non-zero bound
-    out = (
-        delta,
-        h_delta,
-        u.to(g.dtype),
-        iters,
-        rel[..., 0] <= tol,
-        residual[..., 0],
-        bound[..., 0],
-        rel[..., 0],
-    )
+    out = (delta, h_delta, u, iters, rel[..., 0] <= tol, residual[..., 0], bound[..., 0], rel[..., 0])
     if squeeze:
         out = tuple(t[:, 0] for t in out)
     return SparseDualResult(*out, mu=mu[..., 0, 0] if squeeze else mu[..., 0])
