@@ -13,8 +13,9 @@ Sections (each a dict in ``benchmarks/results/bench_caso_targets.json``):
 * ``vit_caso_over_cafo``: CASO at ``lambda1 = 0`` with defaults against CAFO on a small ViT
   (:func:`vit_caso_over_cafo`).
 
-Each repeat runs every function once in turn (paired); ratios are per repeat, reported as the median with a
-95 % t-interval of the mean log ratio (:func:`bench_sparse_dual.ratio_summary`).
+Each repeat runs every function once in turn (paired; a call shorter than 0.1 s is repeated within its
+sample and averaged); ratios are per repeat, reported as the median with a 95 % t-interval of the mean log
+ratio (:func:`bench_sparse_dual.ratio_summary`).
 
 Run: ``python benchmarks/bench_caso_targets.py --threads 1 [--repeats 7] [--device cuda]``.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -42,21 +44,33 @@ from captum_ext import CAFO, CASO  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+#: each timed sample lasts at least this long (short calls run several times per sample and are averaged)
+MIN_SAMPLE_S = 0.1
+
+
 def paired(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, dict]:
-    """``{name: {"cpu": [s per repeat], "wall": [...]}}``, every function once per repeat, after a warm-up."""
-    for fn in fns.values():
+    """``{name: {"cpu": [s per call, one per repeat], "wall": [...]}}``: every function once per repeat
+    (paired), after a warm-up; a function faster than ``MIN_SAMPLE_S`` runs ``ceil(MIN_SAMPLE_S / t)``
+    times in a row per sample, averaged, so that timer and scheduler noise do not dominate short calls."""
+    loops = {}
+    for name, fn in fns.items():
         fn()
+        c0 = time.process_time()
+        fn()
+        loops[name] = max(1, math.ceil(MIN_SAMPLE_S / max(time.process_time() - c0, 1e-6)))
     out: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": []} for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            k = loops[name]
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0, c0 = time.perf_counter(), time.process_time()
-            fn()
+            for _ in range(k):
+                fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            out[name]["wall"].append(time.perf_counter() - t0)
-            out[name]["cpu"].append(time.process_time() - c0)
+            out[name]["wall"].append((time.perf_counter() - t0) / k)
+            out[name]["cpu"].append((time.process_time() - c0) / k)
     return out
 
 
