@@ -550,3 +550,27 @@ def test_lanczos_absolute_tolerance_stops_early_on_a_tiny_spectrum():
     assert int(absolute.steps) < int(rel.steps)
     assert bool(absolute.converged.all())
     assert float(absolute.upper) >= float(absolute.top)
+
+
+def test_a_zero_optimum_costs_no_extra_products():
+    """A candidate with lambda1 >= |g|_inf has the optimum D = 0, reached from D = 0 by a zero step: it
+    must cost no backtracking (it used to exhaust the 60 trials of every iteration, ~60 extra products
+    per call in the sparsity search), and the batch's other problems must come out the same."""
+    gen = torch.Generator().manual_seed(0)
+    M = torch.randn(2, 12, 12, generator=gen, dtype=torch.float64)
+    H = M @ M.transpose(1, 2) / 12
+    g = torch.randn(2, 1, 12, generator=gen, dtype=torch.float64)
+    L = torch.linalg.eigvalsh(H)[:, -1]
+    lam2 = (L / 2 + 0.5)[:, None, None]
+    hvp = lambda v: torch.einsum("nij,nmj->nmi", H, v)  # noqa: E731
+    g_inf = g.abs().amax(-1, keepdim=True)
+    upper = L[:, None, None]
+    kw = dict(l_upper=upper, tol=1e-10)
+    alone = accelerated_prox_gradient(g, hvp, 0.3 * g_inf, lam2, **kw)
+    both = accelerated_prox_gradient(
+        g.expand(2, 2, 12), hvp, torch.cat([0.3 * g_inf, 2.0 * g_inf], 1), lam2.expand(2, 2, 1), **kw
+    )
+    assert torch.equal(both.delta[:, 1], torch.zeros(2, 12, dtype=torch.float64))
+    assert bool(both.converged.all())
+    torch.testing.assert_close(both.delta[:, :1], alone.delta, rtol=0, atol=1e-12)
+    assert both.n_hvp == alone.n_hvp

@@ -386,7 +386,9 @@ def accelerated_prox_gradient(
             # s is quadratic, so the sufficient-decrease test s(z) <= s(y) + grad.d + |d|^2 / (2 alpha)
             # is exactly (2 lambda2 - d.Hd / d.d) alpha <= 1: tested on the curvature along the step,
             # where the step is well above the round-off of H y (function values would cancel)
-            big = _norm(diff) >= sqrt_eps * _norm(cand)
+            # (a zero step, e.g. D = 0 from D = 0 when lambda1 >= |g|, is not big: it needs no test)
+            step_norm = _norm(diff)
+            big = (step_norm > 0) & (step_norm >= sqrt_eps * _norm(cand))
             rq_step = torch.where(big, _rayleigh(diff, h_cand - hy), -math.inf)
             ok = ~big | ((2.0 * lam2 - rq_step) * alpha <= 1.0 + 8 * sqrt_eps)
             take = pending & ok
