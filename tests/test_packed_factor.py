@@ -106,3 +106,52 @@ def test_kept_ranks_match_low_rank_factor():
     model, x = _mixed_confidence_batch()
     graph = build_loss_graph(model, (x,))
     assert torch.equal(kept_ranks(graph.probs, 1e-3, exact=True), low_rank_factor(graph, rank_tol=1e-3).rank)
+
+
+@given(
+    scales=st.lists(st.floats(0.05, 60.0), min_size=1, max_size=12),
+    classes=st.sampled_from([5, 40, 200]),
+    budget_rows=st.integers(1, 400),
+    seed=st.integers(0, 1000),
+)
+def test_group_decision_shortcut_agrees_with_the_full_plan(scales, classes, budget_rows, seed):
+    """``engine._factor_groups`` skips the dynamic programme when groups cannot pay for their forward
+    passes; its answer must be the one the full plan gives (same groups, or one factor)."""
+    from types import SimpleNamespace
+
+    from captum_ext.attr.cost_model import DEFAULT_COSTS
+    from captum_ext.attr.engine import _factor_groups
+    from captum_ext.attr.options import CASOOptions
+    from captum_ext.attr.packed_factor import factor_memory
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(len(scales), classes, generator=gen, dtype=torch.float64)
+    probs = torch.softmax(logits * torch.tensor(scales, dtype=torch.float64)[:, None], 1)
+    d = 7
+    graph = SimpleNamespace(
+        probs=probs,
+        n=len(scales),
+        inputs=(torch.zeros(len(scales), d),),
+        logits=torch.zeros(1, dtype=torch.float32),
+    )
+    budget = budget_rows * d * 4
+    opts = CASOOptions()
+    ranks = kept_ranks(probs, opts.rank_tol, opts.max_rank)
+    try:
+        plan = plan_rank_groups(ranks, d, 4, budget)
+    except ValueError:
+        exact = kept_ranks(probs, opts.rank_tol, opts.max_rank, exact=True)
+        if factor_memory(1, int(exact.max()), d, 4) > budget:  # no factor fits: both refuse
+            with pytest.raises(ValueError, match="max_memory"):
+                _factor_groups(graph, opts, budget)
+            return
+        plan = plan_rank_groups(exact, d, 4, budget)
+    one = factor_memory(graph.n, int(plan.ranks.max()), d, 4)
+    whole = len(plan.groups) == 1 or (
+        one <= budget and graph.n * DEFAULT_COSTS.backward * (int(plan.ranks.max()) + 1) <= plan.work
+    )
+    got = _factor_groups(graph, opts, budget)
+    if whole:
+        assert got is None
+    else:
+        assert got is not None and [g.tolist() for g in got] == [g.tolist() for g in plan.groups]
