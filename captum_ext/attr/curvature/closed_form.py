@@ -164,7 +164,7 @@ def _stacked_vjps(graph: LossGraph, rows: Tensor, vjp_batch: int) -> Tensor:
 
 @register
 class ClosedFormPath(CurvaturePath):
-    """``hessian="closed_form"``: the factor ``B`` (``r + 1`` backward passes, ``d r`` floats)."""
+    """``hessian="closed_form"``: the factor ``B`` (``r`` or ``r + 1`` backward passes, ``d r`` floats)."""
 
     name = "closed_form"
     needs = ("factor_memory",)
