@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine  # noqa: E402
+from _timing import paired as paired_times  # noqa: E402
 from bench_caso import reference_caso  # noqa: E402
 from bench_sparse_dual import confident_cnn, ratio_summary, relu_mlp_f64  # noqa: E402
 
@@ -49,29 +48,8 @@ MIN_SAMPLE_S = 0.1
 
 
 def paired(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, dict]:
-    """``{name: {"cpu": [s per call, one per repeat], "wall": [...]}}``: every function once per repeat
-    (paired), after a warm-up; a function faster than ``MIN_SAMPLE_S`` runs ``ceil(MIN_SAMPLE_S / t)``
-    times in a row per sample, averaged, so that timer and scheduler noise do not dominate short calls."""
-    loops = {}
-    for name, fn in fns.items():
-        fn()
-        c0 = time.process_time()
-        fn()
-        loops[name] = max(1, math.ceil(MIN_SAMPLE_S / max(time.process_time() - c0, 1e-6)))
-    out: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": []} for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            k = loops[name]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(k):
-                fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            out[name]["wall"].append((time.perf_counter() - t0) / k)
-            out[name]["cpu"].append((time.process_time() - c0) / k)
-    return out
+    """:func:`_timing.paired` with samples of at least ``MIN_SAMPLE_S``."""
+    return paired_times(fns, repeats, device, MIN_SAMPLE_S)
 
 
 def summary(times: dict[str, dict], pairs: dict[str, tuple[str, str]]) -> dict[str, object]:

@@ -26,7 +26,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine  # noqa: E402
 from _oracles import prox_gradient_oracle  # noqa: E402
+from _timing import paired  # noqa: E402
 from bench_caso import relu_cnn, synthetic_images  # noqa: E402
 
 from captum_ext.attr.hessian import LowRankFactor, build_loss_graph, low_rank_factor  # noqa: E402
@@ -72,22 +72,8 @@ def make_factor(model: nn.Module, x: torch.Tensor) -> LowRankFactor:
 
 
 def paired_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Per-repeat CPU seconds of each function (mean of an inner loop lasting >= MIN_REPEAT_S)."""
-    inner = {}
-    for name, fn in fns.items():
-        fn()  # warm-up
-        c0 = time.process_time()
-        fn()
-        one = max(time.process_time() - c0, 1e-6)
-        inner[name] = max(1, math.ceil(MIN_REPEAT_S / one))
-    out: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c0 = time.process_time()
-            for _ in range(inner[name]):
-                fn()
-            out[name].append((time.process_time() - c0) / inner[name])
-    return out
+    """Per-repeat CPU seconds of each function (:func:`_timing.paired`, samples >= MIN_REPEAT_S)."""
+    return {name: t["cpu"] for name, t in paired(fns, repeats, "cpu", MIN_REPEAT_S).items()}
 
 
 def ratio_summary(num: list[float], den: list[float]) -> dict[str, float]:
